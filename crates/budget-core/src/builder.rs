@@ -1,0 +1,125 @@
+//! [`Builder`]: setting the budget explicitly before its first use.
+
+use std::fmt;
+
+use crate::detect::MAX_THREADS;
+use crate::registry;
+
+/// Configures the process-wide budget before anything uses it.
+///
+/// Without a builder the budget starts on first use with the detected cores, or
+/// `BUDGET_NUM_THREADS` when that holds a valid number. An application that knows
+/// better (a scheduler gave it 6 of 8 cores, say) sets the total first thing in
+/// `main`.
+///
+/// # Examples
+///
+/// ```
+/// match budget::Builder::new().num_threads(3).build_global() {
+///     Ok(()) => assert_eq!(budget::stats().total, 3),
+///     // Something in this process already used the budget.
+///     Err(budget::BuildError::AlreadyRunning { total }) => assert_eq!(budget::stats().total, total),
+///     Err(other) => panic!("{other}"),
+/// }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    num_threads: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with every setting at its default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = budget::Builder::new();
+    /// # drop(builder);
+    /// ```
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Sets the total number of cores in the budget, overriding detection and
+    /// `BUDGET_NUM_THREADS`. Checked by [`build_global`](Builder::build_global):
+    /// it must be from 1 to 4096.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = budget::Builder::new().num_threads(8);
+    /// # drop(builder);
+    /// ```
+    pub fn num_threads(mut self, total: usize) -> Self {
+        self.num_threads = Some(total);
+        self
+    }
+
+    /// Starts the process-wide budget with these settings.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::AlreadyRunning`] if the budget was already used or built in
+    /// this process; [`BuildError::InvalidThreads`] for a total of 0 or above 4096.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let error = budget::Builder::new().num_threads(0).build_global().unwrap_err();
+    /// assert_eq!(error, budget::BuildError::InvalidThreads { requested: 0 });
+    /// ```
+    pub fn build_global(self) -> Result<(), BuildError> {
+        let total = match self.num_threads {
+            Some(n) if n == 0 || n > MAX_THREADS => {
+                return Err(BuildError::InvalidThreads { requested: n })
+            }
+            Some(n) => n,
+            None => crate::detect::configured_total(),
+        };
+        registry::install(Some(total)).map(|_| ())
+    }
+}
+
+/// Why [`Builder::build_global`] failed.
+///
+/// # Examples
+///
+/// ```
+/// let error = budget::BuildError::AlreadyRunning { total: 4 };
+/// assert!(error.to_string().contains("already running"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The budget was already started, by an earlier `build_global` or by the first
+    /// region, `stats()` or other use; it keeps `total` cores.
+    AlreadyRunning {
+        /// The total of the budget that is running.
+        total: usize,
+    },
+    /// The requested total is 0 or larger than 4096.
+    InvalidThreads {
+        /// The total that was asked for.
+        requested: usize,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::AlreadyRunning { total } => write!(
+                f,
+                "the budget is already running with {total} cores: call \
+                 budget::Builder::build_global before any region, stats() or other use of \
+                 budget in this process (first thing in main)"
+            ),
+            BuildError::InvalidThreads { requested } => write!(
+                f,
+                "a budget of {requested} cores is not possible: choose a total from 1 to \
+                 {MAX_THREADS}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}

@@ -1,0 +1,76 @@
+//! The core of `budget`: one parallelism budget for the whole process.
+//!
+//! Use it through the `budget` facade crate; this crate holds the parts:
+//!
+//! - **The budget** ([`stats`], [`Builder`], [`available_cores`]): `total` core
+//!   tokens for the process, detected from the affinity mask and the cgroup CPU
+//!   quota, or set by `BUDGET_NUM_THREADS` or the builder.
+//! - **Regions** ([`scope`], [`scope_with`], [`Scope`]): a region takes
+//!   `1 + min(requested - 1, free)` tokens at entry without ever waiting, so nested
+//!   regions shrink instead of oversubscribing, and grows back when tokens are
+//!   released while it has queued work.
+//! - **The thread pool** ([`Scope::spawn`], [`Scope::join`], [`Scope::for_each`]):
+//!   worker threads that run a region's tasks only while they occupy one of its
+//!   token slots, and give the slot back before they park.
+//!
+//! - **Leases** ([`Lease`]): tokens held directly by code that runs its own threads
+//!   (a native library's pool), so it counts against the same budget.
+//!
+//! The token protocol and the argument for why it loses no token and no wake-up are
+//! in `src/token/README.md`.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//!
+//! let hits = AtomicUsize::new(0);
+//! budget::scope(|outer| {
+//!     outer.for_each(0..4, |_| {
+//!         // Each inner region gets what the outer one left free: often width 1.
+//!         budget::scope(|inner| {
+//!             assert!(inner.width() >= 1);
+//!             inner.for_each(0..100, |_| { hits.fetch_add(1, Ordering::Relaxed); });
+//!         });
+//!     });
+//! });
+//! assert_eq!(hits.into_inner(), 400);
+//! assert_eq!(budget::stats().in_use, 0);
+//! ```
+#![warn(missing_docs)]
+
+mod builder;
+mod context;
+mod detect;
+mod event;
+mod items;
+mod lease;
+mod region;
+mod registry;
+mod scope;
+mod stats;
+mod sync;
+mod token;
+
+pub use builder::{BuildError, Builder};
+pub use detect::{available_cores, ENV_NUM_THREADS, MAX_THREADS};
+pub use items::ForEachInput;
+pub use lease::Lease;
+pub use scope::{scope, scope_with, Scope};
+pub use stats::Stats;
+
+/// A snapshot of the process-wide budget: total, tokens in use, peak, and counts of
+/// regions, narrowed grants, regrown tokens and overcommit.
+///
+/// Starts the budget if nothing did yet (like any other use).
+///
+/// # Examples
+///
+/// ```
+/// let stats = budget::stats();
+/// assert!(stats.total >= 1);
+/// println!("{stats}");
+/// ```
+pub fn stats() -> Stats {
+    registry::global().stats()
+}

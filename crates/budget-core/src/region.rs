@@ -1,0 +1,257 @@
+//! The shared state of one region: its task queue, its width and the threads that
+//! serve it. `Scope` (in `scope.rs`) is the typed API on top.
+//!
+//! A region holds `width` tokens: one for the thread that opened it, `width - 1` as
+//! *slots* for helper threads. A worker runs the region's tasks only while it
+//! occupies a slot (`active` counts them), and gives the slot back before it parks.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use crossbeam_deque::{Injector, Steal};
+use parking_lot::Mutex;
+
+use crate::context;
+use crate::event::Event;
+use crate::registry::Registry;
+use crate::token::Grower;
+
+/// A queued task's body: it receives the region that runs it. Its real lifetime is
+/// erased to `'static` by `erase`; see the SAFETY comment there.
+pub(crate) type Body = Box<dyn FnOnce(&Shared) + Send + 'static>;
+
+/// A queued unit of work. Whoever `take`s the body runs (or drops) it; the others
+/// find `None`. `done` is set after the body returned.
+pub(crate) struct Task {
+    body: Mutex<Option<Body>>,
+    pub(crate) done: AtomicBool,
+}
+
+/// Erases the lifetime of a task body.
+///
+/// # Safety
+///
+/// The caller must not let `'a` end before the task is done or its body was taken
+/// and dropped: `Scope` waits for `pending == 0`, `join` and `for_each` wait for
+/// `done` (or cancel the task) before they return, on unwind too.
+pub(crate) unsafe fn erase<'a>(body: Box<dyn FnOnce(&Shared) + Send + 'a>) -> Body {
+    // SAFETY: same layout (only the lifetime differs); the caller upholds the
+    // lifetime contract above.
+    unsafe { std::mem::transmute::<Box<dyn FnOnce(&Shared) + Send + 'a>, Body>(body) }
+}
+
+pub(crate) struct Shared {
+    pub(crate) registry: &'static Registry,
+    me: Weak<Shared>,
+    requested: usize,
+    /// Tokens held by the region, its own thread's included. Only grows.
+    width: AtomicUsize,
+    queue: Injector<Arc<Task>>,
+    /// Tasks in `queue` whose body was not taken yet. Raised before the push, so it
+    /// may briefly run ahead of the queue, never behind it.
+    queued: AtomicUsize,
+    /// Spawned tasks not finished yet.
+    pub(crate) pending: AtomicUsize,
+    /// Slots occupied by helper threads; at most `width - 1`.
+    active: AtomicUsize,
+    /// The first panic of a spawned task, rethrown by the scope.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Where threads waiting inside the region sleep.
+    event: Event,
+    /// Registered with the budget as a grower (the grant fell short).
+    grower: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(registry: &'static Registry, requested: usize, width: usize) -> Arc<Self> {
+        let grower = width < requested;
+        let shared = Arc::new_cyclic(|me| Shared {
+            registry,
+            me: me.clone(),
+            requested,
+            width: AtomicUsize::new(width),
+            queue: Injector::new(),
+            queued: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            panic: Mutex::new(None),
+            event: Event::new(),
+            grower,
+        });
+        if grower {
+            registry.tokens.register(shared.clone());
+        }
+        shared
+    }
+
+    pub(crate) fn width(&self) -> usize {
+        self.width.load(Ordering::Relaxed)
+    }
+
+    /// Queues a task and finds a thread for it: a free slot gets a worker; a region
+    /// short of its request asks the budget for free tokens.
+    pub(crate) fn push(&self, body: Body) -> Arc<Task> {
+        let task = Arc::new(Task {
+            body: Mutex::new(Some(body)),
+            done: AtomicBool::new(false),
+        });
+        // SeqCst: the Dekker pair with a leaving worker (`serve`) and with a
+        // releasing region (`Tokens::release` → `wants`).
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.queue.push(task.clone());
+        self.event.notify();
+        if self.try_reserve() {
+            self.dispatch();
+        } else if self.grower && self.width() < self.requested {
+            self.registry.tokens.poke();
+        }
+        task
+    }
+
+    /// Takes the body of `task` if nobody has yet: the caller runs or drops it.
+    pub(crate) fn claim(&self, task: &Task) -> Option<Body> {
+        let body = task.body.lock().take();
+        if body.is_some() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        body
+    }
+
+    fn pop(&self) -> Option<Arc<Task>> {
+        loop {
+            match self.queue.steal() {
+                Steal::Success(task) => return Some(task),
+                Steal::Empty => return None,
+                Steal::Retry => {}
+            }
+        }
+    }
+
+    /// Runs one queued task, if there is one; false if the queue was empty.
+    fn run_one(&self) -> bool {
+        while let Some(task) = self.pop() {
+            if let Some(body) = self.claim(&task) {
+                body(self);
+                // SeqCst, then notify: the Event protocol's "condition first".
+                task.done.store(true, Ordering::SeqCst);
+                self.event.notify();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs the region's tasks on this thread until `done()` holds, sleeping when
+    /// there is nothing to run.
+    ///
+    /// # Panics
+    ///
+    /// In a child process forked while this region had tasks on other threads:
+    /// those threads do not exist in the child, so waiting would hang forever.
+    pub(crate) fn help_until(&self, done: impl Fn() -> bool) {
+        loop {
+            if done() {
+                return;
+            }
+            if self.run_one() {
+                continue;
+            }
+            if !self.registry.is_current() {
+                panic!(
+                    "budget: this process was forked while a parallel region had tasks running \
+                     on other threads, and those threads do not exist in the child. Fork outside \
+                     budget regions (or call exec right after fork)."
+                );
+            }
+            self.event
+                .wait_until(|| done() || self.queued.load(Ordering::SeqCst) > 0);
+        }
+    }
+
+    /// Records the first panic of a spawned task.
+    pub(crate) fn store_panic(&self, payload: Box<dyn Any + Send>) {
+        let mut slot = self.panic.lock();
+        if slot.is_none() {
+            *slot = Some(payload);
+        }
+    }
+
+    pub(crate) fn take_panic(&self) -> Option<Box<dyn Any + Send>> {
+        self.panic.lock().take()
+    }
+
+    /// Called by the scope at exit, after `pending` reached 0: no grant reaches the
+    /// region after this, so `width` is final.
+    pub(crate) fn close(&self) -> usize {
+        if self.grower {
+            let me: Arc<dyn Grower> = self.arc();
+            self.registry.tokens.unregister(&me);
+        }
+        self.width.load(Ordering::SeqCst)
+    }
+
+    fn arc(&self) -> Arc<Shared> {
+        self.me
+            .upgrade()
+            .expect("a region's shared state is alive while it is used")
+    }
+
+    /// Occupies a free helper slot, if any.
+    fn try_reserve(&self) -> bool {
+        let mut active = self.active.load(Ordering::SeqCst);
+        loop {
+            if active + 1 >= self.width.load(Ordering::SeqCst) {
+                return false;
+            }
+            match self.active.compare_exchange_weak(
+                active,
+                active + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => active = seen,
+            }
+        }
+    }
+
+    fn dispatch(&self) {
+        self.registry.dispatch(self.arc());
+    }
+
+    /// A worker's visit: it arrives holding a reserved slot, runs tasks until the
+    /// queue is empty, then gives the slot back before returning to park.
+    pub(crate) fn serve(self: Arc<Self>) {
+        let _in_region = context::enter();
+        loop {
+            while self.run_one() {}
+            // Leave first, then look once more (SeqCst both): a task pushed by a
+            // thread that saw every slot taken is seen here, or that thread saw our
+            // slot free and dispatched a worker itself.
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            if self.queued.load(Ordering::SeqCst) == 0 || !self.try_reserve() {
+                return;
+            }
+        }
+    }
+}
+
+impl Grower for Shared {
+    fn wants(&self) -> usize {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return 0;
+        }
+        self.requested.saturating_sub(self.width.load(Ordering::SeqCst))
+    }
+
+    fn grant(&self, n: usize) {
+        self.width.fetch_add(n, Ordering::SeqCst);
+        for _ in 0..n {
+            if !self.try_reserve() {
+                break;
+            }
+            self.dispatch();
+        }
+    }
+}

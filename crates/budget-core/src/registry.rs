@@ -1,0 +1,201 @@
+//! The process-wide registry: one token budget, the pool of worker threads that
+//! serve regions, and what happens to both after `fork()`.
+
+use std::collections::VecDeque;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::builder::BuildError;
+use crate::region::Shared;
+use crate::stats::Stats;
+use crate::token::Tokens;
+
+/// The budget and its workers. Registries are leaked: a `&'static Registry` stays
+/// valid for the life of the process, also after it is replaced in a forked child.
+pub(crate) struct Registry {
+    pub(crate) tokens: Tokens,
+    /// The value of `FORK_GENERATION` when this registry was made.
+    fork_generation: usize,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    threads: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Regions that reserved a slot and wait for a thread to fill it.
+    requests: VecDeque<Arc<Shared>>,
+    /// Workers parked in `worker_main`.
+    idle: usize,
+}
+
+/// The installed registry, or null before first use.
+static GLOBAL: AtomicPtr<Registry> = AtomicPtr::new(ptr::null_mut());
+
+/// Bumped in the child by the `pthread_atfork` handler: a registry from an older
+/// generation belongs to the parent, whose other threads do not exist here.
+static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+/// The registry of this process, made on first use with the configured total.
+#[inline]
+pub(crate) fn global() -> &'static Registry {
+    // Acquire pairs with the AcqRel compare-and-swap in `install`: the registry's
+    // fields are initialised before its pointer is seen.
+    let ptr = GLOBAL.load(Ordering::Acquire);
+    if !ptr.is_null() {
+        // SAFETY: a pointer in GLOBAL came from Box::into_raw and is never freed.
+        let registry = unsafe { &*ptr };
+        if registry.is_current() {
+            return registry;
+        }
+    }
+    install(None).unwrap_or_else(|_| unreachable!("install(None) does not fail"))
+}
+
+/// Installs a registry of `total` tokens (the configured total when `None`).
+/// With `Some`, fails if a registry of this process is already running.
+pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildError> {
+    register_fork_handler();
+    let generation = FORK_GENERATION.load(Ordering::Acquire);
+    let mut current = GLOBAL.load(Ordering::Acquire);
+    if let Some(running) = live(current, generation) {
+        return match total {
+            Some(_) => Err(BuildError::AlreadyRunning {
+                total: running.tokens.total(),
+            }),
+            None => Ok(running),
+        };
+    }
+    let strict = total.is_some();
+    let total = total.unwrap_or_else(crate::detect::configured_total);
+    let fresh = Box::into_raw(Box::new(Registry::new(total, generation)));
+    loop {
+        match GLOBAL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: `fresh` came from Box::into_raw just above and is now leaked.
+            Ok(_) => return Ok(unsafe { &*fresh }),
+            Err(seen) => {
+                current = seen;
+                if let Some(running) = live(seen, generation) {
+                    // Another thread installed first; ours never ran a thread.
+                    // SAFETY: `fresh` was never published, so we own it.
+                    drop(unsafe { Box::from_raw(fresh) });
+                    return if strict {
+                        Err(BuildError::AlreadyRunning {
+                            total: running.tokens.total(),
+                        })
+                    } else {
+                        Ok(running)
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn live(ptr: *mut Registry, generation: usize) -> Option<&'static Registry> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: pointers in GLOBAL come from Box::into_raw and are never freed.
+    let registry = unsafe { &*ptr };
+    (registry.fork_generation == generation).then_some(registry)
+}
+
+#[cfg(unix)]
+fn register_fork_handler() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    extern "C" fn in_child() {
+        // Async-signal-safe: one atomic add, no allocation, no lock.
+        FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
+    ONCE.call_once(|| {
+        // SAFETY: `in_child` is an `extern "C" fn()` that lives for the whole program
+        // and only performs an atomic add.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        if rc != 0 {
+            tracing::warn!("budget: pthread_atfork failed ({rc}); a forked child must not use budget");
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn register_fork_handler() {}
+
+impl Registry {
+    fn new(total: usize, fork_generation: usize) -> Self {
+        Registry {
+            tokens: Tokens::new(total),
+            fork_generation,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            threads: AtomicUsize::new(0),
+        }
+    }
+
+    /// False in a forked child for the parent's registry: its workers are gone, so it
+    /// must not be waited on or locked.
+    pub(crate) fn is_current(&self) -> bool {
+        self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.tokens.counters.snapshot(
+            self.tokens.total(),
+            self.tokens.free(),
+            self.threads.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Hands a region's reserved slot to a worker: an idle one, or a new thread while
+    /// fewer than `total` exist. With `total` threads busy the request waits in the
+    /// queue; a busy thread picks it up when it finishes its region.
+    ///
+    /// Why `total` threads suffice: a worker runs only inside a slot, and every slot
+    /// is a token, so no more than `total` workers are ever busy at once.
+    pub(crate) fn dispatch(&'static self, region: Arc<Shared>) {
+        let spawn = {
+            let mut queue = self.queue.lock();
+            queue.requests.push_back(region);
+            let spawn = queue.idle < queue.requests.len()
+                && self.threads.load(Ordering::Relaxed) < self.tokens.total();
+            if spawn {
+                self.threads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.wake.notify_one();
+            }
+            spawn
+        };
+        if spawn {
+            let index = self.threads.load(Ordering::Relaxed);
+            let started = std::thread::Builder::new()
+                .name(format!("budget-worker-{index}"))
+                .spawn(move || self.worker_main());
+            if let Err(error) = started {
+                // The request stays queued; the region's own thread runs its tasks.
+                self.threads.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("budget: could not start a worker thread: {error}");
+            }
+        }
+    }
+
+    fn worker_main(&'static self) {
+        loop {
+            let region = {
+                let mut queue = self.queue.lock();
+                loop {
+                    if let Some(region) = queue.requests.pop_front() {
+                        break region;
+                    }
+                    queue.idle += 1;
+                    self.wake.wait(&mut queue);
+                    queue.idle -= 1;
+                }
+            };
+            region.serve();
+        }
+    }
+}

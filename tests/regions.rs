@@ -1,0 +1,157 @@
+//! Behaviour of regions: widths when nested (shrink), growth when tokens come back,
+//! the task API, and panics. Runs with a budget of exactly 2 cores.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex, Once};
+use std::thread;
+use std::time::Duration;
+
+/// Every test in this binary shares one budget of 2 tokens, and tests run in
+/// parallel threads: a lock makes the ones that assert exact widths run alone.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+fn two_cores() -> std::sync::MutexGuard<'static, ()> {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        budget::Builder::new()
+            .num_threads(2)
+            .build_global()
+            .expect("this test binary builds the budget first")
+    });
+    let guard = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(budget::stats().in_use, 0, "a previous test leaked tokens");
+    guard
+}
+
+#[test]
+fn shrink_nested_region_runs_at_width_one() {
+    let _g = two_cores();
+    budget::scope(|outer| {
+        assert_eq!(outer.width(), 2);
+        budget::scope(|inner| assert_eq!(inner.width(), 1));
+        outer.join(
+            || budget::scope(|inner| assert_eq!(inner.width(), 1)),
+            || budget::scope(|inner| assert_eq!(inner.width(), 1)),
+        );
+    });
+    assert_eq!(budget::stats().in_use, 0);
+    budget::scope(|again| assert_eq!(again.width(), 2));
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn growth_after_release_runs_queued_tasks_on_two_threads() {
+    let _g = two_cores();
+    let hold = Barrier::new(2);
+    let release = AtomicBool::new(false);
+    thread::scope(|t| {
+        // Another thread takes both cores and keeps them until told.
+        t.spawn(|| {
+            budget::scope(|s| {
+                assert_eq!(s.width(), 2);
+                hold.wait();
+                while !release.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            })
+        });
+        hold.wait();
+        let threads = Mutex::new(HashSet::new());
+        let started = AtomicUsize::new(0);
+        let before = budget::stats().tokens_regrown;
+        budget::scope(|s| {
+            assert_eq!(s.width(), 1, "the other region holds every core");
+            for _ in 0..8 {
+                s.spawn(|_| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    threads.lock().unwrap().insert(thread::current().id());
+                    // Long enough that two threads overlap once the region grew.
+                    thread::sleep(Duration::from_millis(20));
+                });
+            }
+            release.store(true, Ordering::SeqCst);
+            // The other region ends and its tokens are handed to this one.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while s.width() < 2 {
+                assert!(std::time::Instant::now() < deadline, "region never grew");
+                thread::sleep(Duration::from_millis(1));
+            }
+        });
+        assert_eq!(started.load(Ordering::SeqCst), 8);
+        assert!(budget::stats().tokens_regrown > before);
+        assert!(
+            threads.lock().unwrap().len() >= 2,
+            "queued tasks ran on one thread only"
+        );
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn spawn_join_for_each_compute_right_answers() {
+    let _g = two_cores();
+    fn fib(s: &budget::Scope<'_>, n: u64) -> u64 {
+        if n < 10 {
+            return if n < 2 {
+                n
+            } else {
+                fib(s, n - 1) + fib(s, n - 2)
+            };
+        }
+        let (a, b) = s.join(|| fib(s, n - 1), || fib(s, n - 2));
+        a + b
+    }
+    assert_eq!(budget::scope(|s| fib(s, 25)), 75025);
+    let mut v: Vec<u64> = (0..100_000).collect();
+    budget::scope(|s| s.for_each(&mut v[..], |x| *x *= 2));
+    assert_eq!(v.iter().sum::<u64>(), 2 * (99_999 * 100_000 / 2));
+    let sum = AtomicUsize::new(0);
+    budget::scope(|s| {
+        s.for_each(&v[..10], |x| {
+            sum.fetch_add(*x as usize, Ordering::Relaxed);
+        })
+    });
+    assert_eq!(sum.into_inner(), 90);
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn panics_keep_their_payload_and_return_every_token() {
+    let _g = two_cores();
+    let finished = AtomicUsize::new(0);
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        budget::scope(|s| {
+            for i in 0..16 {
+                let finished = &finished;
+                s.spawn(move |_| {
+                    if i == 7 {
+                        std::panic::panic_any(42_u32);
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                    finished.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        })
+    }))
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<u32>(), Some(&42));
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        15,
+        "every other task finished"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+
+    let err = std::panic::catch_unwind(|| {
+        budget::scope(|s| s.join(|| 1, || -> i32 { panic!("right side") }))
+    })
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"right side"));
+    let err = std::panic::catch_unwind(|| {
+        budget::scope(|s| s.for_each(0..1000, |i| assert!(i != 500, "element 500")))
+    })
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"element 500"));
+    assert_eq!(budget::stats().in_use, 0);
+}
