@@ -91,7 +91,8 @@ fn affinity_count() -> Option<usize> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a live, writable cpu_set_t and we pass its exact size; pid 0
     // means the calling thread.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return None;
     }
@@ -138,7 +139,8 @@ pub(crate) fn cgroup_quota(
             }
         } else if controllers.split(',').any(|c| c == "cpu") {
             // cgroup v1: cpu.cfs_quota_us (-1 for none) over cpu.cfs_period_us.
-            let is_cpu = |fs: &str, opts: &str| fs == "cgroup" && opts.split(',').any(|o| o == "cpu");
+            let is_cpu =
+                |fs: &str, opts: &str| fs == "cgroup" && opts.split(',').any(|o| o == "cpu");
             if let Some(dirs) = levels(mountinfo, path, is_cpu) {
                 for dir in dirs {
                     let quota = read(&dir.join("cpu.cfs_quota_us"));
@@ -249,7 +251,8 @@ mod tests {
 
     #[test]
     fn v1_quota_with_namespaced_root() {
-        let mounts = "40 30 0:35 /docker/abc /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct\n";
+        let mounts =
+            "40 30 0:35 /docker/abc /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct\n";
         let read = fs(&[
             ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "300000\n"),
             ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n"),
@@ -262,7 +265,10 @@ mod tests {
             ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n"),
             ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n"),
         ]);
-        assert_eq!(cgroup_quota("4:cpu,cpuacct:/docker/abc\n", mounts, &unlimited), None);
+        assert_eq!(
+            cgroup_quota("4:cpu,cpuacct:/docker/abc\n", mounts, &unlimited),
+            None
+        );
     }
 
     #[test]

@@ -242,7 +242,8 @@ impl Grower for Shared {
         if self.queued.load(Ordering::SeqCst) == 0 {
             return 0;
         }
-        self.requested.saturating_sub(self.width.load(Ordering::SeqCst))
+        self.requested
+            .saturating_sub(self.width.load(Ordering::SeqCst))
     }
 
     fn grant(&self, n: usize) {

@@ -117,7 +117,9 @@ fn register_fork_handler() {
         // and only performs an atomic add.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
         if rc != 0 {
-            tracing::warn!("budget: pthread_atfork failed ({rc}); a forked child must not use budget");
+            tracing::warn!(
+                "budget: pthread_atfork failed ({rc}); a forked child must not use budget"
+            );
         }
     });
 }

@@ -35,7 +35,10 @@ impl<T> Mutex<T> {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
         #[cfg(budget_loom)]
-        return self.0.lock().expect("no panics while a budget lock is held");
+        return self
+            .0
+            .lock()
+            .expect("no panics while a budget lock is held");
         #[cfg(not(budget_loom))]
         return self.0.lock();
     }
@@ -57,7 +60,10 @@ impl Condvar {
 
     pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
         #[cfg(budget_loom)]
-        return self.0.wait(guard).expect("no panics while a budget lock is held");
+        return self
+            .0
+            .wait(guard)
+            .expect("no panics while a budget lock is held");
         #[cfg(not(budget_loom))]
         {
             let mut guard = guard;

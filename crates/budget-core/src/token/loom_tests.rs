@@ -1,0 +1,1 @@
+//! Loom models of the token protocol (filled in below).
