@@ -22,8 +22,38 @@ pub(crate) fn enter() -> Guard {
 }
 
 /// Restores the thread's previous state on drop.
+#[derive(Debug)]
 pub(crate) struct Guard {
     previous: bool,
+}
+
+/// Marks the current thread as working inside a region, for threads that an
+/// integration runs on a region's tokens (a rayon pool's workers): regions opened on
+/// it take no token for the thread itself, as on budget's own workers.
+///
+/// Use it only on threads whose running is already paid for by tokens, for example a
+/// pool that is only ever given work by a region holding a token per thread.
+///
+/// # Examples
+///
+/// ```
+/// let _marked = budget::RegionThread::enter();
+/// // A region opened here takes no token for this thread.
+/// budget::scope(|s| assert!(s.width() >= 1));
+/// assert_eq!(budget::stats().in_use, 0);
+/// ```
+#[derive(Debug)]
+#[must_use = "the thread is marked only while the guard lives"]
+pub struct RegionThread {
+    _guard: Guard,
+}
+
+impl RegionThread {
+    /// Marks the current thread until the returned guard is dropped (`forget` it to
+    /// mark a dedicated thread for good).
+    pub fn enter() -> RegionThread {
+        RegionThread { _guard: enter() }
+    }
 }
 
 impl Drop for Guard {

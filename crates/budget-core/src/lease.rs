@@ -19,11 +19,16 @@ use crate::registry::{self, Registry};
 /// drop(lease);
 /// assert_eq!(budget::stats().in_use, 0);
 /// ```
-#[derive(Debug)]
 #[must_use = "a lease returns its tokens as soon as it is dropped"]
 pub struct Lease {
     registry: &'static Registry,
     count: usize,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("count", &self.count).finish()
+    }
 }
 
 impl Lease {

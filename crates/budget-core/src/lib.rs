@@ -53,6 +53,7 @@ mod sync;
 mod token;
 
 pub use builder::{BuildError, Builder};
+pub use context::RegionThread;
 pub use detect::{available_cores, ENV_NUM_THREADS, MAX_THREADS};
 pub use items::ForEachInput;
 pub use lease::Lease;

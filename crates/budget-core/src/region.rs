@@ -61,7 +61,15 @@ pub(crate) struct Shared {
     event: Event,
     /// Registered with the budget as a grower (the grant fell short).
     grower: bool,
+    /// Open `Scope::with_demand` calls: the region wants its full request even with
+    /// no task queued (an integration, such as a rayon pool, runs its work).
+    external_demand: AtomicUsize,
+    /// Told the new width each time the region grows (under the growers lock).
+    listeners: Mutex<Vec<Listener>>,
 }
+
+/// A callback told the region's new width when it grows.
+pub(crate) type Listener = Arc<dyn Fn(usize) + Send + Sync>;
 
 impl Shared {
     pub(crate) fn new(registry: &'static Registry, requested: usize, width: usize) -> Arc<Self> {
@@ -78,6 +86,8 @@ impl Shared {
             panic: Mutex::new(None),
             event: Event::new(),
             grower,
+            external_demand: AtomicUsize::new(0),
+            listeners: Mutex::new(Vec::new()),
         });
         if grower {
             registry.tokens.register(shared.clone());
@@ -237,9 +247,37 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Declares demand that is not in the task queue while `f` runs, telling
+    /// `listener` each new width. See `Scope::with_demand`.
+    pub(crate) fn with_demand<R>(&self, listener: Listener, f: impl FnOnce() -> R) -> R {
+        struct Undo<'a>(&'a Shared, &'a Listener);
+        impl Drop for Undo<'_> {
+            fn drop(&mut self) {
+                let (shared, listener) = (self.0, self.1);
+                shared
+                    .listeners
+                    .lock()
+                    .retain(|l| !Arc::ptr_eq(l, listener));
+                shared.external_demand.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.listeners.lock().push(listener.clone());
+        // SeqCst, then poke: the demand side of the Dekker pair with `release`.
+        self.external_demand.fetch_add(1, Ordering::SeqCst);
+        let _undo = Undo(self, &listener);
+        if self.grower && self.width() < self.requested {
+            self.registry.tokens.poke();
+        }
+        f()
+    }
+}
+
 impl Grower for Shared {
     fn wants(&self) -> usize {
-        if self.queued.load(Ordering::SeqCst) == 0 {
+        if self.queued.load(Ordering::SeqCst) == 0
+            && self.external_demand.load(Ordering::SeqCst) == 0
+        {
             return 0;
         }
         self.requested
@@ -247,9 +285,12 @@ impl Grower for Shared {
     }
 
     fn grant(&self, n: usize) {
-        self.width.fetch_add(n, Ordering::SeqCst);
+        let width = self.width.fetch_add(n, Ordering::SeqCst) + n;
+        for listener in self.listeners.lock().iter() {
+            listener(width);
+        }
         for _ in 0..n {
-            if !self.try_reserve() {
+            if self.queued.load(Ordering::SeqCst) == 0 || !self.try_reserve() {
                 break;
             }
             self.dispatch();

@@ -215,6 +215,39 @@ impl<'scope> Scope<'scope> {
         self.requested
     }
 
+    /// Runs `f` while the region asks the budget for its full request even though it
+    /// has no task queued, and calls `on_grow(new_width)` each time the region grows
+    /// meanwhile. For integrations that run a region's work on threads of their own:
+    /// `budget-rayon` opens a gated rayon pool this way.
+    ///
+    /// `on_grow` runs on the thread that released the tokens, with the budget's
+    /// hand-off lock held: it must be quick, must not block, and must not enter a
+    /// region or touch a [`Lease`](crate::Lease).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let record = seen.clone();
+    /// budget::scope(|s| {
+    ///     let width = s.with_demand(move |w| record.store(w, Ordering::Relaxed), || s.width());
+    ///     assert!(width >= 1);
+    /// });
+    /// ```
+    pub fn with_demand<R>(
+        &self,
+        on_grow: impl Fn(usize) + Send + Sync + 'static,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        if self.initial_width >= self.requested {
+            return f(); // nothing to grow into
+        }
+        self.shared().with_demand(Arc::new(on_grow), f)
+    }
+
     fn shared(&self) -> &Arc<Shared> {
         self.shared
             .get_or_init(|| Shared::new(self.registry, self.requested, self.initial_width))
