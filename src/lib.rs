@@ -39,10 +39,34 @@
 //!
 //! # Features
 //!
-//! The rayon (`budget-rayon`) and native OpenMP/BLAS (`budget-native`) parts will
-//! plug in as the `rayon` and `native` features.
+//! - `rayon` (default): [`rayon::RayonExt::install`] runs rayon code sized by the
+//!   region (`use budget::prelude::*`), from the `budget-rayon` crate.
+//! - The native OpenMP/BLAS part (`budget-native`) will plug in as `native`.
 
 pub use budget_core::{
-    available_cores, scope, scope_with, stats, BuildError, Builder, ForEachInput, Lease, Scope,
-    Stats, ENV_NUM_THREADS, MAX_THREADS,
+    available_cores, scope, scope_with, stats, BuildError, Builder, ForEachInput, Lease,
+    RegionThread, Scope, Stats, ENV_NUM_THREADS, MAX_THREADS,
 };
+
+/// rayon regions sized by the budget: [`RayonExt::install`](rayon::RayonExt::install).
+///
+/// # Examples
+///
+/// ```
+/// use budget::prelude::*;
+/// use rayon::prelude::*;
+///
+/// let v: Vec<u32> = budget::scope(|s| s.install(|| (0..100u32).into_par_iter().map(|x| x * 2).collect()));
+/// assert_eq!(v[99], 198);
+/// ```
+#[cfg(feature = "rayon")]
+pub mod rayon {
+    pub use budget_rayon::{stats, RayonExt, RayonStats, IDLE_POOLS_PER_CAPACITY};
+}
+
+/// The extension traits, to bring `s.install(..)` into scope:
+/// `use budget::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "rayon")]
+    pub use budget_rayon::RayonExt;
+}

@@ -3,25 +3,14 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex, Once};
+use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
-/// Every test in this binary shares one budget of 2 tokens, and tests run in
-/// parallel threads: a lock makes the ones that assert exact widths run alone.
-static EXCLUSIVE: Mutex<()> = Mutex::new(());
+mod common;
 
 fn two_cores() -> std::sync::MutexGuard<'static, ()> {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        budget::Builder::new()
-            .num_threads(2)
-            .build_global()
-            .expect("this test binary builds the budget first")
-    });
-    let guard = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(budget::stats().in_use, 0, "a previous test leaked tokens");
-    guard
+    common::exclusive_budget(2)
 }
 
 #[test]
@@ -72,11 +61,7 @@ fn growth_after_release_runs_queued_tasks_on_two_threads() {
             }
             release.store(true, Ordering::SeqCst);
             // The other region ends and its tokens are handed to this one.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while s.width() < 2 {
-                assert!(std::time::Instant::now() < deadline, "region never grew");
-                thread::sleep(Duration::from_millis(1));
-            }
+            common::wait_for("the region to grow", || s.width() == 2);
         });
         assert_eq!(started.load(Ordering::SeqCst), 8);
         assert!(budget::stats().tokens_regrown > before);

@@ -1,0 +1,226 @@
+//! budget-rayon: rayon code inside regions, with a budget of exactly 2 cores.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use budget::prelude::*;
+use rayon::prelude::*;
+
+mod common;
+
+fn two_cores() -> std::sync::MutexGuard<'static, ()> {
+    common::exclusive_budget(2)
+}
+
+#[test]
+fn width_inside_install_is_rayons_thread_count() {
+    let _g = two_cores();
+    budget::scope(|s| {
+        assert_eq!(s.width(), 2);
+        let (inside, on_pool) = s.install(|| {
+            (
+                rayon::current_num_threads(),
+                rayon::current_thread_index().is_some(),
+            )
+        });
+        assert_eq!(inside, s.width());
+        assert!(on_pool, "install runs on a pool thread");
+    });
+    budget::scope_with(1, |s| {
+        assert_eq!(s.install(rayon::current_num_threads), 1);
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn nested_install_on_a_budget_worker_builds_no_pool() {
+    let _g = two_cores();
+    budget::scope(|s| s.install(|| ())); // warm: the 2-thread pool exists
+    let before = budget::rayon::stats();
+    let inner_regions = AtomicUsize::new(0);
+    let total: u64 = budget::scope(|s| {
+        s.install(|| {
+            (0..64u64)
+                .into_par_iter()
+                .map(|i| {
+                    // A library call inside the application's parallel loop.
+                    budget::scope(|inner| {
+                        inner_regions.fetch_add(1, Ordering::Relaxed);
+                        assert_eq!(inner.width(), 1, "the outer region holds both cores");
+                        inner.install(|| {
+                            assert_eq!(rayon::current_num_threads(), 2, "in place");
+                            (0..100u64).into_par_iter().map(|j| i * j).sum::<u64>()
+                        })
+                    })
+                })
+                .sum()
+        })
+    });
+    assert_eq!(total, (0..64u64).map(|i| i * 4950).sum());
+    assert_eq!(inner_regions.into_inner(), 64);
+    let after = budget::rayon::stats();
+    assert_eq!(
+        after.pools_built, before.pools_built,
+        "a nested install built a pool"
+    );
+    assert_eq!(
+        after.leases,
+        before.leases + 1,
+        "only the outer region leased"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn pools_are_reused_not_built_per_call() {
+    let _g = two_cores();
+    budget::scope(|s| s.install(|| ()));
+    let before = budget::rayon::stats();
+    for _ in 0..50 {
+        budget::scope(|s| s.install(|| (0..10).into_par_iter().for_each(|_| ())));
+    }
+    let after = budget::rayon::stats();
+    assert_eq!(after.pools_built, before.pools_built);
+    assert_eq!(after.leases, before.leases + 50);
+}
+
+#[test]
+fn narrowed_region_grows_and_runs_on_two_threads() {
+    let _g = two_cores();
+    let held = Barrier::new(2);
+    let release = AtomicBool::new(false);
+    thread::scope(|t| {
+        t.spawn(|| {
+            budget::scope(|s| {
+                assert_eq!(s.width(), 2);
+                held.wait();
+                common::wait_for("the release signal", || release.load(Ordering::SeqCst));
+            })
+        });
+        held.wait();
+        let threads = Mutex::new(HashSet::new());
+        let concurrent = AtomicUsize::new(0);
+        let max_concurrent = AtomicUsize::new(0);
+        budget::scope(|s| {
+            assert_eq!(s.width(), 1, "the other region holds both cores");
+            s.install(|| {
+                assert_eq!(rayon::current_num_threads(), 2, "capacity is the request");
+                (0..64).into_par_iter().for_each(|i| {
+                    let now = concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_concurrent.fetch_max(now, Ordering::SeqCst);
+                    assert!(
+                        now <= s.width(),
+                        "{now} threads busy at width {}",
+                        s.width()
+                    );
+                    threads.lock().unwrap().insert(thread::current().id());
+                    if i == 8 {
+                        release.store(true, Ordering::SeqCst);
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                    concurrent.fetch_sub(1, Ordering::SeqCst);
+                });
+            });
+            assert_eq!(s.width(), 2, "the region grew");
+        });
+        assert_eq!(threads.lock().unwrap().len(), 2, "work ran on both threads");
+        assert_eq!(max_concurrent.load(Ordering::SeqCst), 2);
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn mutual_and_self_install_finish() {
+    let _g = two_cores();
+    common::watchdog("mutual install", || {
+        // rayon's mutual_install shape: a region's work enters another region,
+        // whose work enters a third, all from inside pool threads.
+        let r = budget::scope(|a| {
+            a.install(|| {
+                budget::scope(|b| {
+                    b.install(|| {
+                        budget::scope(|c| c.install(|| (0..100).into_par_iter().sum::<i32>()))
+                    })
+                })
+            })
+        });
+        assert_eq!(r, 4950);
+        // Self install: the same region's install nested in itself.
+        let r = budget::scope(|a| a.install(|| a.install(|| a.install(|| 7))));
+        assert_eq!(r, 7);
+        // Two outside threads installing at once, each nesting into the other shape.
+        thread::scope(|t| {
+            for _ in 0..2 {
+                t.spawn(|| {
+                    for _ in 0..20 {
+                        budget::scope(|s| {
+                            s.install(|| {
+                                rayon::join(
+                                    || budget::scope(|i| i.install(|| rayon::join(|| 1, || 2))),
+                                    || 3,
+                                )
+                            })
+                        });
+                    }
+                });
+            }
+        });
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn panics_in_rayon_work_keep_payload_and_tokens() {
+    let _g = two_cores();
+    for round in 0..10 {
+        let err = std::panic::catch_unwind(|| {
+            budget::scope(|s| {
+                s.install(|| {
+                    (0..100).into_par_iter().for_each(|i| {
+                        if i == 37 + round {
+                            std::panic::panic_any(format!("item {i}"));
+                        }
+                    })
+                })
+            })
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<String>().unwrap(),
+            &format!("item {}", 37 + round)
+        );
+        assert_eq!(budget::stats().in_use, 0);
+    }
+    // A panic in a narrowed (gated) region opens the gate and returns the tokens.
+    let lease = budget::Lease::try_new(1);
+    let err = std::panic::catch_unwind(|| {
+        budget::scope(|s| {
+            assert_eq!(s.width(), 1);
+            s.install(|| (0..10).into_par_iter().for_each(|_| panic!("gated")))
+        })
+    })
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"gated"));
+    drop(lease);
+    assert_eq!(budget::stats().in_use, 0);
+    // The pool is whole again: a full-width region uses both threads.
+    budget::scope(|s| assert_eq!(s.install(rayon::current_num_threads), 2));
+}
+
+#[test]
+fn a_user_global_pool_is_left_alone() {
+    let _g = two_cores();
+    // Either this call builds the global pool or someone did; both are fine.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+    let global = rayon::current_num_threads();
+    let inside = budget::scope(|s| s.install(rayon::current_num_threads));
+    assert_eq!(inside, 2);
+    assert_eq!(rayon::current_num_threads(), global);
+    let sum: i32 = (0..10).into_par_iter().sum();
+    assert_eq!(sum, 45);
+}
