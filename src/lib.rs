@@ -70,3 +70,8 @@ pub mod prelude {
     #[cfg(feature = "rayon")]
     pub use budget_rayon::RayonExt;
 }
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
