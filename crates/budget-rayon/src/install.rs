@@ -26,6 +26,15 @@ pub trait RayonExt {
     ///   no new pool, no hop to another pool, no blocking; `current_num_threads()`
     ///   is the enclosing pool's.
     ///
+    /// # Warning
+    ///
+    /// In a narrowed region the threads beyond the width wait at the gate, so
+    /// `rayon::broadcast` (which needs every thread of the pool) inside `op` waits
+    /// until the region grows to its full request. Prefer `par_iter`, `join` and
+    /// `scope`, which never wait for a particular thread. Work started with
+    /// `rayon::spawn` that outlives `op` delays the pool's next narrowed lease until
+    /// it finishes.
+    ///
     /// # Panics
     ///
     /// A panic in `op` (or in rayon work inside it) is resumed here with its original
