@@ -59,8 +59,13 @@ pub(crate) struct Shared {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Where threads waiting inside the region sleep.
     event: Event,
-    /// Registered with the budget as a grower (the grant fell short).
+    /// Registered with the budget as a grower (the grant fell short, or the
+    /// region's own thread runs without a token).
     grower: bool,
+    /// The region was opened by a thread outside every region that found no token
+    /// free: it runs anyway (overcommit). The first token handed to the region pays
+    /// for that thread instead of widening the region.
+    owes_own: AtomicBool,
     /// Open `Scope::with_demand` calls: the region wants its full request even with
     /// no task queued (an integration, such as a rayon pool, runs its work).
     external_demand: AtomicUsize,
@@ -72,8 +77,13 @@ pub(crate) struct Shared {
 pub(crate) type Listener = Arc<dyn Fn(usize) + Send + Sync>;
 
 impl Shared {
-    pub(crate) fn new(registry: &'static Registry, requested: usize, width: usize) -> Arc<Self> {
-        let grower = width < requested;
+    pub(crate) fn new(
+        registry: &'static Registry,
+        requested: usize,
+        width: usize,
+        owes_own: bool,
+    ) -> Arc<Self> {
+        let grower = width < requested || owes_own;
         let shared = Arc::new_cyclic(|me| Shared {
             registry,
             me: me.clone(),
@@ -86,6 +96,7 @@ impl Shared {
             panic: Mutex::new(None),
             event: Event::new(),
             grower,
+            owes_own: AtomicBool::new(owes_own),
             external_demand: AtomicUsize::new(0),
             listeners: Mutex::new(Vec::new()),
         });
@@ -97,6 +108,11 @@ impl Shared {
 
     pub(crate) fn width(&self) -> usize {
         self.width.load(Ordering::Relaxed)
+    }
+
+    /// Whether a grant could still reach the region (a hint: rebalance decides).
+    fn short(&self) -> bool {
+        self.width() < self.requested || self.owes_own.load(Ordering::Relaxed)
     }
 
     /// Queues a task and finds a thread for it: a free slot gets a worker; a region
@@ -113,7 +129,7 @@ impl Shared {
         self.event.notify();
         if self.try_reserve() {
             self.dispatch();
-        } else if self.grower && self.width() < self.requested {
+        } else if self.grower && self.short() {
             self.registry.tokens.poke();
         }
         task
@@ -192,13 +208,15 @@ impl Shared {
     }
 
     /// Called by the scope at exit, after `pending` reached 0: no grant reaches the
-    /// region after this, so `width` is final.
-    pub(crate) fn close(&self) -> usize {
+    /// region after this. Returns the final width and whether a grant paid for the
+    /// region's own thread (so the scope returns that token too).
+    pub(crate) fn close(&self) -> (usize, bool) {
         if self.grower {
             let me: Arc<dyn Grower> = self.arc();
             self.registry.tokens.unregister(&me);
         }
-        self.width.load(Ordering::SeqCst)
+        let repaid = self.grower && !self.owes_own.load(Ordering::SeqCst);
+        (self.width.load(Ordering::SeqCst), repaid)
     }
 
     fn arc(&self) -> Arc<Shared> {
@@ -266,7 +284,7 @@ impl Shared {
         // SeqCst, then poke: the demand side of the Dekker pair with `release`.
         self.external_demand.fetch_add(1, Ordering::SeqCst);
         let _undo = Undo(self, &listener);
-        if self.grower && self.width() < self.requested {
+        if self.grower && self.short() {
             self.registry.tokens.poke();
         }
         f()
@@ -275,16 +293,27 @@ impl Shared {
 
 impl Grower for Shared {
     fn wants(&self) -> usize {
+        let own = usize::from(self.owes_own.load(Ordering::SeqCst));
         if self.queued.load(Ordering::SeqCst) == 0
             && self.external_demand.load(Ordering::SeqCst) == 0
         {
-            return 0;
+            return own;
         }
-        self.requested
+        own + self
+            .requested
             .saturating_sub(self.width.load(Ordering::SeqCst))
     }
 
-    fn grant(&self, n: usize) {
+    fn grant(&self, mut n: usize) {
+        // The first token pays for the region's own thread (see `owes_own`). Only
+        // grants (under the growers lock) write the flag, so load + store is enough.
+        if n > 0 && self.owes_own.load(Ordering::SeqCst) {
+            self.owes_own.store(false, Ordering::SeqCst);
+            n -= 1;
+            if n == 0 {
+                return;
+            }
+        }
         let width = self.width.fetch_add(n, Ordering::SeqCst) + n;
         for listener in self.listeners.lock().iter() {
             listener(width);

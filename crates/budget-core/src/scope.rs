@@ -97,6 +97,7 @@ where
         registry,
         requested,
         initial_width: width,
+        overcommitted: !inherits && !own_token,
         shared: OnceLock::new(),
         marker: PhantomData,
     };
@@ -115,12 +116,15 @@ where
         }
     };
 
-    let final_width = scope.shared.get().map_or(width, |shared| shared.close());
+    let (final_width, repaid) = scope
+        .shared
+        .get()
+        .map_or((width, false), |shared| shared.close());
     if final_width > width {
         span.record("regrown", final_width - width);
     }
     if registry.is_current() {
-        tokens.release(final_width - 1 + usize::from(own_token));
+        tokens.release(final_width - 1 + usize::from(own_token || repaid));
     }
     let task_panic = scope.shared.get().and_then(|shared| shared.take_panic());
     match (result, task_panic) {
@@ -151,6 +155,8 @@ pub struct Scope<'scope> {
     registry: &'static Registry,
     requested: usize,
     initial_width: usize,
+    /// Opened outside every region with no token free (see `Shared::owes_own`).
+    overcommitted: bool,
     /// Made on the first task: a region that spawns nothing allocates nothing.
     shared: OnceLock<Arc<Shared>>,
     /// Invariant in 'scope, as rayon's Scope: tasks may borrow for exactly 'scope.
@@ -242,15 +248,21 @@ impl<'scope> Scope<'scope> {
         on_grow: impl Fn(usize) + Send + Sync + 'static,
         f: impl FnOnce() -> R,
     ) -> R {
-        if self.initial_width >= self.requested {
+        if self.initial_width >= self.requested && !self.overcommitted {
             return f(); // nothing to grow into
         }
         self.shared().with_demand(Arc::new(on_grow), f)
     }
 
     fn shared(&self) -> &Arc<Shared> {
-        self.shared
-            .get_or_init(|| Shared::new(self.registry, self.requested, self.initial_width))
+        self.shared.get_or_init(|| {
+            Shared::new(
+                self.registry,
+                self.requested,
+                self.initial_width,
+                self.overcommitted,
+            )
+        })
     }
 
     /// Queues `f` to run on the region's threads; the region waits for it before it
