@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     /// free: it runs anyway (overcommit). The first token handed to the region pays
     /// for that thread instead of widening the region.
     owes_own: AtomicBool,
+    /// `owes_own` as it was at entry.
+    owed: bool,
     /// Open `Scope::with_demand` calls: the region wants its full request even with
     /// no task queued (an integration, such as a rayon pool, runs its work).
     external_demand: AtomicUsize,
@@ -97,6 +99,7 @@ impl Shared {
             event: Event::new(),
             grower,
             owes_own: AtomicBool::new(owes_own),
+            owed: owes_own,
             external_demand: AtomicUsize::new(0),
             listeners: Mutex::new(Vec::new()),
         });
@@ -215,7 +218,7 @@ impl Shared {
             let me: Arc<dyn Grower> = self.arc();
             self.registry.tokens.unregister(&me);
         }
-        let repaid = self.grower && !self.owes_own.load(Ordering::SeqCst);
+        let repaid = self.owed && !self.owes_own.load(Ordering::SeqCst);
         (self.width.load(Ordering::SeqCst), repaid)
     }
 
