@@ -15,10 +15,10 @@ use crate::registry;
 /// # Examples
 ///
 /// ```
-/// match budget::Builder::new().num_threads(3).build_global() {
-///     Ok(()) => assert_eq!(budget::stats().total, 3),
+/// match budget_core::Builder::new().num_threads(3).build_global() {
+///     Ok(()) => assert_eq!(budget_core::stats().total, 3),
 ///     // Something in this process already used the budget.
-///     Err(budget::BuildError::AlreadyRunning { total }) => assert_eq!(budget::stats().total, total),
+///     Err(budget_core::BuildError::AlreadyRunning { total }) => assert_eq!(budget_core::stats().total, total),
 ///     Err(other) => panic!("{other}"),
 /// }
 /// ```
@@ -33,7 +33,7 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let builder = budget::Builder::new();
+    /// let builder = budget_core::Builder::new();
     /// # drop(builder);
     /// ```
     pub fn new() -> Self {
@@ -47,7 +47,7 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let builder = budget::Builder::new().num_threads(8);
+    /// let builder = budget_core::Builder::new().num_threads(8);
     /// # drop(builder);
     /// ```
     pub fn num_threads(mut self, total: usize) -> Self {
@@ -65,8 +65,8 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let error = budget::Builder::new().num_threads(0).build_global().unwrap_err();
-    /// assert_eq!(error, budget::BuildError::InvalidThreads { requested: 0 });
+    /// let error = budget_core::Builder::new().num_threads(0).build_global().unwrap_err();
+    /// assert_eq!(error, budget_core::BuildError::InvalidThreads { requested: 0 });
     /// ```
     pub fn build_global(self) -> Result<(), BuildError> {
         let total = match self.num_threads {
@@ -85,7 +85,7 @@ impl Builder {
 /// # Examples
 ///
 /// ```
-/// let error = budget::BuildError::AlreadyRunning { total: 4 };
+/// let error = budget_core::BuildError::AlreadyRunning { total: 4 };
 /// assert!(error.to_string().contains("already running"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -37,10 +37,10 @@ pub(crate) struct Guard {
 /// # Examples
 ///
 /// ```
-/// let _marked = budget::RegionThread::enter();
+/// let _marked = budget_core::RegionThread::enter();
 /// // A region opened here takes no token for this thread.
-/// budget::scope(|s| assert!(s.width() >= 1));
-/// assert_eq!(budget::stats().in_use, 0);
+/// budget_core::scope(|s| assert!(s.width() >= 1));
+/// assert_eq!(budget_core::stats().in_use, 0);
 /// ```
 #[derive(Debug)]
 #[must_use = "the thread is marked only while the guard lives"]

@@ -21,7 +21,7 @@ pub const MAX_THREADS: usize = 4096;
 /// # Examples
 ///
 /// ```
-/// let cores = budget::available_cores();
+/// let cores = budget_core::available_cores();
 /// assert!(cores >= 1);
 /// ```
 pub fn available_cores() -> usize {

@@ -14,11 +14,11 @@ use std::ops::Range;
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 ///
 /// let sum = AtomicUsize::new(0);
-/// budget::scope(|s| s.for_each(1..101, |i| { sum.fetch_add(i, Ordering::Relaxed); }));
+/// budget_core::scope(|s| s.for_each(1..101, |i| { sum.fetch_add(i, Ordering::Relaxed); }));
 /// assert_eq!(sum.into_inner(), 5050);
 ///
 /// let mut squares = vec![1, 2, 3];
-/// budget::scope(|s| s.for_each(&mut squares[..], |x| *x *= *x));
+/// budget_core::scope(|s| s.for_each(&mut squares[..], |x| *x *= *x));
 /// assert_eq!(squares, [1, 4, 9]);
 /// ```
 pub trait ForEachInput: sealed::Sealed {

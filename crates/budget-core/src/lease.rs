@@ -5,19 +5,19 @@ use crate::registry::{self, Registry};
 
 /// Tokens held outside any region, returned to the budget on drop.
 ///
-/// A lease is how a consumer that is not a `budget::scope` (a BLAS library's thread
+/// A lease is how a consumer that is not a `budget_core::scope` (a BLAS library's thread
 /// pool, an external pool) counts against the budget. It never waits: it takes what
 /// is free now, possibly nothing.
 ///
 /// # Examples
 ///
 /// ```
-/// let total = budget::stats().total;
-/// let lease = budget::Lease::try_new(total);
+/// let total = budget_core::stats().total;
+/// let lease = budget_core::Lease::try_new(total);
 /// assert_eq!(lease.count(), total); // nothing else runs
-/// budget::scope(|s| assert_eq!(s.width(), 1)); // the lease holds every core
+/// budget_core::scope(|s| assert_eq!(s.width(), 1)); // the lease holds every core
 /// drop(lease);
-/// assert_eq!(budget::stats().in_use, 0);
+/// assert_eq!(budget_core::stats().in_use, 0);
 /// ```
 #[must_use = "a lease returns its tokens as soon as it is dropped"]
 pub struct Lease {
@@ -38,7 +38,7 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let lease = budget::Lease::try_new(1);
+    /// let lease = budget_core::Lease::try_new(1);
     /// assert!(lease.count() <= 1);
     /// ```
     pub fn try_new(max: usize) -> Lease {
@@ -52,7 +52,7 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(budget::Lease::try_new(0).count(), 0);
+    /// assert_eq!(budget_core::Lease::try_new(0).count(), 0);
     /// ```
     pub fn count(&self) -> usize {
         self.count
@@ -64,7 +64,7 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let mut lease = budget::Lease::try_new(0);
+    /// let mut lease = budget_core::Lease::try_new(0);
     /// let got = lease.try_grow(1);
     /// assert_eq!(lease.count(), got);
     /// ```
@@ -80,7 +80,7 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let mut lease = budget::Lease::try_new(1);
+    /// let mut lease = budget_core::Lease::try_new(1);
     /// let held = lease.count();
     /// assert_eq!(lease.shrink(5), held);
     /// assert_eq!(lease.count(), 0);

@@ -25,17 +25,17 @@
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //!
 //! let hits = AtomicUsize::new(0);
-//! budget::scope(|outer| {
+//! budget_core::scope(|outer| {
 //!     outer.for_each(0..4, |_| {
 //!         // Each inner region gets what the outer one left free: often width 1.
-//!         budget::scope(|inner| {
+//!         budget_core::scope(|inner| {
 //!             assert!(inner.width() >= 1);
 //!             inner.for_each(0..100, |_| { hits.fetch_add(1, Ordering::Relaxed); });
 //!         });
 //!     });
 //! });
 //! assert_eq!(hits.into_inner(), 400);
-//! assert_eq!(budget::stats().in_use, 0);
+//! assert_eq!(budget_core::stats().in_use, 0);
 //! ```
 #![warn(missing_docs)]
 
@@ -68,7 +68,7 @@ pub use stats::Stats;
 /// # Examples
 ///
 /// ```
-/// let stats = budget::stats();
+/// let stats = budget_core::stats();
 /// assert!(stats.total >= 1);
 /// println!("{stats}");
 /// ```

@@ -6,6 +6,7 @@
 //! occupies a slot (`active` counts them), and gives the slot back before it parks.
 
 use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -26,6 +27,24 @@ pub(crate) type Body = Box<dyn FnOnce(&Shared) + Send + 'static>;
 pub(crate) struct Task {
     body: Mutex<Option<Body>>,
     pub(crate) done: AtomicBool,
+}
+
+/// Aborts the process if dropped during a panic: armed between queuing a task that
+/// borrows the stack and making sure it is done, where unwinding would leave a
+/// queued task pointing into a dead frame. Nothing in that window is expected to
+/// panic (user closures run under `catch_unwind`); this turns "impossible" into a
+/// clean abort instead of memory unsafety.
+pub(crate) struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "budget: a panic escaped while a task borrowing the stack was queued; aborting"
+            );
+            std::process::abort();
+        }
+    }
 }
 
 /// Erases the lifetime of a task body.
@@ -319,7 +338,12 @@ impl Grower for Shared {
         }
         let width = self.width.fetch_add(n, Ordering::SeqCst) + n;
         for listener in self.listeners.lock().iter() {
-            listener(width);
+            // A listener runs on the releasing thread, deep inside `release`: its
+            // panic must not unwind through the budget's hand-off (or into a `join`
+            // that has a task queued). Report and go on.
+            if catch_unwind(AssertUnwindSafe(|| listener(width))).is_err() {
+                tracing::error!("budget: a Scope::with_demand on_grow callback panicked");
+            }
         }
         for _ in 0..n {
             if self.queued.load(Ordering::SeqCst) == 0 || !self.try_reserve() {

@@ -70,7 +70,15 @@ pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildEr
         };
     }
     let strict = total.is_some();
-    let total = total.unwrap_or_else(crate::detect::configured_total);
+    // In a forked child the parent's registry is stale but its total is what the
+    // parent configured (Builder or environment): the child keeps it.
+    let inherited = (!current.is_null()).then(|| {
+        // SAFETY: pointers in GLOBAL come from Box::into_raw and are never freed.
+        unsafe { &*current }.tokens.total()
+    });
+    let total = total
+        .or(inherited)
+        .unwrap_or_else(crate::detect::configured_total);
     let fresh = Box::into_raw(Box::new(Registry::new(total, generation)));
     loop {
         match GLOBAL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::context;
 use crate::items::{sealed::Source, ForEachInput};
-use crate::region::{erase, Shared};
+use crate::region::{erase, AbortOnUnwind, Shared};
 use crate::registry::{self, Registry};
 
 /// Opens a parallel region that asks for every core in the budget.
@@ -39,10 +39,10 @@ use crate::registry::{self, Registry};
 /// # Examples
 ///
 /// ```
-/// let total = budget::stats().total;
-/// budget::scope(|outer| {
+/// let total = budget_core::stats().total;
+/// budget_core::scope(|outer| {
 ///     assert_eq!(outer.width(), total); // nothing else is running
-///     budget::scope(|inner| {
+///     budget_core::scope(|inner| {
 ///         // The outer region holds every core: the inner one runs inline.
 ///         assert_eq!(inner.width(), 1);
 ///     });
@@ -67,9 +67,9 @@ where
 /// # Examples
 ///
 /// ```
-/// budget::scope_with(2, |s| {
+/// budget_core::scope_with(2, |s| {
 ///     assert!(s.width() <= 2);
-///     assert_eq!(s.requested(), 2.min(budget::stats().total));
+///     assert_eq!(s.requested(), 2.min(budget_core::stats().total));
 /// });
 /// ```
 pub fn scope_with<'scope, F, R>(max: usize, f: F) -> R
@@ -143,7 +143,7 @@ where
 /// ```
 /// let mut halves = [0u64; 2];
 /// let data: Vec<u64> = (1..=1000).collect();
-/// budget::scope(|s| {
+/// budget_core::scope(|s| {
 ///     let (lo, hi) = halves.split_at_mut(1);
 ///     let (a, b) = data.split_at(500);
 ///     s.spawn(move |_| lo[0] = a.iter().sum());
@@ -201,7 +201,7 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
-    /// budget::scope(|s| assert!(s.width() >= 1 && s.width() <= s.requested()));
+    /// budget_core::scope(|s| assert!(s.width() >= 1 && s.width() <= s.requested()));
     /// ```
     pub fn width(&self) -> usize {
         self.shared
@@ -215,7 +215,7 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
-    /// budget::scope_with(1, |s| assert_eq!(s.requested(), 1));
+    /// budget_core::scope_with(1, |s| assert_eq!(s.requested(), 1));
     /// ```
     pub fn requested(&self) -> usize {
         self.requested
@@ -228,7 +228,8 @@ impl<'scope> Scope<'scope> {
     ///
     /// `on_grow` runs on the thread that released the tokens, with the budget's
     /// hand-off lock held: it must be quick, must not block, and must not enter a
-    /// region or touch a [`Lease`](crate::Lease).
+    /// region or touch a [`Lease`](crate::Lease). A panic in it is caught and
+    /// logged, never propagated.
     ///
     /// # Examples
     ///
@@ -238,7 +239,7 @@ impl<'scope> Scope<'scope> {
     ///
     /// let seen = Arc::new(AtomicUsize::new(0));
     /// let record = seen.clone();
-    /// budget::scope(|s| {
+    /// budget_core::scope(|s| {
     ///     let width = s.with_demand(move |w| record.store(w, Ordering::Relaxed), || s.width());
     ///     assert!(width >= 1);
     /// });
@@ -277,7 +278,7 @@ impl<'scope> Scope<'scope> {
     /// use std::sync::atomic::{AtomicUsize, Ordering};
     ///
     /// let count = AtomicUsize::new(0);
-    /// budget::scope(|s| {
+    /// budget_core::scope(|s| {
     ///     for _ in 0..10 {
     ///         s.spawn(|s| {
     ///             s.spawn(|_| { count.fetch_add(1, Ordering::Relaxed); });
@@ -322,14 +323,14 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
-    /// fn fib(s: &budget::Scope<'_>, n: u64) -> u64 {
+    /// fn fib(s: &budget_core::Scope<'_>, n: u64) -> u64 {
     ///     if n < 12 {
     ///         return if n < 2 { n } else { fib(s, n - 1) + fib(s, n - 2) };
     ///     }
     ///     let (a, b) = s.join(|| fib(s, n - 1), || fib(s, n - 2));
     ///     a + b
     /// }
-    /// assert_eq!(budget::scope(|s| fib(s, 20)), 6765);
+    /// assert_eq!(budget_core::scope(|s| fib(s, 20)), 6765);
     /// ```
     pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
     where
@@ -351,14 +352,16 @@ impl<'scope> Scope<'scope> {
             // the joiner itself.
             unsafe { *(slot.get() as *mut Option<std::thread::Result<RB>>) = Some(outcome) };
         });
+        let armed = AbortOnUnwind;
         // SAFETY: join waits below for the task to be done or runs it itself, on
-        // every path (a's panic is caught first).
+        // every path (a's panic is caught first; anything else aborts via `armed`).
         let task = shared.push(unsafe { erase(body) });
         let result_a = catch_unwind(AssertUnwindSafe(a));
         match shared.claim(&task) {
             Some(body) => body(shared),
             None => shared.help_until(|| task.done.load(Ordering::SeqCst)),
         }
+        std::mem::forget(armed);
         let result_b = result_b.expect("join's second closure ran");
         match (result_a, result_b) {
             (Err(payload), _) | (Ok(_), Err(payload)) => resume_unwind(payload),
@@ -382,7 +385,7 @@ impl<'scope> Scope<'scope> {
     ///
     /// ```
     /// let mut v = vec![0u32; 10_000];
-    /// budget::scope(|s| s.for_each(&mut v[..], |x| *x += 1));
+    /// budget_core::scope(|s| s.for_each(&mut v[..], |x| *x += 1));
     /// assert!(v.iter().all(|&x| x == 1));
     /// ```
     pub fn for_each<I, F>(&self, items: I, f: F)
@@ -422,6 +425,7 @@ impl<'scope> Scope<'scope> {
         };
         let shared = self.shared();
         let drain_ref = SendPtr::of(&drain);
+        let armed = AbortOnUnwind;
         let tasks: Vec<_> = (0..helpers)
             .map(|_| {
                 let body = Box::new(move |_: &Shared| {
@@ -442,6 +446,7 @@ impl<'scope> Scope<'scope> {
             .filter(|task| shared.claim(task).is_none())
             .collect();
         shared.help_until(|| started.iter().all(|t| t.done.load(Ordering::SeqCst)));
+        std::mem::forget(armed);
         if let Some(payload) = first_panic.into_inner() {
             resume_unwind(payload);
         }

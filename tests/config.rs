@@ -1,0 +1,282 @@
+//! Configuration of the budget's total, each case in a child process of its own (a
+//! process has one budget, fixed at first use): `BUDGET_NUM_THREADS` (good and bad
+//! values), the affinity mask (`taskset`), and the `Builder`'s errors.
+//!
+//! The parent re-runs this test binary as `<exe> --exact child --nocapture` with
+//! `BUDGET_CONFIG_CHILD=<mode>`; the `child` test does what the mode says, prints
+//! `KEY=value` lines and asserts on its own side too. Run without that variable (as
+//! part of the normal suite), `child` does nothing. No parent test starts the
+//! budget: `budget::available_cores()` only detects.
+
+use std::process::{Command, Output};
+use std::sync::{Arc, Barrier};
+
+const MODE: &str = "BUDGET_CONFIG_CHILD";
+const ENV: &str = "BUDGET_NUM_THREADS";
+
+/// What a child printed and how it ended.
+struct Child {
+    output: Output,
+}
+
+impl Child {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// The number the child printed after `KEY=`.
+    fn value(&self, key: &str) -> usize {
+        // libtest may print "test child ... " on the same line first.
+        let marker = format!("{key}=");
+        let stdout = self.stdout();
+        let after = stdout
+            .split_once(&marker)
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("the child printed no {marker}\n{}", self.describe()));
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("bad {marker} value in {after:?}"))
+    }
+
+    /// stderr lines that name the variable: the warnings.
+    fn warnings(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.contains(ENV))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "status: {}\n--- stdout\n{}--- stderr\n{}",
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// Runs the `child` test of this binary in `mode`; `env` is `BUDGET_NUM_THREADS`
+/// (`None`: unset); `wrap` is a command (and its arguments) to run it under.
+fn run_child(mode: &str, env: Option<&str>, wrap: &[&str]) -> Child {
+    let exe = std::env::current_exe().expect("the path of this test binary");
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    command
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(MODE, mode)
+        .env_remove(ENV);
+    if let Some(value) = env {
+        command.env(ENV, value);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("could not start {command:?}: {e}"));
+    let child = Child { output };
+    assert!(
+        child.output.status.success(),
+        "child {mode:?} with {ENV}={env:?} failed\n{}",
+        child.describe()
+    );
+    assert!(
+        child.stdout().contains("1 passed"),
+        "the child did not run its test (wrong test name?)\n{}",
+        child.describe()
+    );
+    child
+}
+
+/// The child side. Does nothing unless started by `run_child`.
+#[test]
+fn child() {
+    let Ok(mode) = std::env::var(MODE) else {
+        return;
+    };
+    match mode.as_str() {
+        "report" => {
+            // Several threads race to start the budget: one registry, one warning.
+            let threads = 8;
+            let barrier = Arc::new(Barrier::new(threads));
+            let totals: Vec<usize> = (0..threads)
+                .map(|_| {
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        budget::scope(|s| assert!(s.width() >= 1));
+                        budget::stats().total
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().expect("a racing thread"))
+                .collect();
+            assert!(totals.windows(2).all(|w| w[0] == w[1]), "{totals:?}");
+            println!("TOTAL={}", budget::stats().total);
+            println!("CORES={}", budget::available_cores());
+        }
+        "builder" => {
+            use budget::{BuildError, Builder};
+            assert_eq!(
+                Builder::new().num_threads(0).build_global(),
+                Err(BuildError::InvalidThreads { requested: 0 })
+            );
+            assert_eq!(
+                Builder::new().num_threads(4097).build_global(),
+                Err(BuildError::InvalidThreads { requested: 4097 })
+            );
+            // Rejected settings do not start the budget: a good one still can.
+            assert_eq!(Builder::new().num_threads(3).build_global(), Ok(()));
+            assert_eq!(budget::stats().total, 3);
+            assert_eq!(
+                Builder::new().num_threads(5).build_global(),
+                Err(BuildError::AlreadyRunning { total: 3 })
+            );
+            assert_eq!(
+                Builder::new().build_global(),
+                Err(BuildError::AlreadyRunning { total: 3 })
+            );
+            // A bad total once running is an error too (which one is not specified);
+            // the budget keeps its total.
+            assert!(Builder::new().num_threads(0).build_global().is_err());
+            assert_eq!(budget::stats().total, 3);
+            budget::scope(|s| assert_eq!(s.width(), 3));
+            println!("TOTAL={}", budget::stats().total);
+        }
+        "builder_after_use" => {
+            budget::scope(|s| assert!(s.width() >= 1));
+            let running = budget::stats().total;
+            assert_eq!(
+                budget::Builder::new().num_threads(3).build_global(),
+                Err(budget::BuildError::AlreadyRunning { total: running })
+            );
+            assert_eq!(budget::stats().total, running);
+            println!("TOTAL={running}");
+        }
+        "builder_default" => {
+            // No num_threads: the configured total (the variable, when valid).
+            assert_eq!(budget::Builder::new().build_global(), Ok(()));
+            println!("TOTAL={}", budget::stats().total);
+        }
+        "builder_overrides_env" => {
+            assert_eq!(budget::Builder::new().num_threads(5).build_global(), Ok(()));
+            println!("TOTAL={}", budget::stats().total);
+        }
+        other => panic!("unknown {MODE} {other:?}"),
+    }
+}
+
+#[test]
+fn bad_values_warn_once_and_use_the_detected_cores() {
+    let detected = budget::available_cores();
+    for bad in ["0", "-1", "abc", "99999", "", "4097", "1.5"] {
+        let child = run_child("report", Some(bad), &[]);
+        assert_eq!(
+            child.value("TOTAL"),
+            detected,
+            "{ENV}={bad:?}\n{}",
+            child.describe()
+        );
+        let warnings = child.warnings();
+        assert_eq!(
+            warnings.len(),
+            1,
+            "{ENV}={bad:?}: exactly one warning naming the variable\n{}",
+            child.describe()
+        );
+        assert!(
+            warnings[0].contains(&format!("{bad:?}")),
+            "the warning quotes the value {bad:?}: {}",
+            warnings[0]
+        );
+    }
+}
+
+#[test]
+fn good_values_set_the_total_without_a_warning() {
+    for (value, total) in [("3", 3), ("1", 1), (" 16 ", 16), ("4096", 4096)] {
+        let child = run_child("report", Some(value), &[]);
+        assert_eq!(child.value("TOTAL"), total, "{ENV}={value:?}");
+        assert_eq!(
+            child.warnings(),
+            Vec::<String>::new(),
+            "{ENV}={value:?}: no warning\n{}",
+            child.describe()
+        );
+    }
+    // Unset: the detected cores, silently.
+    let child = run_child("report", None, &[]);
+    assert_eq!(child.value("TOTAL"), budget::available_cores());
+    assert!(child.stderr().trim().is_empty(), "{}", child.describe());
+}
+
+/// The first CPU in this process's affinity mask (CPU 0 may not be ours).
+fn first_allowed_cpu() -> usize {
+    // SAFETY: all-zeroes is a valid cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is writable and its exact size is passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE and `set` was filled by the kernel.
+        .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .expect("at least one allowed CPU")
+}
+
+#[test]
+fn affinity_mask_of_one_cpu_gives_a_total_of_one() {
+    let taskset = "/usr/bin/taskset";
+    assert!(
+        std::path::Path::new(taskset).exists(),
+        "{taskset} is missing: install util-linux (scripts/setup.sh does)"
+    );
+    let cpu = first_allowed_cpu().to_string();
+    let child = run_child("report", None, &[taskset, "-c", &cpu]);
+    assert_eq!(child.value("TOTAL"), 1, "{}", child.describe());
+    assert_eq!(child.value("CORES"), 1, "{}", child.describe());
+    // The variable still wins over the mask.
+    let child = run_child("report", Some("3"), &[taskset, "-c", &cpu]);
+    assert_eq!(child.value("TOTAL"), 3, "{}", child.describe());
+    assert_eq!(child.value("CORES"), 1, "{}", child.describe());
+}
+
+#[test]
+fn builder_rejects_bad_totals_and_a_second_start() {
+    let child = run_child("builder", None, &[]);
+    assert_eq!(child.value("TOTAL"), 3);
+}
+
+#[test]
+fn builder_after_first_use_reports_the_running_total() {
+    let child = run_child("builder_after_use", None, &[]);
+    assert_eq!(child.value("TOTAL"), budget::available_cores());
+    let child = run_child("builder_after_use", Some("6"), &[]);
+    assert_eq!(child.value("TOTAL"), 6);
+}
+
+#[test]
+fn builder_without_a_count_reads_the_variable_and_with_one_overrides_it() {
+    let child = run_child("builder_default", Some("6"), &[]);
+    assert_eq!(child.value("TOTAL"), 6);
+    let child = run_child("builder_default", Some("abc"), &[]);
+    assert_eq!(child.value("TOTAL"), budget::available_cores());
+    assert_eq!(child.warnings().len(), 1, "{}", child.describe());
+    let child = run_child("builder_overrides_env", Some("6"), &[]);
+    assert_eq!(child.value("TOTAL"), 5);
+}
