@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+scripts/setup-native.sh   # the real OpenBLAS / BLIS / MKL / OpenMP libraries
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -41,7 +41,10 @@
 //!
 //! - `rayon` (default): [`rayon::RayonExt::install`] runs rayon code sized by the
 //!   region (`use budget::prelude::*`), from the `budget-rayon` crate.
-//! - The native OpenMP/BLAS part (`budget-native`) will plug in as `native`.
+//! - `native` (default): [`native::NativeExt::native`] and [`native::limit`] set the
+//!   thread count of the OpenMP and BLAS libraries loaded in the process to the
+//!   region's width for a call, and restore it; [`native::libraries`] lists them.
+//!   From the `budget-native` crate.
 
 pub use budget_core::{
     available_cores, scope, scope_with, stats, BuildError, Builder, ForEachInput, Lease,
@@ -64,9 +67,30 @@ pub mod rayon {
     pub use budget_rayon::{stats, RayonExt, RayonStats, IDLE_POOLS_PER_CAPACITY};
 }
 
-/// The extension traits, to bring `s.install(..)` into scope:
+/// OpenMP and BLAS libraries sized by the budget: [`libraries`](native::libraries),
+/// [`limit`](native::limit), [`NativeExt::native`](native::NativeExt::native).
+///
+/// # Examples
+///
+/// ```
+/// use budget::prelude::*;
+///
+/// println!("{}", budget::native::libraries());
+/// budget::scope(|s| s.native(|| { /* BLAS / OpenMP calls run on s.width() threads */ }));
+/// ```
+#[cfg(feature = "native")]
+pub mod native {
+    pub use budget_native::{
+        libraries, limit, spin_leased, Family, Libraries, Library, Limit, NativeExt,
+        SettingScope, ThreadingLayer,
+    };
+}
+
+/// The extension traits, to bring `s.install(..)` and `s.native(..)` into scope:
 /// `use budget::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "native")]
+    pub use budget_native::NativeExt;
     #[cfg(feature = "rayon")]
     pub use budget_rayon::RayonExt;
 }

@@ -1,0 +1,211 @@
+//! Process-wide thread counts (OpenBLAS on pthreads, BLIS, FlexiBLAS): one lock around
+//! every set call, the pool grown once, and the pool's spinning threads counted as one
+//! lease per library.
+//!
+//! Protocol, for each library, under the one lock [`POOLS`]:
+//!
+//! 1. **Enter** a call of width `w`: the first call in flight saves the library's count;
+//!    the count is then set to the smallest width of the calls in flight, so no call in
+//!    flight runs wider than its region was granted. On the first contact with an OpenBLAS pool, the pool is grown
+//!    once to the budget's total (clamped by OpenBLAS to its `MAX_THREADS`), so later
+//!    set calls never create threads.
+//! 2. **Exit**: the count becomes the smallest width of the calls still in flight; the
+//!    last call in flight restores the saved count exactly. After a call
+//!    of width `c > 1` on a pool whose idle threads busy-wait (OpenBLAS), the library's
+//!    lease is grown towards `c - 1` tokens and held until the spin window
+//!    (`2^OPENBLAS_THREAD_TIMEOUT` cycles) has passed; a reaper thread tops it up from
+//!    tokens freed meanwhile and drops it at the deadline.
+//!
+//! OpenBLAS 0.3.21–0.3.34 crash or hang when threads call `openblas_set_num_threads`
+//! concurrently; every set call here happens with [`POOLS`] held, and BLAS code that
+//! runs concurrently with a set call only reads the count.
+
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::control::{Control, Entry};
+
+struct PoolState {
+    entry: Arc<Entry>,
+    /// The widths of the calls of this library in flight through budget.
+    widths: Vec<i64>,
+    /// The count found when the first call in flight entered; restored by the last.
+    saved: i64,
+    /// The count budget set last.
+    current: i64,
+    /// The pool's spinning threads, counted against the budget until `spin_until`.
+    lease: Option<budget_core::Lease>,
+    /// How many tokens the lease should hold while the window lasts.
+    spinning: usize,
+    spin_until: Option<Instant>,
+}
+
+/// The one process-wide lock around every process-wide set call.
+static POOLS: Mutex<Vec<PoolState>> = Mutex::new(Vec::new());
+
+/// How often the reaper tops a spin lease up while a window lasts.
+const TOP_UP: Duration = Duration::from_millis(2);
+
+fn get(control: &Control) -> i64 {
+    // SAFETY: resolved with the documented prototypes; the handle keeps them loaded;
+    // getters have no preconditions.
+    unsafe {
+        match *control {
+            Control::ProcessWideInt { get, .. } => i64::from(get()),
+            Control::ProcessWideDim { get, .. } => get(),
+            _ => 0,
+        }
+    }
+}
+
+fn set(control: &Control, n: i64) {
+    // SAFETY: resolved with the documented prototypes; callers hold `POOLS`, so no two
+    // set calls of any process-wide library ever run concurrently.
+    unsafe {
+        match *control {
+            // Values come from `enter` (at least 1) or are a saved value put back as
+            // read (BLIS keeps -1 for "never set", which means 1 thread).
+            Control::ProcessWideInt { set, .. } => set(n.clamp(1, i64::from(i32::MAX)) as i32),
+            Control::ProcessWideDim { set, .. } => set(n),
+            _ => {}
+        }
+    }
+}
+
+fn spin_window(control: &Control) -> Option<Duration> {
+    match *control {
+        Control::ProcessWideInt { spin, .. } => spin,
+        _ => None,
+    }
+}
+
+/// Sets `entry`'s count for a call of width `width`; returns the width the call runs
+/// at, which [`exit`] must be given.
+///
+/// # Blocking
+///
+/// Takes the process-wide lock for the duration of at most three set calls.
+pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> usize {
+    let width = width.max(1) as i64;
+    let mut pools = POOLS.lock();
+    let index = match pools.iter().position(|p| Arc::ptr_eq(&p.entry, entry)) {
+        Some(i) => i,
+        None => {
+            let found = get(&entry.control);
+            if spin_window(&entry.control).is_some() {
+                // Grow the pool once, under the lock, to the largest width any region
+                // can get, and put the count back.
+                let total = budget_core::stats().total as i64;
+                if total > found {
+                    set(&entry.control, total);
+                    set(&entry.control, found);
+                }
+            }
+            pools.push(PoolState {
+                entry: Arc::clone(entry),
+                widths: Vec::new(),
+                saved: found,
+                current: found,
+                lease: None,
+                spinning: 0,
+                spin_until: None,
+            });
+            pools.len() - 1
+        }
+    };
+    let p = &mut pools[index];
+    if p.widths.is_empty() {
+        p.saved = get(&p.entry.control);
+        p.current = p.saved;
+    }
+    p.widths.push(width);
+    let target = p.widths.iter().copied().min().unwrap_or(width);
+    if target != p.current {
+        set(&p.entry.control, target);
+        p.current = target;
+    }
+    target as usize
+}
+
+/// Ends a call that [`enter`] started for `width`, which ran at `used`.
+pub(crate) fn exit(entry: &Arc<Entry>, width: usize, used: usize) {
+    let width = width.max(1) as i64;
+    let mut pools = POOLS.lock();
+    let Some(p) = pools.iter_mut().find(|p| Arc::ptr_eq(&p.entry, entry)) else {
+        return;
+    };
+    if let Some(i) = p.widths.iter().position(|&w| w == width) {
+        p.widths.swap_remove(i);
+    }
+    let target = p.widths.iter().copied().min().unwrap_or(p.saved);
+    if target != p.current {
+        set(&p.entry.control, target);
+        p.current = target;
+    }
+    if let Some(window) = spin_window(&p.entry.control).filter(|_| used > 1) {
+        p.spinning = p.spinning.max(used - 1);
+        p.spin_until = Some(Instant::now() + window);
+        let lease = p
+            .lease
+            .get_or_insert_with(|| budget_core::Lease::try_new(0));
+        lease.try_grow(p.spinning.saturating_sub(lease.count()));
+        drop(pools);
+        reaper().unpark();
+    }
+}
+
+/// Tokens held now by the spin leases of all process-wide pools.
+pub(crate) fn leased() -> usize {
+    POOLS
+        .lock()
+        .iter()
+        .map(|p| p.lease.as_ref().map_or(0, |l| l.count()))
+        .sum()
+}
+
+fn reaper() -> &'static Thread {
+    static REAPER: OnceLock<Thread> = OnceLock::new();
+    REAPER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("budget-native-reaper".into())
+            .spawn(reap)
+            .expect("budget-native: cannot start the thread that returns spin leases")
+            .thread()
+            .clone()
+    })
+}
+
+fn reap() {
+    loop {
+        let next = {
+            let mut pools = POOLS.lock();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for p in pools.iter_mut() {
+                let Some(until) = p.spin_until else { continue };
+                if now >= until {
+                    p.lease = None; // returns the tokens
+                    p.spinning = 0;
+                    p.spin_until = None;
+                } else {
+                    if p.widths.is_empty() {
+                        if let Some(lease) = p.lease.as_mut() {
+                            lease.try_grow(p.spinning.saturating_sub(lease.count()));
+                        }
+                    }
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                }
+            }
+            next
+        };
+        match next {
+            None => std::thread::park(),
+            Some(t) => {
+                std::thread::park_timeout(t.saturating_duration_since(Instant::now()).min(TOP_UP))
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The process's native libraries, rescanned only when the loader's list changed.
+//!
+//! [`entries`] reads the loader's `(adds, subs)` generation (one `dl_iterate_phdr`
+//! step) and returns the cached entries when it is unchanged, so a call with nothing
+//! loaded costs a loader lock round-trip, a read lock and a reference count. A library
+//! loaded later changes the generation, and the next call rescans: entries already
+//! known are kept (their handles, and the process-wide state keyed by them), new ones
+//! are resolved.
+
+use std::sync::{Arc, RwLock};
+
+use crate::control::{family_of, Entry};
+use crate::dl;
+
+struct Snapshot {
+    generation: (u64, u64),
+    entries: Arc<[Arc<Entry>]>,
+}
+
+static CACHE: RwLock<Option<Snapshot>> = RwLock::new(None);
+
+/// Every OpenMP/BLAS library loaded now, in load order.
+pub(crate) fn entries() -> Arc<[Arc<Entry>]> {
+    // The generation is read before the list: an object loaded in between makes the
+    // cached generation stale, so the next call rescans (never a missed library).
+    let generation = dl::generation();
+    {
+        let cache = CACHE.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.as_ref() {
+            if s.generation == generation {
+                return Arc::clone(&s.entries);
+            }
+        }
+    }
+    let mut cache = CACHE.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = cache.as_ref() {
+        if s.generation == generation {
+            return Arc::clone(&s.entries);
+        }
+    }
+    let old: Vec<Arc<Entry>> = cache
+        .as_ref()
+        .map(|s| s.entries.to_vec())
+        .unwrap_or_default();
+    let entries: Arc<[Arc<Entry>]> = dl::loaded_objects()
+        .into_iter()
+        .filter_map(|path| {
+            let family = family_of(&path)?;
+            if let Some(known) = old.iter().find(|e| e.path == path) {
+                return Some(Arc::clone(known));
+            }
+            Some(Arc::new(Entry::resolve(path, family)))
+        })
+        .collect();
+    *cache = Some(Snapshot {
+        generation,
+        entries: Arc::clone(&entries),
+    });
+    entries
+}

@@ -1,0 +1,139 @@
+//! The pattern that crashes OpenBLAS 0.3.21–0.3.34 when threads set the process-wide
+//! count concurrently (16 threads, each setting a count in 1..=16 before a `dgemm`
+//! 256²), run through budget: 200 runs of 16 racing threads per library, each run's
+//! threads entering `scope_with(k, |s| s.native(|| dgemm))` with varied `k` under a
+//! budget of 64 tokens (on a 2-core machine a smaller budget would only ever grant
+//! width 1 or 2, and the crash needs counts that vary). Each library in a child
+//! process; every product is checked.
+
+mod common;
+
+use std::sync::Barrier;
+
+use budget_native::NativeExt;
+use common::{in_child, Dgemm};
+
+const RUNS: usize = 200;
+const THREADS: usize = 16;
+const N: usize = 256;
+
+fn race(dgemm: Dgemm) {
+    budget_core::Builder::new()
+        .num_threads(64)
+        .build_global()
+        .expect("the budget is not started yet");
+    let a = vec![1.0f64; N * N];
+    let b = vec![1.0f64; N * N];
+    let mut widths = std::collections::BTreeSet::new();
+    for run in 0..RUNS {
+        let barrier = Barrier::new(THREADS);
+        let got: Vec<usize> = std::thread::scope(|t| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    let (a, b, barrier) = (&a, &b, &barrier);
+                    t.spawn(move || {
+                        // A varied request in 1..=16 per thread and run.
+                        let k = 1 + (i * 7 + run * 5 + (run * i) % 11) % 16;
+                        let mut c = vec![0.0f64; N * N];
+                        barrier.wait();
+                        let w = budget_core::scope_with(k, |s| {
+                            s.native(|| dgemm.run(N, a, b, &mut c));
+                            s.width()
+                        });
+                        assert!(
+                            c.iter().all(|&x| x == N as f64),
+                            "wrong product in run {run}"
+                        );
+                        w
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        widths.extend(got);
+    }
+    println!("{RUNS} runs of {THREADS} racing threads passed; widths granted: {widths:?}");
+    assert!(
+        widths.len() >= 4,
+        "the counts must vary for the test to mean anything: {widths:?}"
+    );
+}
+
+#[test]
+fn debian_openblas_pthreads_200_runs() {
+    in_child(
+        "debian_openblas_pthreads_200_runs",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| race(Dgemm::of(&l[0], false, "cblas_dgemm")),
+    );
+}
+
+#[test]
+fn scipy_openblas64_200_runs() {
+    in_child(
+        "scipy_openblas64_200_runs",
+        &["BUDGET_NATIVE_SCIPY_OPENBLAS64"],
+        |l| race(Dgemm::of(&l[0], true, "scipy_cblas_dgemm64_")),
+    );
+}
+
+/// The control experiment, not part of the suite: the same pattern calling
+/// `openblas_set_num_threads` directly, without budget. Run it by hand with
+/// `cargo test -p budget-native --test race -- --ignored --nocapture`; it reports how many
+/// of 30 child runs crashed or failed (each run is a child process of its own).
+#[test]
+#[ignore = "a by-hand control experiment: it crashes OpenBLAS on purpose"]
+fn control_without_budget_crashes() {
+    if std::env::var("BUDGET_NATIVE_CONTROL_CHILD").is_ok() {
+        let lib = common::Loaded::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
+        let dgemm = Dgemm::of(&lib, false, "cblas_dgemm");
+        // SAFETY: `void openblas_set_num_threads(int)`.
+        let set = unsafe { lib.func::<unsafe extern "C" fn(i32)>("openblas_set_num_threads") };
+        let a = vec![1.0f64; N * N];
+        let barrier = Barrier::new(THREADS);
+        std::thread::scope(|t| {
+            for i in 0..THREADS {
+                let (a, barrier) = (&a, &barrier);
+                t.spawn(move || {
+                    let mut c = vec![0.0f64; N * N];
+                    barrier.wait();
+                    // SAFETY: the racing call under test.
+                    unsafe { set(1 + (i * 7) as i32 % 16) };
+                    dgemm.run(N, a, a, &mut c);
+                    assert!(c.iter().all(|&x| x == N as f64));
+                });
+            }
+        });
+        return;
+    }
+    let (mut failed, mut hung) = (0, 0);
+    for _ in 0..30 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "control_without_budget_crashes",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("BUDGET_NATIVE_CONTROL_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                failed += usize::from(!status.success());
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                hung += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    println!("without budget: {failed} of 30 runs crashed or failed, {hung} hung (> 20 s)");
+}

@@ -1,0 +1,259 @@
+//! Set-and-restore for each family (also after a panic), per-thread isolation for the
+//! OpenMP runtimes and MKL, and `s.native` inside regions: each in a child process
+//! that loads the library by path.
+
+mod common;
+
+use std::ffi::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Barrier;
+
+use budget_native::{limit, NativeExt};
+use common::{in_child, Loaded};
+
+/// `limit(n)` sets `read()` to `n` for its duration and puts back exactly what was
+/// there, on a normal drop and on unwinding. A nested guard sets its own count on a
+/// per-thread library; a process-wide count only goes down while a call is in flight.
+fn set_and_restore(read: &dyn Fn() -> c_int, process_wide: bool) {
+    let before = read();
+    for n in [1, 3, 7] {
+        {
+            let g = limit(n);
+            assert!(g.changed() >= 1 || before == n as c_int);
+            assert_eq!(read(), n as c_int);
+            {
+                let _inner = limit(2); // nested guards restore in stack order
+                let want = if process_wide { n.min(2) } else { 2 };
+                assert_eq!(read(), want as c_int);
+            }
+            assert_eq!(read(), n as c_int);
+        }
+        assert_eq!(read(), before);
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _g = limit(5);
+        assert_eq!(read(), 5);
+        panic!("boom");
+    }));
+    assert!(r.is_err());
+    assert_eq!(read(), before, "restored after a panic");
+    // Inside a region: the width of the region.
+    budget_core::scope_with(4, |s| {
+        s.native(|| assert_eq!(read(), s.width() as c_int));
+    });
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        budget_core::scope(|s| s.native(|| panic!("in native")));
+    }));
+    assert!(r.is_err());
+    assert_eq!(read(), before, "restored after a panic inside s.native");
+    assert_eq!(budget_core::stats().in_use, budget_native::spin_leased());
+}
+
+/// Two threads with different widths each see their own count, at the same time.
+fn per_thread_isolation(read: &(dyn Fn() -> c_int + Sync)) {
+    let before = read();
+    let barrier = Barrier::new(2);
+    std::thread::scope(|t| {
+        for n in [2usize, 3] {
+            let barrier = &barrier;
+            t.spawn(move || {
+                let own = read();
+                {
+                    let _g = limit(n);
+                    barrier.wait(); // both have set their count
+                    assert_eq!(read(), n as c_int);
+                    barrier.wait(); // both have checked before either restores
+                }
+                assert_eq!(read(), own);
+            });
+        }
+    });
+    assert_eq!(read(), before, "the main thread was never touched");
+}
+
+fn omp(lib: &Loaded) -> impl Fn() -> c_int + Sync + '_ {
+    move || lib.get_int("omp_get_max_threads")
+}
+
+#[test]
+fn libgomp() {
+    in_child("libgomp", &["BUDGET_NATIVE_GOMP"], |l| {
+        set_and_restore(&omp(&l[0]), false);
+        per_thread_isolation(&omp(&l[0]));
+    });
+}
+
+#[test]
+fn llvm_libomp() {
+    in_child("llvm_libomp", &["BUDGET_NATIVE_LLVM_OMP"], |l| {
+        set_and_restore(&omp(&l[0]), false);
+        per_thread_isolation(&omp(&l[0]));
+        // Idle threads sleep at once instead of spinning 200 ms.
+        assert_eq!(l[0].get_int("kmp_get_blocktime"), 0);
+    });
+}
+
+#[test]
+fn intel_libiomp5() {
+    in_child("intel_libiomp5", &["BUDGET_NATIVE_IOMP5"], |l| {
+        set_and_restore(&omp(&l[0]), false);
+        per_thread_isolation(&omp(&l[0]));
+        assert_eq!(l[0].get_int("kmp_get_blocktime"), 0);
+    });
+}
+
+#[test]
+fn mkl() {
+    in_child(
+        "mkl",
+        &["BUDGET_NATIVE_IOMP5", "BUDGET_NATIVE_MKL_RT"],
+        |l| {
+            let read = || l[1].get_int("MKL_Get_Max_Threads");
+            set_and_restore(&read, false);
+            per_thread_isolation(&read);
+        },
+    );
+}
+
+#[test]
+fn openblas_openmp_follows_its_runtime() {
+    in_child(
+        "openblas_openmp_follows_its_runtime",
+        &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
+        |l| {
+            // The OpenMP OpenBLAS is sized by libgomp's per-thread count, which budget sets.
+            let gomp = Loaded::load("BUDGET_NATIVE_GOMP");
+            set_and_restore(&omp(&gomp), false);
+            let _ = &l[0];
+        },
+    );
+}
+
+#[test]
+fn openblas_pthreads() {
+    in_child(
+        "openblas_pthreads",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| {
+            set_and_restore(&|| l[0].get_int("openblas_get_num_threads"), true);
+        },
+    );
+}
+
+#[test]
+fn scipy_openblas64() {
+    in_child(
+        "scipy_openblas64",
+        &["BUDGET_NATIVE_SCIPY_OPENBLAS64"],
+        |l| {
+            set_and_restore(&|| l[0].get_int("scipy_openblas_get_num_threads64_"), true);
+        },
+    );
+}
+
+#[test]
+fn blis_pthreads() {
+    in_child("blis_pthreads", &["BUDGET_NATIVE_BLIS_PTHREAD"], |l| {
+        // SAFETY: `dim_t bli_thread_get_num_threads(void)`, dim_t = int64_t.
+        let get =
+            unsafe { l[0].func::<unsafe extern "C" fn() -> i64>("bli_thread_get_num_threads") };
+        // BLIS says -1 until a count is set; budget restores exactly that.
+        // SAFETY: no preconditions.
+        let read = || unsafe { get() } as c_int;
+        let before = read();
+        set_and_restore(&read, true);
+        assert_eq!(read(), before);
+    });
+}
+
+/// A process-wide count is the smallest width in flight, and the saved count comes
+/// back when the last call ends.
+#[test]
+fn process_wide_count_is_the_smallest_in_flight() {
+    in_child(
+        "process_wide_count_is_the_smallest_in_flight",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| {
+            let read = || l[0].get_int("openblas_get_num_threads");
+            let before = read();
+            let wide = limit(6);
+            assert_eq!(read(), 6);
+            std::thread::scope(|t| {
+                t.spawn(|| {
+                    let narrow = limit(2);
+                    assert_eq!(read(), 2);
+                    let wider = limit(9);
+                    assert_eq!(read(), 2, "not raised above a call in flight");
+                    drop(wider);
+                    assert_eq!(read(), 2);
+                    drop(narrow);
+                });
+            });
+            assert_eq!(read(), 6, "back to the smallest width in flight");
+            drop(wide);
+            assert_eq!(read(), before);
+        },
+    );
+}
+
+/// OpenBLAS's pthreads workers busy-wait after a wide call: the pool holds a lease on
+/// them for the spin window, so a region started right after sees them as busy cores,
+/// and the tokens come back when the window has passed.
+#[test]
+fn openblas_spinning_pool_is_leased_for_its_window() {
+    in_child(
+        "openblas_spinning_pool_is_leased_for_its_window",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| {
+            budget_core::Builder::new()
+                .num_threads(4)
+                .build_global()
+                .unwrap();
+            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
+            let n = 256;
+            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            assert_eq!(budget_native::spin_leased(), 0);
+            budget_core::scope_with(4, |s| {
+                assert_eq!(s.width(), 4);
+                s.native(|| dgemm.run(n, &a, &a, &mut c));
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(
+                budget_native::spin_leased(),
+                3,
+                "the 3 pool threads are counted"
+            );
+            assert_eq!(budget_core::stats().in_use, 3);
+            budget_core::scope_with(4, |s| assert_eq!(s.width(), 1));
+            // The window: 2^28 cycles at 2 GHz, ~134 ms; wait well past it.
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            assert_eq!(budget_native::spin_leased(), 0, "returned after the window");
+            assert_eq!(budget_core::stats().in_use, 0);
+        },
+    );
+}
+
+/// OpenBLAS built on OpenMP takes its count from the calling thread's OpenMP ICV at each
+/// call (`num_cpu_avail`), so a BLAS call under `limit(k)` re-syncs OpenBLAS's own count
+/// to `k`. (Under `limit(1)` it returns 1 thread early without touching its variable, so
+/// only widths above 1 can be observed this way.)
+#[test]
+fn openblas_openmp_call_uses_the_limit() {
+    in_child(
+        "openblas_openmp_call_uses_the_limit",
+        &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
+        |l| {
+            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
+            let n = 128;
+            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            let mut seen = Vec::new();
+            for k in [1, 2, 1, 3, 2] {
+                let _g = limit(k);
+                dgemm.run(n, &a, &a, &mut c);
+                seen.push(l[0].get_int("openblas_get_num_threads"));
+            }
+            println!("openblas_get_num_threads after calls under limit(1, 2, 1, 3, 2): {seen:?}");
+            assert_eq!([seen[1], seen[3], seen[4]], [2, 3, 2], "{seen:?}");
+        },
+    );
+}
