@@ -101,6 +101,11 @@ where
         shared: OnceLock::new(),
         marker: PhantomData,
     };
+    if scope.overcommitted {
+        // Runs unpaid: register now, so the first token freed pays for this thread
+        // (rare path: an outside thread that found every token taken).
+        scope.shared();
+    }
     let result = {
         let _in_region = context::enter();
         let result = catch_unwind(AssertUnwindSafe(|| f(&scope)));
@@ -255,6 +260,13 @@ impl<'scope> Scope<'scope> {
         self.shared().with_demand(Arc::new(on_grow), f)
     }
 
+    /// True when queued work could not run sooner than inline: the region has width
+    /// 1 and no token is free to grow it. A hint, read without ordering: `join` and
+    /// `for_each` check it again at their next call or chunk.
+    fn alone(&self) -> bool {
+        self.width() == 1 && self.registry.tokens.free_hint() == 0
+    }
+
     fn shared(&self) -> &Arc<Shared> {
         self.shared.get_or_init(|| {
             Shared::new(
@@ -339,8 +351,15 @@ impl<'scope> Scope<'scope> {
         RA: Send,
         RB: Send,
     {
-        if self.requested == 1 {
-            return (a(), b());
+        if self.requested == 1 || self.alone() {
+            // Queuing `b` could not get it run sooner: run both here, `b` even if
+            // `a` panicked, as on the queued path.
+            let result_a = catch_unwind(AssertUnwindSafe(a));
+            let result_b = catch_unwind(AssertUnwindSafe(b));
+            return match (result_a, result_b) {
+                (Err(payload), _) | (Ok(_), Err(payload)) => resume_unwind(payload),
+                (Ok(ra), Ok(rb)) => (ra, rb),
+            };
         }
         let shared = self.shared();
         let mut result_b: Option<std::thread::Result<RB>> = None;
@@ -398,12 +417,25 @@ impl<'scope> Scope<'scope> {
         let chunk = len.div_ceil(self.requested * 8).max(1);
         let chunks = len.div_ceil(chunk);
         let helpers = (self.requested - 1).min(chunks.saturating_sub(1));
-        if helpers == 0 {
-            // SAFETY: each index below `len` is fetched once.
-            (0..len).for_each(|i| f(unsafe { source.get(i) }));
+        // Chunks run inline while nobody else could take them (width 1, no token free);
+        // the region looks again before each chunk and goes parallel once it can.
+        let mut start = 0;
+        while start < len && (helpers == 0 || self.alone()) {
+            let end = (start + chunk).min(len);
+            // SAFETY: each index below `len` is fetched once: `start` only moves up.
+            (start..end).for_each(|i| f(unsafe { source.get(i) }));
+            start = end;
+        }
+        if start >= len {
             return;
         }
-        let cursor = AtomicUsize::new(0);
+        let helpers = helpers.min((len - start).div_ceil(chunk) - 1);
+        if helpers == 0 {
+            // SAFETY: as above; the indices from `start` on were not fetched yet.
+            (start..len).for_each(|i| f(unsafe { source.get(i) }));
+            return;
+        }
+        let cursor = AtomicUsize::new(start);
         let first_panic = parking_lot::Mutex::new(None);
         let drain = || {
             let outcome = catch_unwind(AssertUnwindSafe(|| loop {

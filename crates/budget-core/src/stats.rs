@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crossbeam_utils::CachePadded;
+
 /// A snapshot of the process-wide budget, from [`stats()`](crate::stats()).
 ///
 /// Counters are read one by one without a lock, so fields taken while regions come
@@ -63,10 +65,32 @@ impl fmt::Display for Stats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     peak_in_use: AtomicUsize,
-    regions: AtomicU64,
-    grants_below_request: AtomicU64,
+    regions: Sharded,
+    grants_below_request: Sharded,
     tokens_regrown: AtomicU64,
-    overcommit: AtomicU64,
+    overcommit: Sharded,
+}
+
+/// A counter bumped on every region entry, split over cache lines so that threads
+/// entering regions at once do not fight over one line; read by summing.
+#[derive(Debug, Default)]
+struct Sharded([CachePadded<AtomicU64>; SHARDS]);
+
+const SHARDS: usize = 16;
+
+impl Sharded {
+    fn add(&self, n: u64) {
+        thread_local! {
+            static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+        let shard = SHARD.with(|s| *s);
+        self.0[shard].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
 }
 
 impl Counters {
@@ -78,12 +102,12 @@ impl Counters {
     }
 
     pub(crate) fn note_region(&self, narrowed: bool, overcommitted: bool) {
-        self.regions.fetch_add(1, Ordering::Relaxed);
+        self.regions.add(1);
         if narrowed {
-            self.grants_below_request.fetch_add(1, Ordering::Relaxed);
+            self.grants_below_request.add(1);
         }
         if overcommitted {
-            self.overcommit.fetch_add(1, Ordering::Relaxed);
+            self.overcommit.add(1);
         }
     }
 
@@ -96,10 +120,10 @@ impl Counters {
             total,
             in_use: total - free.min(total),
             peak_in_use: self.peak_in_use.load(Ordering::Relaxed),
-            regions: self.regions.load(Ordering::Relaxed),
-            grants_below_request: self.grants_below_request.load(Ordering::Relaxed),
+            regions: self.regions.sum(),
+            grants_below_request: self.grants_below_request.sum(),
             tokens_regrown: self.tokens_regrown.load(Ordering::Relaxed),
-            overcommit: self.overcommit.load(Ordering::Relaxed),
+            overcommit: self.overcommit.sum(),
             worker_threads,
         }
     }

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
+
 use crate::stats::Counters;
 use crate::sync::{fence, AtomicUsize, Mutex, Ordering};
 
@@ -26,8 +28,10 @@ pub(crate) trait Grower: Send + Sync {
 /// The budget's tokens: `free` plus the tokens every holder has equals `total`.
 pub(crate) struct Tokens {
     total: usize,
-    /// Free tokens. Taken by compare-and-swap, returned by `fetch_add`.
-    free: AtomicUsize,
+    /// Free tokens. Taken by compare-and-swap, returned by `fetch_add`. On a cache
+    /// line of its own: under contention the CAS/add pair then moves one line, not
+    /// also the line of the fields read next to it.
+    free: CachePadded<AtomicUsize>,
     /// `growers.len()`, readable without the lock (see the README, step 3).
     growers_len: AtomicUsize,
     /// Regions waiting to grow, oldest first.
@@ -50,7 +54,7 @@ impl Tokens {
         debug_assert!(total >= 1);
         Tokens {
             total,
-            free: AtomicUsize::new(total),
+            free: CachePadded::new(AtomicUsize::new(total)),
             growers_len: AtomicUsize::new(0),
             growers: Mutex::new(Vec::new()),
             counters: Counters::default(),
@@ -64,6 +68,12 @@ impl Tokens {
     /// Free tokens at this instant (a snapshot; it may change right after).
     pub(crate) fn free(&self) -> usize {
         self.free.load(Ordering::SeqCst)
+    }
+
+    /// `free()` for heuristics that order nothing (Relaxed: no write is published
+    /// through it).
+    pub(crate) fn free_hint(&self) -> usize {
+        self.free.load(Ordering::Relaxed)
     }
 
     /// Takes up to `max` free tokens without ever waiting; returns how many it took.
