@@ -81,8 +81,8 @@ pub mod rayon {
 #[cfg(feature = "native")]
 pub mod native {
     pub use budget_native::{
-        libraries, limit, spin_leased, Family, Libraries, Library, Limit, NativeExt,
-        SettingScope, ThreadingLayer,
+        libraries, limit, spin_leased, Family, Libraries, Library, Limit, NativeExt, SettingScope,
+        ThreadingLayer,
     };
 }
 
