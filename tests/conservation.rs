@@ -24,7 +24,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, MutexGuard, Once};
 
 use budget::Scope;
 use proptest::prelude::*;
@@ -32,15 +32,12 @@ use proptest::test_runner::Config;
 
 const TOTAL: usize = 8;
 
+mod common;
+
 /// Builds the budget once; the tests of this binary run one at a time.
 fn setup() -> MutexGuard<'static, ()> {
-    static INIT: Once = Once::new();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    INIT.call_once(|| {
-        budget::Builder::new()
-            .num_threads(TOTAL)
-            .build_global()
-            .expect("this test binary builds the budget first");
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
         // Injected panics carry an `Injected` payload: keep them off stderr.
         let default = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
@@ -49,7 +46,7 @@ fn setup() -> MutexGuard<'static, ()> {
             }
         }));
     });
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    common::exclusive_budget(TOTAL)
 }
 
 /// The payload of an injected panic: a unique id.

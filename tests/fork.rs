@@ -11,7 +11,7 @@ use std::any::Any;
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,19 +25,11 @@ const PANICKED: i32 = 2;
 /// Test (b): the region's end completed in the child instead of panicking.
 const COMPLETED: i32 = 3;
 
+mod common;
+
 /// The tests fork and assert exact widths: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
-    static INIT: Once = Once::new();
-    static SERIAL: Mutex<()> = Mutex::new(());
-    INIT.call_once(|| {
-        budget::Builder::new()
-            .num_threads(TOTAL)
-            .build_global()
-            .expect("this test binary builds the budget first");
-    });
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(budget::stats().in_use, 0, "a previous test leaked tokens");
-    guard
+    common::exclusive_budget(TOTAL)
 }
 
 fn message(payload: &(dyn Any + Send)) -> String {
