@@ -19,6 +19,15 @@ use budget::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rayon::prelude::*;
 
+/// The kernels, shared with the main demo (`examples/demo`).
+#[allow(dead_code)]
+#[path = "../examples/demo/workloads.rs"]
+mod workloads;
+use workloads::{
+    inner_sum, weighted_region, weighted_serial, ELEMENTS, INNER_REGIONS, OUTER, UNIT_ITERATIONS,
+    WEIGHTS,
+};
+
 fn cores() -> usize {
     budget::stats().total
 }
@@ -29,18 +38,6 @@ fn pool(threads: usize) -> rayon::ThreadPool {
         .build()
         .expect("a rayon pool")
 }
-
-/// The inner kernel: a parallel sum over `n` elements.
-fn inner_sum(n: u64) -> u64 {
-    (0..n)
-        .into_par_iter()
-        .map(|x| x.wrapping_mul(x) ^ 0x9e37)
-        .sum()
-}
-
-const OUTER: usize = 8;
-const INNER_REGIONS: usize = 20_000;
-const ELEMENTS: u64 = 2_000;
 
 fn nested(c: &mut Criterion) {
     let cores = cores();
@@ -100,35 +97,6 @@ fn nested(c: &mut Criterion) {
     group.finish();
 }
 
-/// About `units` × 2 ms of work in 256 pieces, as an inner parallel region run by
-/// `inner` (which opens the region and calls the closure inside it).
-fn weighted_region(units: u64, inner: impl Fn(&(dyn Fn() -> u64 + Sync)) -> u64) -> u64 {
-    inner(&|| {
-        (0..256u64)
-            .into_par_iter()
-            .map(|piece| spin(units * 8_000 + piece))
-            .sum()
-    })
-}
-
-/// The same work, run serially on the calling thread.
-fn weighted_serial(units: u64) -> u64 {
-    (0..256u64).map(|piece| spin(units * 8_000 + piece)).sum()
-}
-
-fn spin(iterations: u64) -> u64 {
-    let mut x = iterations;
-    for _ in 0..iterations {
-        x = black_box(
-            x.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
-        );
-    }
-    x
-}
-
-const WEIGHTS: [u64; 9] = [24, 1, 1, 1, 1, 1, 1, 1, 1];
-
 fn imbalanced(c: &mut Criterion) {
     let cores = cores();
     let mut group = c.benchmark_group("rayon/imbalanced_24_and_8x1");
@@ -136,7 +104,12 @@ fn imbalanced(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
     group.bench_function("serial", |b| {
-        b.iter(|| WEIGHTS.iter().map(|&w| weighted_serial(w)).sum::<u64>())
+        b.iter(|| {
+            WEIGHTS
+                .iter()
+                .map(|&w| weighted_serial(w, UNIT_ITERATIONS))
+                .sum::<u64>()
+        })
     });
     group.bench_function("budget", |b| {
         b.iter(|| {
@@ -144,7 +117,11 @@ fn imbalanced(c: &mut Criterion) {
                 s.install(|| {
                     WEIGHTS
                         .par_iter()
-                        .map(|&w| weighted_region(w, |f| budget::scope(|inner| inner.install(f))))
+                        .map(|&w| {
+                            weighted_region(w, UNIT_ITERATIONS, |f| {
+                                budget::scope(|inner| inner.install(f))
+                            })
+                        })
                         .sum::<u64>()
                 })
             })
@@ -153,7 +130,12 @@ fn imbalanced(c: &mut Criterion) {
     let outer_pool = pool(cores);
     group.bench_function("outer_only", |b| {
         b.iter(|| {
-            outer_pool.install(|| WEIGHTS.par_iter().map(|&w| weighted_serial(w)).sum::<u64>())
+            outer_pool.install(|| {
+                WEIGHTS
+                    .par_iter()
+                    .map(|&w| weighted_serial(w, UNIT_ITERATIONS))
+                    .sum::<u64>()
+            })
         })
     });
     let half = cores.div_ceil(2);
@@ -165,7 +147,7 @@ fn imbalanced(c: &mut Criterion) {
                 WEIGHTS
                     .par_iter()
                     .zip(inner_half.par_iter())
-                    .map(|(&w, mine)| weighted_region(w, |f| mine.install(f)))
+                    .map(|(&w, mine)| weighted_region(w, UNIT_ITERATIONS, |f| mine.install(f)))
                     .sum::<u64>()
             })
         })

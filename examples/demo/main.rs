@@ -1,7 +1,10 @@
 //! The main demo of `budget`: one parallelism budget for the whole process.
 //!
-//! Run: `cargo run --release --example demo` (a few seconds; `BUDGET_NUM_THREADS=N`
-//! changes the budget).
+//! Run: `cargo run --release --example demo` (under a minute on 2 cores;
+//! `BUDGET_NUM_THREADS=N` changes the budget). Options: `--quick` (a reduced run, under
+//! 15 s), `--json PATH` (the results, schema `budget-demo/1`), `--svg PATH` (a bar
+//! chart; docs/demo.svg is one), `--scale X` (work scale, 1 = full), `--reps N` (best
+//! of N).
 //!
 //! It shows, on whatever machine it runs:
 //!
@@ -12,22 +15,157 @@
 //! 2. **Regions grow back.** A region opened while another region holds the other
 //!    cores starts at width 1; when that region ends and releases its tokens, the
 //!    waiting region is handed them and its queued tasks start on a new thread.
-//! 3. **What it buys.** A nested workload (outer tasks, each calling a library whose
-//!    loop is parallel inside) run three ways: with budget regions at both levels,
-//!    "naive nested" (each level starts one `std::thread` per core, as a library with
-//!    its own pool does), and serially. Times are compared to the ideal,
-//!    `serial / cores`.
+//! 3. **The problem and the fix.** Five nested scenarios (rayon × OpenBLAS QR,
+//!    rayon × an OpenMP kernel, nested rayon, imbalanced nested, one big BLAS call and
+//!    many small ones), each run with every layer at all cores, the best static
+//!    setting (several measured, the fastest kept) and budget, against the ideal
+//!    `serial / cores`, with the peak number of busy threads seen (sampled from
+//!    /proc). Rows that need OpenBLAS or OpenMP say what to install where they are
+//!    missing.
 //!
 //! It ends with `budget::stats()`.
 
+mod native;
+mod probe;
+mod report;
+mod scenarios;
+mod workloads;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub(crate) use report::Row;
+use workloads::spin;
+
+/// What to run and where to write the results.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Options {
+    /// A reduced run (scale 0.5, best of 3).
+    pub(crate) quick: bool,
+    /// Work scale (1 = full); overrides the one `quick` implies.
+    pub(crate) scale: Option<f64>,
+    /// Runs per strategy (best of); overrides the default (5, or 3 with `quick`).
+    pub(crate) reps: Option<usize>,
+    /// Where to write the JSON results.
+    pub(crate) json: Option<PathBuf>,
+    /// Where to write the SVG chart.
+    pub(crate) svg: Option<PathBuf>,
+    /// Print a progress line on stderr.
+    pub(crate) progress: bool,
+}
+
+impl Options {
+    /// Parses the command line (without the program name).
+    pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let mut o = Options {
+            progress: true,
+            ..Options::default()
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |what: &str| args.next().ok_or(format!("{arg} needs {what}"));
+            match arg.as_str() {
+                "--quick" => o.quick = true,
+                "--json" => o.json = Some(value("a path")?.into()),
+                "--svg" => o.svg = Some(value("a path")?.into()),
+                "--scale" => {
+                    o.scale = Some(
+                        value("a number")?
+                            .parse()
+                            .ok()
+                            .filter(|s: &f64| *s > 0.0)
+                            .ok_or("--scale needs a positive number")?,
+                    )
+                }
+                "--reps" => {
+                    o.reps = Some(
+                        value("a count")?
+                            .parse()
+                            .ok()
+                            .filter(|&n: &usize| n > 0)
+                            .ok_or("--reps needs a positive count")?,
+                    )
+                }
+                "--no-progress" => o.progress = false,
+                "-h" | "--help" => {
+                    return Err(
+                        "usage: demo [--quick] [--json PATH] [--svg PATH] [--scale X] \
+                                [--reps N] [--no-progress]"
+                            .into(),
+                    )
+                }
+                other => return Err(format!("unknown argument {other:?} (try --help)")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Runs the five scenarios, prints the table, writes the JSON and SVG files asked for,
+/// and returns the rows.
+pub(crate) fn run(opts: &Options) -> std::io::Result<Vec<Row>> {
+    let cores = budget::stats().total;
+    let plan = scenarios::Plan {
+        cores,
+        scale: opts.scale.unwrap_or(if opts.quick { 0.5 } else { 1.0 }),
+        reps: opts.reps.unwrap_or(if opts.quick { 3 } else { 5 }),
+    };
+    let names = scenarios::NAMES;
+    let mut rows = Vec::new();
+    let tty = std::io::stderr().is_terminal();
+    for (i, name) in names.iter().enumerate() {
+        let progress = |what: &str| {
+            if !opts.progress {
+                return;
+            }
+            let mut err = std::io::stderr().lock();
+            if tty {
+                let _ = write!(err, "\r\x1b[2K[{}/{}] {name}: {what} …", i + 1, names.len());
+                let _ = err.flush();
+            } else if what == "serial" {
+                let _ = writeln!(err, "[{}/{}] {name} …", i + 1, names.len());
+            }
+        };
+        let outcome = scenarios::run(i, &plan, &progress);
+        rows.extend(report::rows(name, &outcome, cores));
+    }
+    if opts.progress && tty {
+        eprint!("\r\x1b[2K");
+    }
+    println!(
+        "3. The problem and the fix: time of each strategy (best of {}, scale {}), ratio to \
+         the ideal serial / {cores},\n   and the peak busy threads seen (all cores / best \
+         static / budget)\n",
+        plan.reps, plan.scale
+    );
+    println!("{}", report::table(&names, &rows, cores));
+    println!("{}", report::verdict(&names, &rows));
+    if let Some(path) = &opts.json {
+        std::fs::write(path, report::json(&rows, cores, opts.quick, plan.scale))?;
+        println!("results written to {}", path.display());
+    }
+    if let Some(path) = &opts.svg {
+        std::fs::write(path, report::svg(&names, &rows, cores))?;
+        println!("chart written to {}", path.display());
+    }
+    Ok(rows)
+}
+
 fn main() {
+    let opts = match Options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
     let cores = budget::stats().total;
     println!(
         "budget demo: {cores} cores in the budget (machine: {} available{})\n",
@@ -38,8 +176,12 @@ fn main() {
     );
     nested_widths(cores);
     grow_back(cores);
-    nested_workload(cores);
+    if let Err(e) = run(&opts) {
+        eprintln!("cannot write the results: {e}");
+        std::process::exit(1);
+    }
     println!("\n{}", budget::stats());
+    println!("demo ran in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 // ---------------------------------------------------------------------------
@@ -159,153 +301,6 @@ fn grow_back(cores: usize) {
     println!();
 }
 
-// ---------------------------------------------------------------------------
-// 3. A nested workload, three ways
-
-/// Outer tasks; each calls the library this many times; each call loops over ITEMS.
-const OUTER: usize = 16;
-const CALLS: usize = 150;
-const ITEMS: usize = 32;
-/// Work per item, in µs.
-const ITEM_US: u64 = 5;
-
-/// The library's work on one item: about `ITEM_US` µs of arithmetic.
-fn item(call: usize, i: usize) -> u64 {
-    spin(iterations_per_us() * ITEM_US + ((call * ITEMS + i) & 7) as u64)
-}
-
-/// The library written with budget: a region around its parallel loop.
-fn library_budget(call: usize) -> u64 {
-    let sum = AtomicU64::new(0);
-    budget::scope(|s| {
-        s.for_each(0..ITEMS, |i| {
-            sum.fetch_add(item(call, i), Ordering::Relaxed);
-        })
-    });
-    sum.into_inner()
-}
-
-/// The library sized to "all cores" on its own: one new thread per core per call.
-fn library_naive(call: usize, cores: usize, started: &AtomicUsize) -> u64 {
-    let sum = AtomicU64::new(0);
-    naive_for(ITEMS, cores, started, |i| {
-        sum.fetch_add(item(call, i), Ordering::Relaxed);
-    });
-    sum.into_inner()
-}
-
-/// A parallel loop on `threads` new threads taking indices dynamically.
-fn naive_for(n: usize, threads: usize, started: &AtomicUsize, f: impl Fn(usize) + Sync) {
-    let next = AtomicUsize::new(0);
-    thread::scope(|s| {
-        for _ in 0..threads {
-            started.fetch_add(1, Ordering::Relaxed);
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                f(i);
-            });
-        }
-    });
-}
-
-fn run_serial() -> u64 {
-    (0..OUTER * CALLS)
-        .map(|call| (0..ITEMS).map(|i| item(call, i)).fold(0, u64::wrapping_add))
-        .fold(0, u64::wrapping_add)
-}
-
-fn run_budget() -> u64 {
-    let sum = AtomicU64::new(0);
-    budget::scope(|outer| {
-        outer.for_each(0..OUTER, |task| {
-            for call in task * CALLS..(task + 1) * CALLS {
-                sum.fetch_add(library_budget(call), Ordering::Relaxed);
-            }
-        })
-    });
-    sum.into_inner()
-}
-
-fn run_naive(cores: usize, started: &AtomicUsize) -> u64 {
-    let sum = AtomicU64::new(0);
-    naive_for(OUTER, cores, started, |task| {
-        for call in task * CALLS..(task + 1) * CALLS {
-            sum.fetch_add(library_naive(call, cores, started), Ordering::Relaxed);
-        }
-    });
-    sum.into_inner()
-}
-
-/// Best of three runs: (seconds, checksum).
-fn best_of_3(mut run: impl FnMut() -> u64) -> (f64, u64) {
-    let mut best = f64::INFINITY;
-    let mut checksum = 0;
-    for _ in 0..3 {
-        let start = Instant::now();
-        checksum = black_box(run());
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    (best, checksum)
-}
-
-fn nested_workload(cores: usize) {
-    println!(
-        "3. Nested workload: {OUTER} outer tasks × {CALLS} library calls × a parallel loop of \
-         {ITEMS} items of ~{ITEM_US} µs (best of 3)"
-    );
-    let (serial, expected) = best_of_3(run_serial);
-    let ideal = serial / cores as f64;
-
-    let (budget_time, budget_sum) = best_of_3(run_budget);
-    let budget_threads = budget::stats().worker_threads;
-
-    let started = AtomicUsize::new(0);
-    let (naive_time, naive_sum) = best_of_3(|| run_naive(cores, &started));
-    let naive_threads = started.load(Ordering::Relaxed) / 3;
-    assert_eq!(budget_sum, expected, "budget computed the same result");
-    assert_eq!(
-        naive_sum, expected,
-        "naive nesting computed the same result"
-    );
-
-    println!(
-        "   {:<42} {:>10} {:>10} {:>26}",
-        "variant", "time", "/ ideal", "threads started"
-    );
-    let row = |name: &str, time: f64, threads: String| {
-        println!(
-            "   {name:<42} {:>7.1} ms {:>9.2}× {threads:>26}",
-            time * 1e3,
-            time / ideal
-        );
-    };
-    row(
-        "budget (regions at both levels)",
-        budget_time,
-        format!("{budget_threads} pool worker(s), reused"),
-    );
-    row(
-        "naive nested (threads per core per level)",
-        naive_time,
-        format!("{naive_threads} per run"),
-    );
-    row("serial", serial, "0".into());
-    println!(
-        "   {:<42} {:>7.1} ms {:>9.2}×",
-        format!("ideal = serial / {cores}"),
-        ideal * 1e3,
-        1.0
-    );
-    println!(
-        "   naive nesting takes {:.2}× budget's time; serial takes {:.2}×",
-        naive_time / budget_time,
-        serial / budget_time
-    );
-}
-
 /// The 1-minute load average (Linux), so busy-machine timings can be recognised.
 fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -314,18 +309,6 @@ fn load_average() -> Option<String> {
 
 // ---------------------------------------------------------------------------
 // CPU work
-
-/// `iterations` steps of an LCG: work the optimiser cannot remove.
-fn spin(iterations: u64) -> u64 {
-    let mut x = iterations;
-    for _ in 0..iterations {
-        x = black_box(
-            x.wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407),
-        );
-    }
-    x
-}
 
 /// Spin iterations per µs on this machine (median of a few short calibrations).
 fn iterations_per_us() -> u64 {

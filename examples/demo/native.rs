@@ -1,0 +1,250 @@
+//! OpenBLAS (pthreads) and an OpenMP C kernel, loaded at run time with `dlopen`, so
+//! that the demo still runs (and says what to install) where they are missing.
+
+use std::ffi::{c_int, c_void, CString};
+use std::path::{Path, PathBuf};
+
+/// What to do when OpenBLAS is missing.
+pub(crate) const INSTALL_OPENBLAS: &str = "skipped: install libopenblas0-pthread \
+     (apt-get install libopenblas0-pthread) or run scripts/setup-native.sh";
+/// What to do when libgomp or a C compiler is missing.
+pub(crate) const INSTALL_OPENMP: &str = "skipped: install gcc and libgomp1 \
+     (apt-get install gcc libgomp1) or run scripts/setup.sh and scripts/setup-native.sh";
+
+fn triple() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "aarch64-linux-gnu"
+    } else {
+        "x86_64-linux-gnu"
+    }
+}
+
+/// A library path: the environment variable `key`, then `.cache/native/libs.env`
+/// (written by scripts/setup-native.sh), then `fallback` if it exists.
+fn lib_path(key: &str, fallback: &str) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(key) {
+        return Some(p.into());
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/native/libs.env");
+    let from_file = std::fs::read_to_string(file).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(PathBuf::from))
+    });
+    from_file
+        .filter(|p| p.exists())
+        .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.exists()))
+}
+
+/// A `dlopen` handle, never closed.
+struct Lib(*mut c_void);
+
+impl Lib {
+    fn load(path: &Path) -> Option<Lib> {
+        let c = CString::new(path.to_str()?).ok()?;
+        // SAFETY: a valid C string; RTLD_GLOBAL so that budget finds it like any other
+        // library. Loading runs the library's constructors, as linking it would.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        (!h.is_null()).then_some(Lib(h))
+    }
+
+    /// # Safety
+    /// `F` must be a function pointer type matching the symbol's prototype.
+    unsafe fn func<F: Copy>(&self, name: &str) -> Option<F> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: a live handle and a valid C string.
+        let p = unsafe { libc::dlsym(self.0, c.as_ptr()) };
+        // SAFETY: the caller guarantees the prototype; F is pointer-sized.
+        (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+    }
+}
+
+type Dgeqrf = unsafe extern "C" fn(
+    *const c_int,
+    *const c_int,
+    *mut f64,
+    *const c_int,
+    *mut f64,
+    *mut f64,
+    *const c_int,
+    *mut c_int,
+);
+type Cdgemm = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f64,
+    *const f64,
+    c_int,
+    *const f64,
+    c_int,
+    f64,
+    *mut f64,
+    c_int,
+);
+
+/// OpenBLAS's `dgeqrf_`, `cblas_dgemm` and thread-count functions.
+pub(crate) struct Blas {
+    dgeqrf: Dgeqrf,
+    dgemm: Cdgemm,
+    set: unsafe extern "C" fn(c_int),
+    /// OpenBLAS's thread count when loaded (its default: all cores).
+    pub(crate) default_threads: usize,
+}
+
+impl Blas {
+    /// Loads OpenBLAS on pthreads, or says what to install.
+    pub(crate) fn load() -> Result<Blas, String> {
+        let fallback = format!("/usr/lib/{}/openblas-pthread/libopenblas.so.0", triple());
+        let lib = lib_path("BUDGET_NATIVE_OPENBLAS_PTHREAD", &fallback)
+            .and_then(|p| Lib::load(&p))
+            .ok_or_else(|| INSTALL_OPENBLAS.to_string())?;
+        // SAFETY: the LAPACK / CBLAS / OpenBLAS prototypes declared above.
+        let (dgeqrf, dgemm, set, get) = unsafe {
+            (
+                lib.func::<Dgeqrf>("dgeqrf_"),
+                lib.func::<Cdgemm>("cblas_dgemm"),
+                lib.func::<unsafe extern "C" fn(c_int)>("openblas_set_num_threads"),
+                lib.func::<unsafe extern "C" fn() -> c_int>("openblas_get_num_threads"),
+            )
+        };
+        match (dgeqrf, dgemm, set, get) {
+            (Some(dgeqrf), Some(dgemm), Some(set), Some(get)) => Ok(Blas {
+                dgeqrf,
+                dgemm,
+                set,
+                // SAFETY: `int openblas_get_num_threads(void)`.
+                default_threads: unsafe { get() }.max(1) as usize,
+            }),
+            _ => Err(INSTALL_OPENBLAS.to_string()),
+        }
+    }
+
+    /// The QR factorisation (`dgeqrf`) of a copy of the n×n matrix `src`.
+    pub(crate) fn qr(&self, src: &[f64], n: usize) {
+        let mut a = src.to_vec();
+        let mut tau = vec![0.0; n];
+        let mut work = vec![0.0; n * 64];
+        let (m, lwork, mut info) = (n as c_int, (n * 64) as c_int, 0);
+        // SAFETY: a is n×n column-major with lda n; tau holds n; work holds lwork.
+        unsafe {
+            (self.dgeqrf)(
+                &m,
+                &m,
+                a.as_mut_ptr(),
+                &m,
+                tau.as_mut_ptr(),
+                work.as_mut_ptr(),
+                &lwork,
+                &mut info,
+            )
+        };
+        assert_eq!(info, 0);
+        std::hint::black_box(&a);
+    }
+
+    /// `c = a · b` for n×n row-major matrices.
+    pub(crate) fn gemm(&self, a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
+        assert!(a.len() >= n * n && b.len() >= n * n && c.len() >= n * n);
+        let n = n as c_int;
+        // SAFETY: n×n buffers (checked above), row-major, leading dimension n.
+        unsafe {
+            (self.dgemm)(
+                101,
+                111,
+                111,
+                n,
+                n,
+                n,
+                1.0,
+                a.as_ptr(),
+                n,
+                b.as_ptr(),
+                n,
+                0.0,
+                c.as_mut_ptr(),
+                n,
+            )
+        };
+    }
+
+    /// Sets OpenBLAS's process-wide thread count; call it outside any BLAS call.
+    pub(crate) fn set_threads(&self, n: usize) {
+        // SAFETY: `void openblas_set_num_threads(int)`; the demo calls it from one
+        // thread while no BLAS call runs, so no concurrent call can race with it.
+        unsafe { (self.set)(n as c_int) };
+    }
+}
+
+/// The OpenMP kernel: a parallel loop of `n` elements, ~25 µs single-threaded for 4096.
+const KERNEL_C: &str = r#"
+#include <math.h>
+void kernel(double *x, int n) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        double v = x[i];
+        for (int k = 0; k < 8; k++) v = sqrt(v * v + 1.0) * 0.5;
+        x[i] = v;
+    }
+}
+"#;
+
+/// The OpenMP C kernel, built here with `cc -O2 -fopenmp`, and libgomp's
+/// `omp_set_num_threads`.
+pub(crate) struct Omp {
+    kernel: unsafe extern "C" fn(*mut f64, c_int),
+    set: unsafe extern "C" fn(c_int),
+}
+
+impl Omp {
+    /// Builds and loads the kernel, or says what to install.
+    pub(crate) fn load() -> Result<Omp, String> {
+        let fail = || INSTALL_OPENMP.to_string();
+        let gomp_fallback = format!("/usr/lib/{}/libgomp.so.1", triple());
+        let gomp = lib_path("BUDGET_NATIVE_GOMP", &gomp_fallback)
+            .and_then(|p| Lib::load(&p))
+            .ok_or_else(fail)?;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/budget-demo");
+        std::fs::create_dir_all(&dir).map_err(|_| fail())?;
+        let id = std::process::id();
+        let src = dir.join(format!("kernel-{id}.c"));
+        let so = dir.join(format!("libkernel_omp-{id}.so"));
+        std::fs::write(&src, KERNEL_C).map_err(|_| fail())?;
+        let built = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-O2", "-fopenmp", "-shared", "-fPIC", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .arg("-lm")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let lib = built.then(|| Lib::load(&so)).flatten().ok_or_else(fail)?;
+        let _ = std::fs::remove_file(&src);
+        let _ = std::fs::remove_file(&so); // the loaded mapping stays valid
+                                           // SAFETY: `void kernel(double *, int)` and `void omp_set_num_threads(int)`.
+        let (kernel, set) = unsafe {
+            (
+                lib.func::<unsafe extern "C" fn(*mut f64, c_int)>("kernel"),
+                gomp.func::<unsafe extern "C" fn(c_int)>("omp_set_num_threads"),
+            )
+        };
+        Ok(Omp {
+            kernel: kernel.ok_or_else(fail)?,
+            set: set.ok_or_else(fail)?,
+        })
+    }
+
+    /// Runs the kernel over `x`.
+    pub(crate) fn call(&self, x: &mut [f64]) {
+        // SAFETY: x holds x.len() doubles.
+        unsafe { (self.kernel)(x.as_mut_ptr(), x.len() as c_int) };
+    }
+
+    /// Sets the calling thread's OpenMP thread count.
+    pub(crate) fn set_threads(&self, n: usize) {
+        // SAFETY: `omp_set_num_threads` sets the calling thread's ICV.
+        unsafe { (self.set)(n as c_int) };
+    }
+}

@@ -1,0 +1,100 @@
+//! The main demo in quick mode, at a tiny scale: every scenario produces a row per
+//! strategy (or says why it was skipped), and `--json` writes the stable schema.
+#![cfg(all(feature = "rayon", feature = "native"))]
+
+#[allow(dead_code)]
+#[path = "../examples/demo/main.rs"]
+mod demo;
+
+#[test]
+fn quick_json_has_every_scenario_and_strategy() {
+    let dir = std::env::temp_dir().join(format!("budget-demo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("demo.json"), dir.join("demo.svg"));
+    let opts = demo::Options::parse(
+        [
+            "--quick",
+            "--scale",
+            "0.01",
+            "--reps",
+            "1",
+            "--no-progress",
+            "--json",
+            json.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    let rows = demo::run(&opts).unwrap();
+    let cores = budget::stats().total;
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    assert_eq!(doc["schema"], "budget-demo/1");
+    assert_eq!(doc["cores"], cores);
+    assert_eq!(doc["quick"], true);
+    let json_rows = doc["rows"].as_array().expect("rows");
+    assert_eq!(json_rows.len(), rows.len());
+
+    let scenarios = [
+        "rayon × OpenBLAS QR",
+        "rayon × OpenMP kernel",
+        "nested rayon",
+        "imbalanced nested",
+        "mixed big+small BLAS",
+    ];
+    let strategies = ["serial", "all_cores", "best_static", "budget"];
+    for scenario in scenarios {
+        for strategy in strategies {
+            let matching: Vec<&serde_json::Value> = json_rows
+                .iter()
+                .filter(|r| r["scenario"] == scenario && r["strategy"] == strategy)
+                .collect();
+            assert_eq!(matching.len(), 1, "{scenario} / {strategy}: one row");
+            let row = matching[0];
+            for field in [
+                "scenario",
+                "strategy",
+                "setting",
+                "seconds",
+                "ratio_to_ideal",
+                "ratio_to_best_static",
+                "cores",
+                "peak_busy_threads",
+                "skipped",
+            ] {
+                assert!(row.get(field).is_some(), "{scenario} / {strategy}: {field}");
+            }
+            assert_eq!(row["cores"], cores);
+            if let Some(reason) = row["skipped"].as_str() {
+                assert!(reason.contains("install"), "{reason}");
+                assert!(row["seconds"].is_null());
+            } else {
+                let seconds = row["seconds"].as_f64().expect("seconds");
+                assert!(seconds > 0.0, "{scenario} / {strategy}: {seconds}");
+                assert!(row["ratio_to_ideal"].as_f64().unwrap() > 0.0);
+                assert!(row["ratio_to_best_static"].as_f64().unwrap() > 0.0);
+            }
+        }
+        let best = json_rows
+            .iter()
+            .find(|r| r["scenario"] == scenario && r["strategy"] == "best_static")
+            .unwrap();
+        if best["skipped"].is_null() {
+            assert!((best["ratio_to_best_static"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+            assert!(!best["setting"].as_str().unwrap().is_empty());
+        }
+    }
+    // The pure-Rust scenarios always run.
+    for scenario in ["nested rayon", "imbalanced nested"] {
+        assert!(json_rows
+            .iter()
+            .filter(|r| r["scenario"] == scenario)
+            .all(|r| r["skipped"].is_null()));
+    }
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+    std::fs::remove_dir_all(&dir).ok();
+}
