@@ -50,6 +50,7 @@ mod registry;
 mod scope;
 mod stats;
 mod sync;
+mod tally;
 mod token;
 
 pub use builder::{BuildError, Builder};

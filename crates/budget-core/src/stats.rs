@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crossbeam_utils::CachePadded;
+use crate::tally::{self, Kind};
 
 /// A snapshot of the process-wide budget, from [`stats()`](crate::stats()).
 ///
@@ -30,7 +30,8 @@ pub struct Stats {
     pub in_use: usize,
     /// The most tokens ever held at once.
     pub peak_in_use: usize,
-    /// Regions entered since start.
+    /// Regions entered since the process started (in a forked child, the parent's
+    /// count included).
     pub regions: u64,
     /// Regions that got a smaller width than they asked for at entry.
     pub grants_below_request: u64,
@@ -61,36 +62,12 @@ impl fmt::Display for Stats {
     }
 }
 
-/// Monotonic counters. Relaxed everywhere: they order nothing, they only count.
+/// Counters of one budget. Relaxed everywhere: they order nothing, they only count.
+/// Region entries are tallied per thread (`tally.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     peak_in_use: AtomicUsize,
-    regions: Sharded,
-    grants_below_request: Sharded,
     tokens_regrown: AtomicU64,
-    overcommit: Sharded,
-}
-
-/// A counter bumped on every region entry, split over cache lines so that threads
-/// entering regions at once do not fight over one line; read by summing.
-#[derive(Debug, Default)]
-struct Sharded([CachePadded<AtomicU64>; SHARDS]);
-
-const SHARDS: usize = 16;
-
-impl Sharded {
-    fn add(&self, n: u64) {
-        thread_local! {
-            static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        }
-        static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-        let shard = SHARD.with(|s| *s);
-        self.0[shard].fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
 }
 
 impl Counters {
@@ -102,12 +79,12 @@ impl Counters {
     }
 
     pub(crate) fn note_region(&self, narrowed: bool, overcommitted: bool) {
-        self.regions.add(1);
+        tally::bump(Kind::Regions);
         if narrowed {
-            self.grants_below_request.add(1);
+            tally::bump(Kind::Narrowed);
         }
         if overcommitted {
-            self.overcommit.add(1);
+            tally::bump(Kind::Overcommit);
         }
     }
 
@@ -120,10 +97,10 @@ impl Counters {
             total,
             in_use: total - free.min(total),
             peak_in_use: self.peak_in_use.load(Ordering::Relaxed),
-            regions: self.regions.sum(),
-            grants_below_request: self.grants_below_request.sum(),
+            regions: tally::sum(Kind::Regions),
+            grants_below_request: tally::sum(Kind::Narrowed),
             tokens_regrown: self.tokens_regrown.load(Ordering::Relaxed),
-            overcommit: self.overcommit.sum(),
+            overcommit: tally::sum(Kind::Overcommit),
             worker_threads,
         }
     }
