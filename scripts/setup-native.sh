@@ -23,13 +23,8 @@ missing=()
 for p in "${debs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "setup-native: installing ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. "$root/scripts/apt.sh"
+apt_install setup-native ${missing[@]+"${missing[@]}"}
 
 # The wheels, pinned (override with e.g. MKL_VERSION=...): downloaded once, unpacked once.
 # scipy-openblas64 0.3.34.x is the OpenBLAS 0.3.34 that NumPy ships.

@@ -1,7 +1,7 @@
 //! OpenBLAS (pthreads) and an OpenMP C kernel, loaded at run time with `dlopen`, so
 //! that the demo still runs (and says what to install) where they are missing.
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::c_int;
 use std::path::{Path, PathBuf};
 
 /// What to do when OpenBLAS is missing.
@@ -19,71 +19,34 @@ fn triple() -> &'static str {
     }
 }
 
+#[path = "../../crates/budget-native/tests/common/ffi.rs"]
+mod ffi;
+use ffi::{Cdgemm, Dgeqrf};
+
 /// A library path: the environment variable `key`, then `.cache/native/libs.env`
-/// (written by scripts/setup-native.sh), then `fallback` if it exists.
+/// (written by scripts/setup-native.sh), then `fallback`; only if it exists.
 fn lib_path(key: &str, fallback: &str) -> Option<PathBuf> {
-    if let Ok(p) = std::env::var(key) {
-        return Some(p.into());
-    }
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/native/libs.env");
-    let from_file = std::fs::read_to_string(file).ok().and_then(|text| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(PathBuf::from))
-    });
-    from_file
+    let libs_env = ffi::libs_env(Path::new(env!("CARGO_MANIFEST_DIR")));
+    ffi::lib_path(key, &libs_env)
         .filter(|p| p.exists())
         .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.exists()))
 }
 
-/// A `dlopen` handle, never closed.
-struct Lib(*mut c_void);
+/// A `dlopen` handle, never closed; `None` where the library cannot be loaded.
+struct Lib(ffi::Lib);
 
 impl Lib {
     fn load(path: &Path) -> Option<Lib> {
-        let c = CString::new(path.to_str()?).ok()?;
-        // SAFETY: a valid C string; RTLD_GLOBAL so that budget finds it like any other
-        // library. Loading runs the library's constructors, as linking it would.
-        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        (!h.is_null()).then_some(Lib(h))
+        ffi::Lib::open(path).ok().map(Lib)
     }
 
     /// # Safety
     /// `F` must be a function pointer type matching the symbol's prototype.
     unsafe fn func<F: Copy>(&self, name: &str) -> Option<F> {
-        let c = CString::new(name).ok()?;
-        // SAFETY: a live handle and a valid C string.
-        let p = unsafe { libc::dlsym(self.0, c.as_ptr()) };
-        // SAFETY: the caller guarantees the prototype; F is pointer-sized.
-        (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+        // SAFETY: the caller guarantees the prototype.
+        unsafe { self.0.func(name) }
     }
 }
-
-type Dgeqrf = unsafe extern "C" fn(
-    *const c_int,
-    *const c_int,
-    *mut f64,
-    *const c_int,
-    *mut f64,
-    *mut f64,
-    *const c_int,
-    *mut c_int,
-);
-type Cdgemm = unsafe extern "C" fn(
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    f64,
-    *const f64,
-    c_int,
-    *const f64,
-    c_int,
-    f64,
-    *mut f64,
-    c_int,
-);
 
 /// OpenBLAS's `dgeqrf_`, `cblas_dgemm` and thread-count functions.
 pub(crate) struct Blas {

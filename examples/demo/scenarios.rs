@@ -132,14 +132,7 @@ fn qr(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
         ],
     );
     progress("budget");
-    let budget = measure(plan.reps, || {
-        budget::scope(|s| {
-            s.install(|| {
-                mats.par_iter()
-                    .for_each(|m| budget::scope(|i| i.native(|| blas.qr(m, QR_N))))
-            })
-        })
-    });
+    let budget = measure(plan.reps, || budget_qr_loop(&blas, &mats));
     Ok(Outcome {
         serial,
         all_cores,
@@ -420,12 +413,7 @@ fn mixed(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
     progress("budget");
     let budget = measure(plan.reps, || {
         budget::scope(|s| s.native(gemm));
-        budget::scope(|s| {
-            s.install(|| {
-                mats.par_iter()
-                    .for_each(|m| budget::scope(|i| i.native(|| blas.qr(m, QR_N))))
-            })
-        });
+        budget_qr_loop(&blas, &mats);
     });
     Ok(Outcome {
         serial,
@@ -433,4 +421,15 @@ fn mixed(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
         best_static,
         budget,
     })
+}
+
+/// The small-QR loop with a budget region at both levels: rayon outside, each QR in
+/// `s.native` (so at width 1 while the loop holds every core).
+fn budget_qr_loop(blas: &Blas, mats: &[Vec<f64>]) {
+    budget::scope(|s| {
+        s.install(|| {
+            mats.par_iter()
+                .for_each(|m| budget::scope(|i| i.native(|| blas.qr(m, QR_N))))
+        })
+    });
 }

@@ -22,7 +22,7 @@
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::c_int;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,68 +34,32 @@ use rayon::prelude::*;
 
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
+#[path = "../tests/common/ffi.rs"]
+mod ffi;
+use ffi::{Cdgemm, Dgeqrf};
+
 fn lib_path(key: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(key) {
-        return p.into();
-    }
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/native/libs.env");
-    let text = std::fs::read_to_string(&file)
-        .unwrap_or_else(|_| panic!("{} missing: run scripts/setup-native.sh", file.display()));
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(PathBuf::from))
+    let libs_env = ffi::libs_env(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    ffi::lib_path(key, &libs_env)
         .unwrap_or_else(|| panic!("{key} missing: run scripts/setup-native.sh"))
 }
 
-struct Lib(*mut c_void);
-// SAFETY: a dlopen handle is usable from any thread; never closed.
-unsafe impl Sync for Lib {}
+/// A loaded library whose symbols the bench requires.
+struct Lib(ffi::Lib);
 
 impl Lib {
     fn load(path: &std::path::Path) -> Lib {
-        let c = CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: a real library; RTLD_GLOBAL so that budget finds it like any other.
-        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        assert!(!h.is_null(), "cannot load {}", path.display());
-        Lib(h)
+        Lib(ffi::Lib::open(path).unwrap_or_else(|e| panic!("{e}")))
     }
+
     /// # Safety
     /// `F` must be the symbol's prototype.
     unsafe fn func<F: Copy>(&self, name: &str) -> F {
-        let c = CString::new(name).unwrap();
-        // SAFETY: live handle, valid C string.
-        let p = unsafe { libc::dlsym(self.0, c.as_ptr()) };
-        assert!(!p.is_null(), "missing {name}");
         // SAFETY: the caller guarantees the prototype.
-        unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+        unsafe { self.0.func(name) }.unwrap_or_else(|| panic!("missing {name}"))
     }
 }
 
-type Dgeqrf = unsafe extern "C" fn(
-    *const c_int,
-    *const c_int,
-    *mut f64,
-    *const c_int,
-    *mut f64,
-    *mut f64,
-    *const c_int,
-    *mut c_int,
-);
-type Cdgemm = unsafe extern "C" fn(
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    f64,
-    *const f64,
-    c_int,
-    *const f64,
-    c_int,
-    f64,
-    *mut f64,
-    c_int,
-);
 type Kernel = unsafe extern "C" fn(*mut f64, c_int);
 
 struct Blas {

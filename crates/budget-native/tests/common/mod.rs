@@ -3,7 +3,10 @@
 //! process of its own so that libraries of different families never meet.
 #![allow(dead_code, unreachable_pub)]
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::c_int;
+
+#[path = "ffi.rs"]
+mod ffi;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -17,25 +20,14 @@ const CHILD: &str = "BUDGET_NATIVE_TEST_CHILD";
 ///
 /// If neither has it: the libraries are not installed.
 pub fn lib_path(key: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(key) {
-        return PathBuf::from(p);
-    }
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/native/libs.env");
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+    let file = ffi::libs_env(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let path = ffi::lib_path(key, &file).unwrap_or_else(|| {
         panic!(
-            "the native test libraries are not installed ({} : {e}): run scripts/setup-native.sh",
+            "the native test libraries are not installed ({key} is not in {} or the \
+             environment): run scripts/setup-native.sh",
             file.display()
         )
     });
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(PathBuf::from))
-        .unwrap_or_else(|| {
-            panic!(
-                "{key} is missing from {}: run scripts/setup-native.sh",
-                file.display()
-            )
-        });
     assert!(
         path.exists(),
         "{} ({key}) does not exist: run scripts/setup-native.sh",
@@ -47,14 +39,8 @@ pub fn lib_path(key: &str) -> PathBuf {
 /// A library loaded by the test itself, with `dlopen(RTLD_NOW | RTLD_GLOBAL)`.
 pub struct Loaded {
     pub path: PathBuf,
-    handle: *mut c_void,
+    lib: ffi::Lib,
 }
-
-// SAFETY: a dlopen handle may be used from any thread (dlsym is thread-safe), and the
-// test never closes it.
-unsafe impl Send for Loaded {}
-// SAFETY: as above.
-unsafe impl Sync for Loaded {}
 
 impl Loaded {
     /// Loads the library named by `key` (see [`lib_path`]).
@@ -64,15 +50,8 @@ impl Loaded {
 
     /// Loads the library at `path` (or a bare file name, found as the loader does).
     pub fn load_path(path: PathBuf) -> Loaded {
-        let c = CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: loading a real system/wheel library; its initialisers are sound.
-        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        if handle.is_null() {
-            // SAFETY: dlerror returns a valid C string after a failed dlopen.
-            let err = unsafe { std::ffi::CStr::from_ptr(libc::dlerror()) };
-            panic!("dlopen {}: {}", path.display(), err.to_string_lossy());
-        }
-        Loaded { path, handle }
+        let lib = ffi::Lib::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        Loaded { path, lib }
     }
 
     /// The function `name` of this library, typed as `F`.
@@ -81,12 +60,9 @@ impl Loaded {
     ///
     /// `F` must be the function's C prototype.
     pub unsafe fn func<F: Copy>(&self, name: &str) -> F {
-        let c = CString::new(name).unwrap();
-        // SAFETY: a live handle and a valid C string.
-        let p = unsafe { libc::dlsym(self.handle, c.as_ptr()) };
-        assert!(!p.is_null(), "{} has no symbol {name}", self.path.display());
-        // SAFETY: the caller guarantees the prototype; fn pointers are pointer-sized.
-        unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+        // SAFETY: the caller guarantees the prototype.
+        unsafe { self.lib.func(name) }
+            .unwrap_or_else(|| panic!("{} has no symbol {name}", self.path.display()))
     }
 
     /// `int name(void)`.
@@ -138,24 +114,7 @@ pub fn in_child_env(test: &str, keys: &[&str], env: &[(&str, &str)], body: impl 
 /// `cblas_dgemm` with 32-bit or 64-bit integers.
 #[derive(Clone, Copy)]
 pub enum Dgemm {
-    Lp64(
-        unsafe extern "C" fn(
-            c_int,
-            c_int,
-            c_int,
-            c_int,
-            c_int,
-            c_int,
-            f64,
-            *const f64,
-            c_int,
-            *const f64,
-            c_int,
-            f64,
-            *mut f64,
-            c_int,
-        ),
-    ),
+    Lp64(ffi::Cdgemm),
     Ilp64(
         unsafe extern "C" fn(
             c_int,
