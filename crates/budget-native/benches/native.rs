@@ -70,48 +70,13 @@ struct Blas {
 }
 
 impl Blas {
+    /// The QR factorisation (`dgeqrf`) of a copy of the n×n matrix `src`.
     fn qr(&self, src: &[f64], n: usize) {
-        let mut a = src.to_vec();
-        let mut tau = vec![0.0; n];
-        let mut work = vec![0.0; n * 64];
-        let (m, lwork, mut info) = (n as c_int, (n * 64) as c_int, 0);
-        // SAFETY: a is n×n column-major with lda n; tau n; work lwork.
-        unsafe {
-            (self.dgeqrf)(
-                &m,
-                &m,
-                a.as_mut_ptr(),
-                &m,
-                tau.as_mut_ptr(),
-                work.as_mut_ptr(),
-                &lwork,
-                &mut info,
-            )
-        };
-        assert_eq!(info, 0);
-        std::hint::black_box(&a);
+        ffi::qr(self.dgeqrf, src, n);
     }
+    /// `c = a · b` for n×n row-major matrices.
     fn gemm(&self, a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
-        let n = n as c_int;
-        // SAFETY: n×n buffers, row-major, ld n.
-        unsafe {
-            (self.dgemm)(
-                101,
-                111,
-                111,
-                n,
-                n,
-                n,
-                1.0,
-                a.as_ptr(),
-                n,
-                b.as_ptr(),
-                n,
-                0.0,
-                c.as_mut_ptr(),
-                n,
-            )
-        };
+        ffi::gemm(self.dgemm, a, b, c, n);
     }
     fn set_threads(&self, n: usize) {
         // SAFETY: called from one thread, outside any BLAS call (no race).

@@ -95,3 +95,53 @@ pub(crate) type Cdgemm = unsafe extern "C" fn(
     *mut f64,
     c_int,
 );
+
+/// The QR factorisation (`dgeqrf_`) of a copy of the n×n matrix `src`.
+pub(crate) fn qr(dgeqrf: Dgeqrf, src: &[f64], n: usize) {
+    let mut a = src.to_vec();
+    let mut tau = vec![0.0; n];
+    let mut work = vec![0.0; n * 64];
+    let (m, lwork, mut info) = (n as c_int, (n * 64) as c_int, 0);
+    // SAFETY: a is n×n column-major with lda n; tau holds n; work holds lwork.
+    unsafe {
+        dgeqrf(
+            &m,
+            &m,
+            a.as_mut_ptr(),
+            &m,
+            tau.as_mut_ptr(),
+            work.as_mut_ptr(),
+            &lwork,
+            &mut info,
+        )
+    };
+    assert_eq!(info, 0);
+    std::hint::black_box(&a);
+}
+
+/// `c = a · b` for n×n row-major matrices, through `cblas_dgemm`.
+pub(crate) fn gemm(dgemm: Cdgemm, a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
+    assert!(a.len() >= n * n && b.len() >= n * n && c.len() >= n * n);
+    const ROW_MAJOR: c_int = 101;
+    const NO_TRANS: c_int = 111;
+    let n = n as c_int;
+    // SAFETY: n×n buffers (checked above), row-major, leading dimension n.
+    unsafe {
+        dgemm(
+            ROW_MAJOR,
+            NO_TRANS,
+            NO_TRANS,
+            n,
+            n,
+            n,
+            1.0,
+            a.as_ptr(),
+            n,
+            b.as_ptr(),
+            n,
+            0.0,
+            c.as_mut_ptr(),
+            n,
+        )
+    };
+}
