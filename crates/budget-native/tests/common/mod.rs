@@ -151,51 +151,32 @@ impl Dgemm {
 
     /// C = A·B for n×n row-major matrices.
     pub fn run(self, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+        let f = match self {
+            Dgemm::Lp64(f) => return ffi::gemm(f, a, b, c, n),
+            Dgemm::Ilp64(f) => f,
+        };
         assert!(a.len() >= n * n && b.len() >= n * n && c.len() >= n * n);
         const ROW_MAJOR: c_int = 101;
         const NO_TRANS: c_int = 111;
-        // SAFETY: buffers hold n×n doubles each, leading dimension n.
+        let n = n as i64;
+        // SAFETY: buffers hold n×n doubles each (checked above), leading dimension n.
         unsafe {
-            match self {
-                Dgemm::Lp64(f) => {
-                    let n = n as c_int;
-                    f(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        NO_TRANS,
-                        n,
-                        n,
-                        n,
-                        1.0,
-                        a.as_ptr(),
-                        n,
-                        b.as_ptr(),
-                        n,
-                        0.0,
-                        c.as_mut_ptr(),
-                        n,
-                    )
-                }
-                Dgemm::Ilp64(f) => {
-                    let n = n as i64;
-                    f(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        NO_TRANS,
-                        n,
-                        n,
-                        n,
-                        1.0,
-                        a.as_ptr(),
-                        n,
-                        b.as_ptr(),
-                        n,
-                        0.0,
-                        c.as_mut_ptr(),
-                        n,
-                    )
-                }
-            }
+            f(
+                ROW_MAJOR,
+                NO_TRANS,
+                NO_TRANS,
+                n,
+                n,
+                n,
+                1.0,
+                a.as_ptr(),
+                n,
+                b.as_ptr(),
+                n,
+                0.0,
+                c.as_mut_ptr(),
+                n,
+            )
         }
     }
 }
