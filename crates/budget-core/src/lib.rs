@@ -44,6 +44,7 @@ mod context;
 mod detect;
 mod event;
 mod items;
+mod job;
 mod lease;
 mod region;
 mod registry;

@@ -15,12 +15,9 @@ use parking_lot::Mutex;
 
 use crate::context;
 use crate::event::Event;
+use crate::job::{self, Body};
 use crate::registry::Registry;
 use crate::token::Grower;
-
-/// A queued task's body: it receives the region that runs it. Its real lifetime is
-/// erased to `'static` by `erase`; see the SAFETY comment there.
-pub(crate) type Body = Box<dyn FnOnce(&Shared) + Send + 'static>;
 
 /// A queued unit of work. Whoever `take`s the body runs (or drops) it; the others
 /// find `None`. `done` is set after the body returned.
@@ -29,40 +26,9 @@ pub(crate) struct Task {
     pub(crate) done: AtomicBool,
 }
 
-/// Aborts the process if dropped during a panic: armed between queuing a task that
-/// borrows the stack and making sure it is done, where unwinding would leave a
-/// queued task pointing into a dead frame. Nothing in that window is expected to
-/// panic (user closures run under `catch_unwind`); this turns "impossible" into a
-/// clean abort instead of memory unsafety.
-pub(crate) struct AbortOnUnwind;
-
-impl Drop for AbortOnUnwind {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "budget: a panic escaped while a task borrowing the stack was queued; aborting"
-            );
-            std::process::abort();
-        }
-    }
-}
-
-/// Erases the lifetime of a task body.
-///
-/// # Safety
-///
-/// The caller must not let `'a` end before the task is done or its body was taken
-/// and dropped: `Scope` waits for `pending == 0`, `join` and `for_each` wait for
-/// `done` (or cancel the task) before they return, on unwind too.
-pub(crate) unsafe fn erase<'a>(body: Box<dyn FnOnce(&Shared) + Send + 'a>) -> Body {
-    // SAFETY: same layout (only the lifetime differs); the caller upholds the
-    // lifetime contract above.
-    unsafe { std::mem::transmute::<Box<dyn FnOnce(&Shared) + Send + 'a>, Body>(body) }
-}
-
-pub(crate) struct Shared {
+pub(crate) struct Region {
     pub(crate) registry: &'static Registry,
-    me: Weak<Shared>,
+    me: Weak<Region>,
     requested: usize,
     /// Tokens held by the region, its own thread's included. Only grows.
     width: AtomicUsize,
@@ -97,7 +63,7 @@ pub(crate) struct Shared {
 /// A callback told the region's new width when it grows.
 pub(crate) type Listener = Arc<dyn Fn(usize) + Send + Sync>;
 
-impl Shared {
+impl Region {
     pub(crate) fn new(
         registry: &'static Registry,
         requested: usize,
@@ -105,7 +71,7 @@ impl Shared {
         owes_own: bool,
     ) -> Arc<Self> {
         let grower = width < requested || owes_own;
-        let shared = Arc::new_cyclic(|me| Shared {
+        let shared = Arc::new_cyclic(|me| Region {
             registry,
             me: me.clone(),
             requested,
@@ -180,7 +146,11 @@ impl Shared {
     fn run_one(&self) -> bool {
         while let Some(task) = self.pop() {
             if let Some(body) = self.claim(&task) {
+                // Bodies catch every panic of user code; one escaping here would
+                // leave the region waiting forever (a dead worker) or ending early.
+                let armed = job::AbortOnUnwind;
                 body(self);
+                std::mem::forget(armed);
                 // SeqCst, then notify: the Event protocol's "condition first".
                 task.done.store(true, Ordering::SeqCst);
                 self.event.notify();
@@ -218,10 +188,21 @@ impl Shared {
     }
 
     /// Records the first panic of a spawned task.
+    /// Later payloads are discarded without letting a panicking `Drop` escape (it
+    /// would unwind out of the task: kill a worker, or end the region early).
     pub(crate) fn store_panic(&self, payload: Box<dyn Any + Send>) {
-        let mut slot = self.panic.lock();
-        if slot.is_none() {
-            *slot = Some(payload);
+        let extra = {
+            let mut slot = self.panic.lock();
+            match *slot {
+                None => {
+                    *slot = Some(payload);
+                    None
+                }
+                Some(_) => Some(payload),
+            }
+        };
+        if let Some(extra) = extra {
+            job::discard(extra);
         }
     }
 
@@ -241,7 +222,7 @@ impl Shared {
         (self.width.load(Ordering::SeqCst), repaid)
     }
 
-    fn arc(&self) -> Arc<Shared> {
+    fn arc(&self) -> Arc<Region> {
         self.me
             .upgrade()
             .expect("a region's shared state is alive while it is used")
@@ -287,11 +268,11 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl Region {
     /// Declares demand that is not in the task queue while `f` runs, telling
     /// `listener` each new width. See `Scope::with_demand`.
     pub(crate) fn with_demand<R>(&self, listener: Listener, f: impl FnOnce() -> R) -> R {
-        struct Undo<'a>(&'a Shared, &'a Listener);
+        struct Undo<'a>(&'a Region, &'a Listener);
         impl Drop for Undo<'_> {
             fn drop(&mut self) {
                 let (shared, listener) = (self.0, self.1);
@@ -313,7 +294,7 @@ impl Shared {
     }
 }
 
-impl Grower for Shared {
+impl Grower for Region {
     fn wants(&self) -> usize {
         let own = usize::from(self.owes_own.load(Ordering::SeqCst));
         if self.queued.load(Ordering::SeqCst) == 0

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex};
 
 use crate::builder::BuildError;
-use crate::region::Shared;
+use crate::region::Region;
 use crate::stats::Stats;
 use crate::token::Tokens;
 
@@ -27,7 +27,7 @@ pub(crate) struct Registry {
 #[derive(Default)]
 struct Queue {
     /// Regions that reserved a slot and wait for a thread to fill it.
-    requests: VecDeque<Arc<Shared>>,
+    requests: VecDeque<Arc<Region>>,
     /// Workers parked in `worker_main`.
     idle: usize,
 }
@@ -166,7 +166,7 @@ impl Registry {
     ///
     /// Why `total` threads suffice: a worker runs only inside a slot, and every slot
     /// is a token, so no more than `total` workers are ever busy at once.
-    pub(crate) fn dispatch(&'static self, region: Arc<Shared>) {
+    pub(crate) fn dispatch(&'static self, region: Arc<Region>) {
         let spawn = {
             let mut queue = self.queue.lock();
             queue.requests.push_back(region);

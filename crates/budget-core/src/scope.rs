@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::context;
 use crate::items::{sealed::Source, ForEachInput};
-use crate::region::{erase, AbortOnUnwind, Shared};
+use crate::job::{self, erase, AbortOnUnwind, SendPtr, SlotPtr};
+use crate::region::Region;
 use crate::registry::{self, Registry};
 
 /// Opens a parallel region that asks for every core in the budget.
@@ -115,9 +116,18 @@ where
                 shared.help_until(|| shared.pending.load(Ordering::SeqCst) == 0)
             }))
         });
-        match waited {
-            Some(Err(payload)) => Err(payload),
-            _ => result,
+        match (waited, result) {
+            // Waiting panicked (a forked child: see `help_until`); `f`'s own panic,
+            // if any, is discarded.
+            (Some(Err(payload)), Err(extra)) => {
+                job::discard(extra);
+                Err(payload)
+            }
+            (Some(Err(payload)), Ok(value)) => {
+                drop(value);
+                Err(payload)
+            }
+            (_, result) => result,
         }
     };
 
@@ -133,7 +143,11 @@ where
     }
     let task_panic = scope.shared.get().and_then(|shared| shared.take_panic());
     match (result, task_panic) {
-        (Err(payload), _) | (Ok(_), Some(payload)) => resume_unwind(payload),
+        (Err(payload), extra) => job::resume_first(payload, extra),
+        (Ok(value), Some(payload)) => {
+            drop(value);
+            resume_unwind(payload)
+        }
         (Ok(value), None) => value,
     }
 }
@@ -160,10 +174,10 @@ pub struct Scope<'scope> {
     registry: &'static Registry,
     requested: usize,
     initial_width: usize,
-    /// Opened outside every region with no token free (see `Shared::owes_own`).
+    /// Opened outside every region with no token free (see `Region::owes_own`).
     overcommitted: bool,
     /// Made on the first task: a region that spawns nothing allocates nothing.
-    shared: OnceLock<Arc<Shared>>,
+    shared: OnceLock<Arc<Region>>,
     /// Invariant in 'scope, as rayon's Scope: tasks may borrow for exactly 'scope.
     marker: PhantomData<&'scope mut &'scope ()>,
 }
@@ -174,27 +188,6 @@ impl std::fmt::Debug for Scope<'_> {
             .field("requested", &self.requested)
             .field("width", &self.width())
             .finish_non_exhaustive()
-    }
-}
-
-/// A raw pointer that may cross threads; see each use for why that is sound.
-struct SendPtr<T>(*const T);
-impl<T> Clone for SendPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SendPtr<T> {}
-// SAFETY: only ever dereferenced while the pointee is alive and is Sync (see uses).
-unsafe impl<T> Send for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn of(value: &T) -> Self {
-        SendPtr(value)
-    }
-
-    /// A method, so closures capture the whole `SendPtr` and not its raw field.
-    fn get(&self) -> *const T {
-        self.0
     }
 }
 
@@ -267,9 +260,9 @@ impl<'scope> Scope<'scope> {
         self.width() == 1 && self.registry.tokens.free_hint() == 0
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    fn shared(&self) -> &Arc<Region> {
         self.shared.get_or_init(|| {
-            Shared::new(
+            Region::new(
                 self.registry,
                 self.requested,
                 self.initial_width,
@@ -305,8 +298,8 @@ impl<'scope> Scope<'scope> {
     {
         let shared = self.shared();
         shared.pending.fetch_add(1, Ordering::SeqCst);
-        let scope = SendPtr(self as *const Scope<'scope>);
-        let body = Box::new(move |shared: &Shared| {
+        let scope = SendPtr::of(self);
+        let body = Box::new(move |shared: &Region| {
             // SAFETY: the scope outlives its tasks: `scope_with` waits for
             // `pending == 0` before `Scope` is dropped, and Scope is Sync.
             let scope = unsafe { &*scope.get() };
@@ -356,20 +349,17 @@ impl<'scope> Scope<'scope> {
             // `a` panicked, as on the queued path.
             let result_a = catch_unwind(AssertUnwindSafe(a));
             let result_b = catch_unwind(AssertUnwindSafe(b));
-            return match (result_a, result_b) {
-                (Err(payload), _) | (Ok(_), Err(payload)) => resume_unwind(payload),
-                (Ok(ra), Ok(rb)) => (ra, rb),
-            };
+            return both(result_a, result_b);
         }
         let shared = self.shared();
         let mut result_b: Option<std::thread::Result<RB>> = None;
-        let slot = SendPtr(&mut result_b as *mut Option<std::thread::Result<RB>>);
-        let body = Box::new(move |_: &Shared| {
+        let slot = SlotPtr::of(&mut result_b);
+        let body = Box::new(move |_: &Region| {
             let outcome = catch_unwind(AssertUnwindSafe(b));
             // SAFETY: `join` does not read or free `result_b` before this task is
             // done (it waits for `done`, set after the body returns) or claimed by
             // the joiner itself.
-            unsafe { *(slot.get() as *mut Option<std::thread::Result<RB>>) = Some(outcome) };
+            unsafe { slot.write(Some(outcome)) };
         });
         let armed = AbortOnUnwind;
         // SAFETY: join waits below for the task to be done or runs it itself, on
@@ -382,10 +372,7 @@ impl<'scope> Scope<'scope> {
         }
         std::mem::forget(armed);
         let result_b = result_b.expect("join's second closure ran");
-        match (result_a, result_b) {
-            (Err(payload), _) | (Ok(_), Err(payload)) => resume_unwind(payload),
-            (Ok(ra), Ok(rb)) => (ra, rb),
-        }
+        both(result_a, result_b)
     }
 
     /// Calls `f` on every element of `items` (a `Range<usize>`, `&[T]` or
@@ -452,7 +439,13 @@ impl<'scope> Scope<'scope> {
             }));
             if let Err(payload) = outcome {
                 cursor.store(len, Ordering::Relaxed);
-                first_panic.lock().get_or_insert(payload);
+                let mut first = first_panic.lock();
+                if first.is_none() {
+                    *first = Some(payload);
+                } else {
+                    drop(first);
+                    job::discard(payload);
+                }
             }
         };
         let shared = self.shared();
@@ -460,7 +453,7 @@ impl<'scope> Scope<'scope> {
         let armed = AbortOnUnwind;
         let tasks: Vec<_> = (0..helpers)
             .map(|_| {
-                let body = Box::new(move |_: &Shared| {
+                let body = Box::new(move |_: &Region| {
                     // SAFETY: for_each waits for every helper it did not cancel to be
                     // done before `drain` goes out of scope; `drain` is Sync (it
                     // captures Sync state only: F: Sync, Source: Sync, atomics, mutex).
@@ -481,6 +474,23 @@ impl<'scope> Scope<'scope> {
         std::mem::forget(armed);
         if let Some(payload) = first_panic.into_inner() {
             resume_unwind(payload);
+        }
+    }
+}
+
+/// The results of `join`'s two closures: both values, or the first panic (`a`'s),
+/// the other payload discarded (see [`job::discard`]).
+fn both<RA, RB>(a: std::thread::Result<RA>, b: std::thread::Result<RB>) -> (RA, RB) {
+    match (a, b) {
+        (Ok(ra), Ok(rb)) => (ra, rb),
+        (Err(payload), Ok(rb)) => {
+            drop(rb);
+            resume_unwind(payload)
+        }
+        (Err(payload), Err(extra)) => job::resume_first(payload, Some(extra)),
+        (Ok(ra), Err(payload)) => {
+            drop(ra);
+            resume_unwind(payload)
         }
     }
 }
