@@ -1,30 +1,91 @@
-//! What the current thread is doing: inside a region (it holds, or runs under, a
-//! token) or outside every region.
+//! What the current thread is doing, in two thread-locals:
+//!
+//! - **In a region or not** (a depth counter): inside a region the thread's running is
+//!   already paid for by a token (as the thread that opened it, as a worker in one of
+//!   its slots, or as a thread an integration marked with [`RegionThread`]), so a region
+//!   it opens takes no token for the thread itself. A counter, not a saved flag, so
+//!   that guards dropped in any order (an integration's guards can be) restore it.
+//! - **The innermost frame** ([`Frame`]): which region's body, or which region's task,
+//!   runs on this thread right now. Frames nest strictly (each is set and restored by
+//!   one function call of budget), so a saved value restores them.
 
 use std::cell::Cell;
 
 thread_local! {
-    /// True while this thread runs inside a region: as the thread that opened it,
-    /// or as a worker occupying one of its slots.
-    static IN_REGION: Cell<bool> = const { Cell::new(false) };
+    /// How many region guards are alive on this thread; inside a region when > 0.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// The innermost region body or task running on this thread.
+    static FRAME: Cell<Frame> = const { Cell::new(Frame::NONE) };
 }
 
 /// Whether the current thread is inside a region.
 pub(crate) fn in_region() -> bool {
-    IN_REGION.with(Cell::get)
+    DEPTH.with(Cell::get) > 0
 }
 
 /// Marks the current thread as inside a region until the guard drops (on unwind too).
 pub(crate) fn enter() -> Guard {
+    DEPTH.with(|d| d.set(d.get() + 1));
     Guard {
-        previous: IN_REGION.with(|c| c.replace(true)),
+        _not_send: std::marker::PhantomData,
     }
 }
 
-/// Restores the thread's previous state on drop.
+/// Leaves what [`enter`] entered, on the thread that entered it (not `Send`).
 #[derive(Debug)]
 pub(crate) struct Guard {
-    previous: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// The innermost region activity on a thread: the body of the region at `scope`
+/// (`task == false`), or a task of it (`task == true`); `scope` is null outside every
+/// region's body and task.
+///
+/// `scope` is the address of the region's `Scope` (0 for none), alive while the frame
+/// is current: a frame is set only while that region's body or one of its tasks runs,
+/// and the region outlives both. An address, not a pointer, so that a task body can
+/// carry its frame to the thread that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) scope: usize,
+    pub(crate) task: bool,
+}
+
+impl Frame {
+    pub(crate) const NONE: Frame = Frame {
+        scope: 0,
+        task: false,
+    };
+}
+
+/// The current thread's innermost frame.
+pub(crate) fn frame() -> Frame {
+    FRAME.with(Cell::get)
+}
+
+/// Makes `frame` the current one until the returned guard drops.
+pub(crate) fn set_frame(frame: Frame) -> FrameGuard {
+    FrameGuard {
+        previous: FRAME.with(|f| f.replace(frame)),
+    }
+}
+
+/// Restores the previous frame on drop (frames nest strictly: see the module docs).
+#[derive(Debug)]
+pub(crate) struct FrameGuard {
+    previous: Frame,
+}
+
+impl Drop for FrameGuard {
+    fn drop(&mut self) {
+        FRAME.with(|f| f.set(self.previous));
+    }
 }
 
 /// Marks the current thread as working inside a region, for threads that an
@@ -32,12 +93,13 @@ pub(crate) struct Guard {
 /// it take no token for the thread itself, as on budget's own workers.
 ///
 /// Use it only on threads whose running is already paid for by tokens, for example a
-/// pool that is only ever given work by a region holding a token per thread.
+/// pool that is only ever given work by a region holding a token per thread. Guards
+/// may be dropped in any order.
 ///
 /// # Examples
 ///
 /// ```
-/// let _marked = budget_core::RegionThread::enter();
+/// let _marked = budget_core::integration::RegionThread::enter();
 /// // A region opened here takes no token for this thread.
 /// budget_core::scope(|s| assert!(s.width() >= 1));
 /// assert_eq!(budget_core::stats().in_use, 0);
@@ -49,15 +111,69 @@ pub struct RegionThread {
 }
 
 impl RegionThread {
-    /// Marks the current thread until the returned guard is dropped (`forget` it to
-    /// mark a dedicated thread for good).
+    /// Marks the current thread until the returned guard is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use budget_core::integration::RegionThread;
+    ///
+    /// let outer = RegionThread::enter();
+    /// let inner = RegionThread::enter();
+    /// drop(outer); // any order: the thread stays marked while a guard lives
+    /// drop(inner);
+    /// ```
     pub fn enter() -> RegionThread {
         RegionThread { _guard: enter() }
     }
+
+    /// Marks the current thread for the rest of its life: for the start handler of a
+    /// dedicated pool thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// std::thread::spawn(|| {
+    ///     budget_core::integration::RegionThread::mark_for_life();
+    ///     budget_core::scope(|s| assert!(s.width() >= 1)); // takes no token for this thread
+    /// })
+    /// .join()
+    /// .unwrap();
+    /// ```
+    pub fn mark_for_life() {
+        DEPTH.with(|d| d.set(d.get() + 1));
+    }
 }
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        IN_REGION.with(|c| c.set(self.previous));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_dropped_out_of_order_restore_the_state() {
+        assert!(!in_region());
+        let first = enter();
+        let second = enter();
+        drop(first);
+        assert!(in_region(), "the second guard still lives");
+        drop(second);
+        assert!(!in_region(), "both guards dropped: outside again");
+    }
+
+    #[test]
+    fn frames_restore_when_nested() {
+        let a = Frame {
+            scope: 8,
+            task: false,
+        };
+        let b = Frame { task: true, ..a };
+        let ga = set_frame(a);
+        {
+            let _gb = set_frame(b);
+            assert_eq!(frame(), b);
+        }
+        assert_eq!(frame(), a);
+        drop(ga);
+        assert_eq!(frame(), Frame::NONE);
     }
 }

@@ -43,6 +43,7 @@ mod builder;
 mod context;
 mod detect;
 mod event;
+pub mod integration;
 mod items;
 mod job;
 mod lease;
@@ -53,6 +54,7 @@ mod stats;
 mod sync;
 mod tally;
 mod token;
+mod tree;
 
 pub use builder::{BuildError, Builder};
 pub use context::RegionThread;

@@ -14,10 +14,10 @@ use crossbeam_deque::{Injector, Steal};
 use parking_lot::Mutex;
 
 use crate::context;
-use crate::event::Event;
 use crate::job::{self, Body};
 use crate::registry::Registry;
 use crate::token::Grower;
+use crate::tree::Tree;
 
 /// A queued unit of work. Whoever `take`s the body runs (or drops) it; the others
 /// find `None`. `done` is set after the body returned.
@@ -42,8 +42,11 @@ pub(crate) struct Region {
     active: AtomicUsize,
     /// The first panic of a spawned task, rethrown by the scope.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
-    /// Where threads waiting inside the region sleep.
-    event: Event,
+    /// The tree of regions this one is nested in (its own, for a root). Threads
+    /// waiting inside the region sleep on the tree's event.
+    pub(crate) tree: Arc<Tree>,
+    /// Posted on the tree's board (see `tree.rs`).
+    pub(crate) on_board: AtomicBool,
     /// Registered with the budget as a grower (the grant fell short, or the
     /// region's own thread runs without a token).
     grower: bool,
@@ -69,6 +72,7 @@ impl Region {
         requested: usize,
         width: usize,
         owes_own: bool,
+        tree: Option<Arc<Tree>>,
     ) -> Arc<Self> {
         let grower = width < requested || owes_own;
         let shared = Arc::new_cyclic(|me| Region {
@@ -81,7 +85,8 @@ impl Region {
             pending: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             panic: Mutex::new(None),
-            event: Event::new(),
+            tree: tree.unwrap_or_else(|| Arc::new(Tree::new(me.clone()))),
+            on_board: AtomicBool::new(false),
             grower,
             owes_own: AtomicBool::new(owes_own),
             owed: owes_own,
@@ -114,12 +119,17 @@ impl Region {
         // releasing region (`Tokens::release` → `wants`).
         self.queued.fetch_add(1, Ordering::SeqCst);
         self.queue.push(task.clone());
-        self.event.notify();
         if self.try_reserve() {
             self.dispatch();
-        } else if self.grower && self.short() {
-            self.registry.tokens.poke();
+        } else {
+            if self.grower && self.short() {
+                self.registry.tokens.poke();
+            }
+            // No free slot: idle threads of the tree may help (see `tree.rs`).
+            self.tree.post(self);
         }
+        // After the post: a waiter woken here sees it.
+        self.tree.event.notify();
         task
     }
 
@@ -142,8 +152,18 @@ impl Region {
         }
     }
 
+    /// Whether tasks wait in the queue (SeqCst: read in the tree's Dekker pairs).
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether a helper slot is free (a hint for `Scope::alone`).
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.active.load(Ordering::Relaxed) + 1 < self.width.load(Ordering::Relaxed)
+    }
+
     /// Runs one queued task, if there is one; false if the queue was empty.
-    fn run_one(&self) -> bool {
+    pub(crate) fn run_one(&self) -> bool {
         while let Some(task) = self.pop() {
             if let Some(body) = self.claim(&task) {
                 // Bodies catch every panic of user code; one escaping here would
@@ -153,15 +173,16 @@ impl Region {
                 std::mem::forget(armed);
                 // SeqCst, then notify: the Event protocol's "condition first".
                 task.done.store(true, Ordering::SeqCst);
-                self.event.notify();
+                self.tree.event.notify();
                 return true;
             }
         }
         false
     }
 
-    /// Runs the region's tasks on this thread until `done()` holds, sleeping when
-    /// there is nothing to run.
+    /// Runs the region's tasks on this thread until `done()` holds; with none queued,
+    /// helps the regions nested in its tree (`tree.rs`), and sleeps when there is
+    /// nothing to run.
     ///
     /// # Panics
     ///
@@ -172,7 +193,7 @@ impl Region {
             if done() {
                 return;
             }
-            if self.run_one() {
+            if self.run_one() || self.tree.help_one() {
                 continue;
             }
             if !self.registry.is_current() {
@@ -182,8 +203,11 @@ impl Region {
                      budget regions (or call exec right after fork)."
                 );
             }
-            self.event
-                .wait_until(|| done() || self.queued.load(Ordering::SeqCst) > 0);
+            self.tree.idle(|| {
+                self.tree
+                    .event
+                    .wait_until(|| done() || self.has_queued() || self.tree.has_posted())
+            });
         }
     }
 
@@ -222,14 +246,14 @@ impl Region {
         (self.width.load(Ordering::SeqCst), repaid)
     }
 
-    fn arc(&self) -> Arc<Region> {
+    pub(crate) fn arc(&self) -> Arc<Region> {
         self.me
             .upgrade()
             .expect("a region's shared state is alive while it is used")
     }
 
     /// Occupies a free helper slot, if any.
-    fn try_reserve(&self) -> bool {
+    pub(crate) fn try_reserve(&self) -> bool {
         let mut active = self.active.load(Ordering::SeqCst);
         loop {
             if active + 1 >= self.width.load(Ordering::SeqCst) {
@@ -247,21 +271,22 @@ impl Region {
         }
     }
 
-    fn dispatch(&self) {
+    pub(crate) fn dispatch(&self) {
         self.registry.dispatch(self.arc());
     }
 
     /// A worker's visit: it arrives holding a reserved slot, runs tasks until the
-    /// queue is empty, then gives the slot back before returning to park.
+    /// queue is empty (and the tree's board: `tree.rs`), then gives the slot back
+    /// before returning to park.
     pub(crate) fn serve(self: Arc<Self>) {
         let _in_region = context::enter();
         loop {
-            while self.run_one() {}
-            // Leave first, then look once more (SeqCst both): a task pushed by a
-            // thread that saw every slot taken is seen here, or that thread saw our
-            // slot free and dispatched a worker itself.
+            while self.run_one() || self.tree.help_one() {}
+            // Leave first, then look once more (SeqCst both): a task pushed or posted
+            // by a thread that saw every slot taken is seen here, or that thread saw
+            // our slot free and dispatched a worker itself.
             self.active.fetch_sub(1, Ordering::SeqCst);
-            if self.queued.load(Ordering::SeqCst) == 0 || !self.try_reserve() {
+            if !(self.has_queued() || self.tree.has_posted()) || !self.try_reserve() {
                 return;
             }
         }

@@ -100,6 +100,7 @@ where
         initial_width: width,
         overcommitted: !inherits && !own_token,
         shared: OnceLock::new(),
+        root: RootPtr::of_parent(context::frame()),
         marker: PhantomData,
     };
     if scope.overcommitted {
@@ -109,7 +110,10 @@ where
     }
     let result = {
         let _in_region = context::enter();
-        let result = catch_unwind(AssertUnwindSafe(|| f(&scope)));
+        let result = {
+            let _body = context::set_frame(scope.frame(false));
+            catch_unwind(AssertUnwindSafe(|| f(&scope)))
+        };
         // Tasks borrow from the caller's stack: wait for them even if `f` panicked.
         let waited = scope.shared.get().map(|shared| {
             catch_unwind(AssertUnwindSafe(|| {
@@ -178,8 +182,35 @@ pub struct Scope<'scope> {
     overcommitted: bool,
     /// Made on the first task: a region that spawns nothing allocates nothing.
     shared: OnceLock<Arc<Region>>,
+    /// The outermost region of this region's tree (`tree.rs`); null when this is it.
+    root: RootPtr,
     /// Invariant in 'scope, as rayon's Scope: tasks may borrow for exactly 'scope.
     marker: PhantomData<&'scope mut &'scope ()>,
+}
+
+/// A pointer to the root `Scope` of a tree: alive as long as any region nested in
+/// it, since those run inside its body or tasks, which it outlives.
+struct RootPtr(*const ());
+
+// SAFETY: only read as `&Scope`, which is Sync, while the root is alive (above).
+unsafe impl Send for RootPtr {}
+// SAFETY: as above.
+unsafe impl Sync for RootPtr {}
+
+impl RootPtr {
+    /// The root of the tree that the region running `frame` belongs to.
+    fn of_parent(frame: context::Frame) -> RootPtr {
+        if frame.scope == 0 {
+            return RootPtr(std::ptr::null());
+        }
+        // SAFETY: a frame's scope is alive while the frame is current (`Frame`).
+        let parent = unsafe { &*(frame.scope as *const Scope<'static>) };
+        if parent.root.0.is_null() {
+            RootPtr(frame.scope as *const ())
+        } else {
+            RootPtr(parent.root.0)
+        }
+    }
 }
 
 impl std::fmt::Debug for Scope<'_> {
@@ -219,30 +250,8 @@ impl<'scope> Scope<'scope> {
         self.requested
     }
 
-    /// Runs `f` while the region asks the budget for its full request even though it
-    /// has no task queued, and calls `on_grow(new_width)` each time the region grows
-    /// meanwhile. For integrations that run a region's work on threads of their own:
-    /// `budget-rayon` opens a gated rayon pool this way.
-    ///
-    /// `on_grow` runs on the thread that released the tokens, with the budget's
-    /// hand-off lock held: it must be quick, must not block, and must not enter a
-    /// region or touch a [`Lease`](crate::Lease). A panic in it is caught and
-    /// logged, never propagated.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::atomic::{AtomicUsize, Ordering};
-    /// use std::sync::Arc;
-    ///
-    /// let seen = Arc::new(AtomicUsize::new(0));
-    /// let record = seen.clone();
-    /// budget_core::scope(|s| {
-    ///     let width = s.with_demand(move |w| record.store(w, Ordering::Relaxed), || s.width());
-    ///     assert!(width >= 1);
-    /// });
-    /// ```
-    pub fn with_demand<R>(
+    /// `integration::ScopeHooks::with_demand`: see there.
+    pub(crate) fn with_demand_hook<R>(
         &self,
         on_grow: impl Fn(usize) + Send + Sync + 'static,
         f: impl FnOnce() -> R,
@@ -257,16 +266,61 @@ impl<'scope> Scope<'scope> {
     /// 1 and no token is free to grow it. A hint, read without ordering: `join` and
     /// `for_each` check it again at their next call or chunk.
     fn alone(&self) -> bool {
-        self.width() == 1 && self.registry.tokens.free_hint() == 0
+        self.width() == 1 && self.registry.tokens.free_hint() == 0 && !self.tree_can_help()
+    }
+
+    /// Whether an idle thread of this region's tree could run a queued task now: a
+    /// waiter in `help_until`, or a free slot of the root (see `tree.rs`).
+    fn tree_can_help(&self) -> bool {
+        let is_root = self.root.0.is_null();
+        let root = self.root();
+        match root.shared.get() {
+            None => !is_root && root.initial_width > 1,
+            Some(region) => region.tree.waiting() > 0 || (!is_root && region.has_free_slot()),
+        }
+    }
+
+    /// The root of this region's tree (`tree.rs`): this region, or the outermost one
+    /// it is nested in.
+    ///
+    /// Typed `'static` only to name it: the callers read no field that depends on the
+    /// lifetime (registry, widths, the shared state).
+    fn root(&self) -> &Scope<'static> {
+        let root = if self.root.0.is_null() {
+            (self as *const Self).cast::<Scope<'static>>()
+        } else {
+            self.root.0 as *const Scope<'static>
+        };
+        // SAFETY: the root is this region, or outlives every region nested in it
+        // (`RootPtr`); only lifetime-independent fields are read through it.
+        unsafe { &*root }
+    }
+
+    /// This region's frame: its body (`task == false`) or one of its tasks.
+    fn frame(&self, task: bool) -> context::Frame {
+        context::Frame {
+            scope: self as *const Scope<'_> as usize,
+            task,
+        }
+    }
+
+    /// Whether the current thread runs this region's body directly: the thread that
+    /// opened it, not inside one of its tasks (`spawn`, `join`'s and `for_each`'s
+    /// closures) nor inside a region nested in it. See
+    /// [`integration::ScopeHooks::runs_body`](crate::integration::ScopeHooks::runs_body).
+    pub(crate) fn runs_body_hook(&self) -> bool {
+        context::frame() == self.frame(false)
     }
 
     fn shared(&self) -> &Arc<Region> {
         self.shared.get_or_init(|| {
+            let tree = (!self.root.0.is_null()).then(|| self.root().shared().tree.clone());
             Region::new(
                 self.registry,
                 self.requested,
                 self.initial_width,
                 self.overcommitted,
+                tree,
             )
         })
     }
@@ -299,10 +353,12 @@ impl<'scope> Scope<'scope> {
         let shared = self.shared();
         shared.pending.fetch_add(1, Ordering::SeqCst);
         let scope = SendPtr::of(self);
+        let frame = self.frame(true);
         let body = Box::new(move |shared: &Region| {
             // SAFETY: the scope outlives its tasks: `scope_with` waits for
             // `pending == 0` before `Scope` is dropped, and Scope is Sync.
             let scope = unsafe { &*scope.get() };
+            let _task = context::set_frame(frame);
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(scope))) {
                 shared.store_panic(payload);
             }
@@ -344,6 +400,8 @@ impl<'scope> Scope<'scope> {
         RA: Send,
         RB: Send,
     {
+        // `a` and `b` are tasks of this region, whichever thread runs them.
+        let _task = context::set_frame(self.frame(true));
         if self.requested == 1 || self.alone() {
             // Queuing `b` could not get it run sooner: run both here, `b` even if
             // `a` panicked, as on the queued path.
@@ -354,7 +412,9 @@ impl<'scope> Scope<'scope> {
         let shared = self.shared();
         let mut result_b: Option<std::thread::Result<RB>> = None;
         let slot = SlotPtr::of(&mut result_b);
+        let frame = self.frame(true);
         let body = Box::new(move |_: &Region| {
+            let _task = context::set_frame(frame);
             let outcome = catch_unwind(AssertUnwindSafe(b));
             // SAFETY: `join` does not read or free `result_b` before this task is
             // done (it waits for `done`, set after the body returns) or claimed by
@@ -399,6 +459,8 @@ impl<'scope> Scope<'scope> {
         I: ForEachInput,
         F: Fn(I::Item) + Sync,
     {
+        // Every call of `f` is a task of this region, whichever thread runs it.
+        let _task = context::set_frame(self.frame(true));
         let source = items.into_source();
         let len = source.len();
         let chunk = len.div_ceil(self.requested * 8).max(1);
@@ -450,10 +512,12 @@ impl<'scope> Scope<'scope> {
         };
         let shared = self.shared();
         let drain_ref = SendPtr::of(&drain);
+        let frame = self.frame(true);
         let armed = AbortOnUnwind;
         let tasks: Vec<_> = (0..helpers)
             .map(|_| {
                 let body = Box::new(move |_: &Region| {
+                    let _task = context::set_frame(frame);
                     // SAFETY: for_each waits for every helper it did not cancel to be
                     // done before `drain` goes out of scope; `drain` is Sync (it
                     // captures Sync state only: F: Sync, Source: Sync, atomics, mutex).

@@ -206,6 +206,11 @@ pub trait NativeExt {
     /// region's width ([`limit`] with `self.width()`), and restores the counts when `f`
     /// returns or panics (the panic continues with its original payload).
     ///
+    /// Called from a task of the region (inside its `spawn`, `join` or `for_each`, or
+    /// a region nested in it), where other threads of the region may be running, it
+    /// sizes the call as the nested region that the task is:
+    /// `scope_with(requested(), |inner| inner.native(f))`.
+    ///
     /// # Examples
     ///
     /// ```
@@ -217,6 +222,11 @@ pub trait NativeExt {
 
 impl NativeExt for budget_core::Scope<'_> {
     fn native<R>(&self, f: impl FnOnce() -> R) -> R {
+        if !budget_core::integration::ScopeHooks::runs_body(self) {
+            // Called from a task of the region: other threads of it may run now, so
+            // this is a nested region (its own thread plus what is free).
+            return budget_core::scope_with(self.requested(), |inner| inner.native(f));
+        }
         let _guard = limit(self.width());
         f()
     }

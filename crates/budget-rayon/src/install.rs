@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use budget_core::integration::ScopeHooks;
 use budget_core::Scope;
 
 use crate::gate::Gate;
@@ -21,6 +22,11 @@ pub trait RayonExt {
     ///   the budget hands it tokens that other regions release (it grows while `op`
     ///   runs). The calling thread waits for `op`, and its token is the one the
     ///   pool's first thread runs on.
+    /// - **From a task of the region** (inside `spawn`, `join` or `for_each` of the
+    ///   region, or a region nested in it; see `ScopeHooks::runs_body`): other threads of
+    ///   the region may be running, so this opens the nested region that the task is,
+    ///   `scope_with(requested(), |inner| inner.install(op))`, of its own thread plus
+    ///   what is free.
     /// - **Nested** (called on a worker of budget's rayon pools): runs `op` in place.
     ///   Its parallel work is stolen by the threads of the enclosing region's pool:
     ///   no new pool, no hop to another pool, no blocking; `current_num_threads()`
@@ -63,6 +69,11 @@ impl RayonExt for Scope<'_> {
     {
         if on_pool() {
             return op();
+        }
+        if !self.runs_body() {
+            // Called from a task of the region: other threads of it may run now, so
+            // this is a nested region (its own thread plus what is free).
+            return budget_core::scope_with(self.requested(), |inner| inner.install(op));
         }
         let capacity = self.requested();
         let lease = PoolLease::take(capacity);

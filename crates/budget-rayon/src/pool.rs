@@ -109,7 +109,7 @@ fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
             ON_POOL.with(|c| c.set(true));
             // This thread only ever runs work of the region that leased its pool,
             // within that region's width: regions it opens take no token for it.
-            std::mem::forget(budget_core::RegionThread::enter());
+            budget_core::integration::RegionThread::mark_for_life();
         })
         .build()
         .unwrap_or_else(|error| {

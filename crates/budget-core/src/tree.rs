@@ -1,0 +1,150 @@
+//! [`Tree`]: the regions nested inside one outermost region, and how the threads that
+//! hold the tree's tokens but have nothing to do help its nested regions.
+//!
+//! A region opened while the current thread runs the body or a task of region `P`
+//! joins `P`'s tree; a region opened outside every region body and task starts a tree
+//! of its own (its *root*). Every thread that runs in a tree holds a token of it:
+//! the root's own thread and slots, the slots of regions that grew, or (nested
+//! regions, width 1) the token of the task that opened them.
+//!
+//! Such a thread can be idle while a nested region is short of threads: waiting in
+//! `help_until` (for a `join`'s other half, a `for_each`'s helpers, the end of a
+//! scope), or a root slot whose worker left because the root's queue was empty. The
+//! tree lets it help, as rayon's waiting workers steal nested work and oneTBB's
+//! waiting threads join nested arenas:
+//!
+//! - A region that queues a task and has no free slot of its own *posts* itself on
+//!   the tree's board (once: `on_board`), and reserves an idle slot of the root if
+//!   there is one, sending a worker there.
+//! - A thread waiting in `help_until` of any region of the tree, and a worker whose
+//!   region's queue is empty, run posted regions' tasks in place before they sleep or
+//!   leave.
+//! - A region at width 1 with no free token runs its loops inline only while nobody
+//!   of its tree can help (no waiter, no idle root slot): see `Scope::alone`.
+//!
+//! The argument (see also `src/README.md`):
+//!
+//! - **Never more threads running than tokens.** A helper runs the task in place,
+//!   on the token it already holds and would otherwise leave unused while it sleeps or
+//!   idles; no token moves, so conservation is untouched.
+//! - **No lost work.** Posting is only a hint: a region always runs its own unclaimed
+//!   tasks when it waits for them, so a missed or late helper costs parallelism, never
+//!   progress.
+//! - **No lost wake-up.** A poster writes `posted` (SeqCst) before it notifies the
+//!   tree's event; a waiter announces itself in the event before it re-checks
+//!   `posted` (the Event protocol). A leaving root worker decrements `active` before it
+//!   reads `posted`, a poster writes `posted` before it tries to reserve a root slot
+//!   (reading `active`): a Dekker pair, so one of them sees the other.
+//! - **No deadlock.** Helping only runs a task on top of a waiting frame, as
+//!   work-stealing fork-join does; the waiting frame resumes when that task returns.
+//! - **O(1) per push.** Posting is one atomic load while the region is already on the
+//!   board; finding the tree is one pointer read at region entry (the parent's root).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::event::Event;
+use crate::region::Region;
+
+/// See the module docs.
+pub(crate) struct Tree {
+    /// The outermost region; its idle slots are lent to nested regions.
+    root: Weak<Region>,
+    /// Regions with queued tasks that had no free slot when they queued them.
+    board: Mutex<VecDeque<Arc<Region>>>,
+    /// `board.len()`, readable without the lock.
+    posted: AtomicUsize,
+    /// Threads of the tree about to sleep or asleep in `help_until`.
+    waiters: AtomicUsize,
+    /// Where threads waiting inside any region of the tree sleep.
+    pub(crate) event: Event,
+}
+
+impl Tree {
+    pub(crate) fn new(root: Weak<Region>) -> Tree {
+        Tree {
+            root,
+            board: Mutex::new(VecDeque::new()),
+            posted: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            event: Event::new(),
+        }
+    }
+
+    /// Threads of the tree waiting in `help_until` now (a hint, Relaxed: loops
+    /// re-check it per chunk).
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiters.load(Ordering::Relaxed)
+    }
+
+    /// Whether any region is posted.
+    pub(crate) fn has_posted(&self) -> bool {
+        self.posted.load(Ordering::SeqCst) > 0
+    }
+
+    /// `region` queued a task and found no free slot of its own: post it, and send a
+    /// worker to an idle slot of the root, if any.
+    pub(crate) fn post(&self, region: &Region) {
+        if !region.on_board.load(Ordering::SeqCst) && !region.on_board.swap(true, Ordering::SeqCst)
+        {
+            let mut board = self.board.lock();
+            board.push_back(region.arc());
+            // SeqCst: the Dekker pair with a leaving root worker (see the module docs).
+            self.posted.store(board.len(), Ordering::SeqCst);
+        }
+        if let Some(root) = self.root.upgrade() {
+            if !std::ptr::eq(&*root, region) && root.try_reserve() {
+                root.dispatch();
+            }
+        }
+    }
+
+    /// Runs one queued task of a posted region on this thread; false if none was
+    /// found. Regions found empty leave the board.
+    pub(crate) fn help_one(&self) -> bool {
+        let rounds = self.posted.load(Ordering::SeqCst);
+        for _ in 0..rounds {
+            let region = {
+                let mut board = self.board.lock();
+                let region = board.pop_front();
+                self.posted.store(board.len(), Ordering::SeqCst);
+                region
+            };
+            let Some(region) = region else { return false };
+            // Off the board, then look at its queue: a push that saw it still on the
+            // board queued before our store, so the load below sees that task.
+            region.on_board.store(false, Ordering::SeqCst);
+            if region.has_queued() {
+                self.post_only(&region);
+            }
+            if region.run_one() {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn post_only(&self, region: &Arc<Region>) {
+        if !region.on_board.swap(true, Ordering::SeqCst) {
+            let mut board = self.board.lock();
+            board.push_back(region.clone());
+            self.posted.store(board.len(), Ordering::SeqCst);
+        }
+    }
+
+    /// Counts the calling thread as idle (a waiter) while `f` runs.
+    pub(crate) fn idle<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Undo<'a>(&'a AtomicUsize);
+        impl Drop for Undo<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _undo = Undo(&self.waiters);
+        f()
+    }
+}

@@ -1,0 +1,127 @@
+//! Nested regions on budget's own pool regrow (issue 10, item 8): at total 2, an outer
+//! `for_each` over 16 tasks, one of them much bigger and running an inner region's
+//! `for_each`. Once the small tasks are done, the outer region's other thread is idle
+//! (waiting in the loop, or its slot left empty) and must help the inner region: its
+//! work then runs on 2 threads at once, never more than 2. Before the fix it ran on
+//! one thread to the end. Child processes with `BUDGET_NUM_THREADS=2` and a watchdog.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+mod common;
+
+const TOTAL: usize = 2;
+const TASKS: usize = 16;
+const ROWS: usize = 400;
+
+#[derive(Default)]
+struct Counts {
+    /// Bodies (small tasks and inner rows) running now, and the most at once.
+    now: AtomicUsize,
+    max: AtomicUsize,
+    /// The most inner rows at once after every small task finished.
+    max_after: AtomicUsize,
+    inner_now: AtomicUsize,
+    threads_after: Mutex<HashSet<thread::ThreadId>>,
+    small_done: AtomicUsize,
+}
+
+impl Counts {
+    fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn row(&self) {
+        self.enter();
+        let inner = self.inner_now.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.small_done.load(Ordering::SeqCst) == TASKS - 1 {
+            self.max_after.fetch_max(inner, Ordering::SeqCst);
+            self.threads_after
+                .lock()
+                .unwrap()
+                .insert(thread::current().id());
+        }
+        thread::sleep(Duration::from_millis(1));
+        self.inner_now.fetch_sub(1, Ordering::SeqCst);
+        self.leave();
+    }
+
+    fn small(&self) {
+        self.enter();
+        thread::sleep(Duration::from_millis(3));
+        self.small_done.fetch_add(1, Ordering::SeqCst);
+        self.leave();
+    }
+}
+
+fn child_case(big: usize) {
+    common::child_watchdog("the imbalanced nested loop", 60);
+    assert_eq!(budget::stats().total, TOTAL);
+    let counts = Counts::default();
+    budget::scope(|s| {
+        assert_eq!(s.width(), TOTAL);
+        s.for_each(0..TASKS, |task| {
+            if task == big {
+                budget::scope(|inner| inner.for_each(0..ROWS, |_| counts.row()));
+            } else {
+                counts.small();
+            }
+        });
+    });
+    let max = counts.max.load(Ordering::SeqCst);
+    let after = counts.max_after.load(Ordering::SeqCst);
+    let threads = counts.threads_after.lock().unwrap().len();
+    println!("MAX={max} MAX_AFTER={after} THREADS_AFTER={threads}");
+    assert!(max <= TOTAL, "{max} bodies at once on a budget of {TOTAL}");
+    assert!(
+        threads >= 2 && after == 2,
+        "after the small tasks, the inner region ran on {threads} thread(s), at most {after} \
+         at once: it did not regrow"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+    println!("CHILD-OK");
+}
+
+/// The child side: does nothing unless started by `run_child`.
+#[test]
+fn child() {
+    if let Some(big) = common::child_mode() {
+        child_case(big.parse().expect("the big task's index"));
+    }
+}
+
+#[test]
+fn inner_region_regrows_when_the_big_task_comes_first() {
+    let out = common::run_child("child", "0", &[("BUDGET_NUM_THREADS", "2")]);
+    assert!(out.contains("CHILD-OK"), "{out}");
+    print!(
+        "{}",
+        out.lines()
+            .filter(|l| l.contains("MAX="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!();
+}
+
+#[test]
+fn inner_region_regrows_when_the_big_task_comes_last() {
+    let out = common::run_child("child", "15", &[("BUDGET_NUM_THREADS", "2")]);
+    assert!(out.contains("CHILD-OK"), "{out}");
+    print!(
+        "{}",
+        out.lines()
+            .filter(|l| l.contains("MAX="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!();
+}
