@@ -18,6 +18,12 @@
 //!   at once (no goal: it measures what a narrowed region that may grow pays).
 //! - `pool/10k_tasks_50us`: 10,000 spawned tasks of ~50 µs of CPU work in one region,
 //!   against the same work run serially (goal: budget ≤ 1.05 × serial / cores).
+//! - `pool/imbalanced_nested`: 16 tasks of ~50 µs rows, one with 64× the rows of
+//!   the others (8 rows each, 512 for the big one); an outer `for_each` over the tasks
+//!   with an inner region's `for_each` over each task's rows (`nested`), against the
+//!   outer loop alone (`outer_only`, each task's rows serial) and the serial run (goal:
+//!   nested ≤ 1.15 × serial / cores: the big task's rows spread over every core once
+//!   the small tasks are done, issue 10 item 8).
 #![allow(missing_docs)]
 
 use std::hint::black_box;
@@ -253,6 +259,64 @@ fn pool(c: &mut Criterion) {
     group.finish();
 }
 
+const IMBALANCED_TASKS: usize = 16;
+const SMALL_ROWS: usize = 8;
+
+/// The rows of task `task` in `pool/imbalanced_nested`: task 0 is the big one.
+fn rows_of(task: usize) -> usize {
+    if task == 0 {
+        SMALL_ROWS * 64
+    } else {
+        SMALL_ROWS
+    }
+}
+
+fn imbalanced(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool/imbalanced_nested");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let row = |sum: &AtomicU64, iters: u64| {
+        sum.fetch_add(spin(iters), Ordering::Relaxed);
+    };
+    group.bench_function("nested", |b| {
+        let iters = iterations_for_50us();
+        b.iter(|| {
+            let sum = AtomicU64::new(0);
+            budget::scope(|s| {
+                s.for_each(0..IMBALANCED_TASKS, |task| {
+                    budget::scope(|inner| inner.for_each(0..rows_of(task), |_| row(&sum, iters)))
+                })
+            });
+            sum.into_inner()
+        })
+    });
+    group.bench_function("outer_only", |b| {
+        let iters = iterations_for_50us();
+        b.iter(|| {
+            let sum = AtomicU64::new(0);
+            budget::scope(|s| {
+                s.for_each(0..IMBALANCED_TASKS, |task| {
+                    (0..rows_of(task)).for_each(|_| row(&sum, iters))
+                })
+            });
+            sum.into_inner()
+        })
+    });
+    group.bench_function("serial", |b| {
+        let iters = iterations_for_50us();
+        b.iter(|| {
+            let sum = AtomicU64::new(0);
+            (0..IMBALANCED_TASKS)
+                .for_each(|task| (0..rows_of(task)).for_each(|_| row(&sum, iters)));
+            sum.into_inner()
+        })
+    });
+    group.finish();
+}
+
 // ---------------------------------------------------------------------------
 // summary: the goal ratios, from criterion's estimates of this run
 
@@ -395,6 +459,22 @@ fn summary(dir: &Path, since: SystemTime) {
             verdict(ratio <= 1.05)
         ));
     }
+    if let (Some(nested), Some(outer), Some(serial)) = (
+        ns("pool/imbalanced_nested/nested"),
+        ns("pool/imbalanced_nested/outer_only"),
+        ns("pool/imbalanced_nested/serial"),
+    ) {
+        let ideal = serial / cores() as f64;
+        let ratio = nested / ideal;
+        rows.push(format!(
+            "pool/imbalanced_nested   nested {} / (serial {} / {}) = {ratio:.3}× (outer only {:.3}×)   goal ≤ 1.15×: {}",
+            show(nested),
+            show(serial),
+            cores(),
+            outer / ideal,
+            verdict(ratio <= 1.15)
+        ));
+    }
     if !rows.is_empty() {
         println!(
             "\nGoal ratios of this run ({} cores in the budget):",
@@ -427,7 +507,7 @@ fn load_average() -> String {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = token, scope_entry, nested_loop, pool
+    targets = token, scope_entry, nested_loop, pool, imbalanced
 }
 
 fn main() {

@@ -51,6 +51,36 @@ pub use budget_core::{
     RegionThread, Scope, Stats, ENV_NUM_THREADS, MAX_THREADS,
 };
 
+/// Hooks for integrations (code that runs a region's work on threads of its own):
+/// [`ScopeHooks`](integration::ScopeHooks), [`RegionThread`], [`Lease`].
+/// Applications do not need them.
+pub use budget_core::integration;
+
+/// Runs rayon code in a region that asks for every core: shorthand for
+/// `budget::scope(|s| s.install(op))`.
+///
+/// Like [`scope`], it runs on the calling thread (as rayon's `in_place_scope`), takes
+/// what the budget has free without waiting, and nested under another region it runs
+/// at the width left to it. See [`RayonExt::install`](rayon::RayonExt::install).
+///
+/// # Examples
+///
+/// ```
+/// use rayon::prelude::*;
+///
+/// let sum: u64 = budget::install(|| (1..=100u64).into_par_iter().sum());
+/// assert_eq!(sum, 5050);
+/// ```
+#[cfg(feature = "rayon")]
+pub fn install<R, OP>(op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    use budget_rayon::RayonExt;
+    scope(|s| s.install(op))
+}
+
 /// rayon regions sized by the budget: [`RayonExt::install`](rayon::RayonExt::install).
 ///
 /// # Examples

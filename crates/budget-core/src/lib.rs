@@ -13,10 +13,14 @@
 //!   worker threads that run a region's tasks only while they occupy one of its
 //!   token slots, and give the slot back before they park.
 //!
-//! - **Leases** ([`Lease`]): tokens held directly by code that runs its own threads
-//!   (a native library's pool), so it counts against the same budget.
+//! - **Integration hooks** ([`integration`]): [`ScopeHooks`](integration::ScopeHooks)
+//!   (`with_demand`, `runs_body`), [`RegionThread`] and [`Lease`] (tokens held
+//!   directly by code that runs its own threads, such as a native library's pool), for
+//!   budget-rayon, budget-native and other integrations; apart from the user API.
 //!
-//! The token protocol and the argument for why it loses no token and no wake-up are
+//! The design note, with a glossary (token, width, requested, grant, grower, demand,
+//! lease, overcommit) and the map of the modules, is `README.md` beside `Cargo.toml`;
+//! the token protocol and the argument for why it loses no token and no wake-up are
 //! in `src/token/README.md`.
 //!
 //! # Examples
@@ -47,6 +51,7 @@ pub mod integration;
 mod items;
 mod job;
 mod lease;
+mod own;
 mod region;
 mod registry;
 mod scope;

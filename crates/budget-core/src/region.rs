@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::context;
 use crate::job::{self, Body};
+use crate::own::OwnToken;
 use crate::registry::Registry;
 use crate::token::Grower;
 use crate::tree::Tree;
@@ -50,12 +51,9 @@ pub(crate) struct Region {
     /// Registered with the budget as a grower (the grant fell short, or the
     /// region's own thread runs without a token).
     grower: bool,
-    /// The region was opened by a thread outside every region that found no token
-    /// free: it runs anyway (overcommit). The first token handed to the region pays
-    /// for that thread instead of widening the region.
-    owes_own: AtomicBool,
-    /// `owes_own` as it was at entry.
-    owed: bool,
+    /// How the region's own thread is paid for (`own.rs`); authoritative once the
+    /// region's shared state exists.
+    pub(crate) own: OwnToken,
     /// Open `Scope::with_demand` calls: the region wants its full request even with
     /// no task queued (an integration, such as a rayon pool, runs its work).
     external_demand: AtomicUsize,
@@ -71,10 +69,10 @@ impl Region {
         registry: &'static Registry,
         requested: usize,
         width: usize,
-        owes_own: bool,
+        own: OwnToken,
         tree: Option<Arc<Tree>>,
     ) -> Arc<Self> {
-        let grower = width < requested || owes_own;
+        let grower = width < requested || own.owes();
         let shared = Arc::new_cyclic(|me| Region {
             registry,
             me: me.clone(),
@@ -88,8 +86,7 @@ impl Region {
             tree: tree.unwrap_or_else(|| Arc::new(Tree::new(me.clone()))),
             on_board: AtomicBool::new(false),
             grower,
-            owes_own: AtomicBool::new(owes_own),
-            owed: owes_own,
+            own,
             external_demand: AtomicUsize::new(0),
             listeners: Mutex::new(Vec::new()),
         });
@@ -105,7 +102,7 @@ impl Region {
 
     /// Whether a grant could still reach the region (a hint: rebalance decides).
     fn short(&self) -> bool {
-        self.width() < self.requested || self.owes_own.load(Ordering::Relaxed)
+        self.width() < self.requested || self.own.owes()
     }
 
     /// Queues a task and finds a thread for it: a free slot gets a worker; a region
@@ -235,15 +232,13 @@ impl Region {
     }
 
     /// Called by the scope at exit, after `pending` reached 0: no grant reaches the
-    /// region after this. Returns the final width and whether a grant paid for the
-    /// region's own thread (so the scope returns that token too).
-    pub(crate) fn close(&self) -> (usize, bool) {
+    /// region after this. Returns the final width; `own` is final too.
+    pub(crate) fn close(&self) -> usize {
         if self.grower {
             let me: Arc<dyn Grower> = self.arc();
             self.registry.tokens.unregister(&me);
         }
-        let repaid = self.owed && !self.owes_own.load(Ordering::SeqCst);
-        (self.width.load(Ordering::SeqCst), repaid)
+        self.width.load(Ordering::SeqCst)
     }
 
     pub(crate) fn arc(&self) -> Arc<Region> {
@@ -321,7 +316,7 @@ impl Region {
 
 impl Grower for Region {
     fn wants(&self) -> usize {
-        let own = usize::from(self.owes_own.load(Ordering::SeqCst));
+        let own = usize::from(self.own.owes());
         if self.queued.load(Ordering::SeqCst) == 0
             && self.external_demand.load(Ordering::SeqCst) == 0
         {
@@ -333,10 +328,8 @@ impl Grower for Region {
     }
 
     fn grant(&self, mut n: usize) {
-        // The first token pays for the region's own thread (see `owes_own`). Only
-        // grants (under the growers lock) write the flag, so load + store is enough.
-        if n > 0 && self.owes_own.load(Ordering::SeqCst) {
-            self.owes_own.store(false, Ordering::SeqCst);
+        // The first token pays for the region's own thread (`own.rs`).
+        if n > 0 && self.own.repay() {
             n -= 1;
             if n == 0 {
                 return;

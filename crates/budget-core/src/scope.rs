@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use crate::context;
 use crate::items::{sealed::Source, ForEachInput};
 use crate::job::{self, erase, AbortOnUnwind, SendPtr, SlotPtr};
+use crate::own::OwnToken;
 use crate::region::Region;
 use crate::registry::{self, Registry};
 
@@ -19,6 +20,9 @@ use crate::registry::{self, Registry};
 /// instead of waiting. Nested at any depth, on any thread, it therefore shrinks
 /// rather than oversubscribes. A region that got less than it asked for grows back
 /// when other regions release tokens while it still has queued tasks.
+///
+/// `f` runs on the calling thread, like rayon's `in_place_scope` (not `rayon::scope`,
+/// which moves to a pool thread): the caller's thread is the region's own thread.
 ///
 /// Returns what `f` returns, after every task spawned in the region has finished.
 /// Every token the region held is back in the budget when `scope` returns or
@@ -80,12 +84,11 @@ where
     let registry = registry::global();
     let tokens = &registry.tokens;
     let requested = max.clamp(1, tokens.total());
-    let inherits = context::in_region();
-    let own_token = !inherits && tokens.try_acquire(1) == 1;
+    let own = OwnToken::take(context::in_region(), tokens);
     let width = 1 + tokens.try_acquire(requested - 1);
     tokens
         .counters
-        .note_region(width < requested, !inherits && !own_token);
+        .note_region(width < requested, own.overcommitted());
     let span = tracing::trace_span!(
         "budget.region",
         requested,
@@ -98,12 +101,12 @@ where
         registry,
         requested,
         initial_width: width,
-        overcommitted: !inherits && !own_token,
+        own,
         shared: OnceLock::new(),
         root: RootPtr::of_parent(context::frame()),
         marker: PhantomData,
     };
-    if scope.overcommitted {
+    if scope.own.owes() {
         // Runs unpaid: register now, so the first token freed pays for this thread
         // (rare path: an outside thread that found every token taken).
         scope.shared();
@@ -135,15 +138,14 @@ where
         }
     };
 
-    let (final_width, repaid) = scope
-        .shared
-        .get()
-        .map_or((width, false), |shared| shared.close());
+    let final_width = scope.shared.get().map_or(width, |shared| shared.close());
+    // Final now: grants stopped at `close` (or never started: no shared state).
+    let own = scope.own();
     if final_width > width {
         span.record("regrown", final_width - width);
     }
     if registry.is_current() {
-        tokens.release(final_width - 1 + usize::from(own_token || repaid));
+        tokens.release(final_width - 1 + own.returned_at_exit());
     }
     let task_panic = scope.shared.get().and_then(|shared| shared.take_panic());
     match (result, task_panic) {
@@ -160,6 +162,32 @@ where
 ///
 /// Made by [`scope`] or [`scope_with`] and passed to their closure, and to every
 /// task spawned in it. Tasks may borrow anything that outlives the region.
+///
+/// # Borrow rules
+///
+/// A task may not borrow what the region outlives: a local of the region's closure
+/// does not live long enough.
+///
+/// ```compile_fail,E0597
+/// budget_core::scope(|s| {
+///     let local = vec![1, 2, 3];
+///     s.spawn(|_| assert_eq!(local.len(), 3));
+/// });
+/// ```
+///
+/// Tasks run on other threads: what they capture must be `Send` (`spawn`, `join`)...
+///
+/// ```compile_fail,E0277
+/// let shared = std::rc::Rc::new(1);
+/// budget_core::scope(|s| s.spawn(move |_| assert_eq!(*shared, 1)));
+/// ```
+///
+/// ...and a `for_each` body, called from several threads at once, must be `Sync`.
+///
+/// ```compile_fail,E0277
+/// let count = std::cell::Cell::new(0);
+/// budget_core::scope(|s| s.for_each(0..4, |_| count.set(count.get() + 1)));
+/// ```
 ///
 /// # Examples
 ///
@@ -178,8 +206,9 @@ pub struct Scope<'scope> {
     registry: &'static Registry,
     requested: usize,
     initial_width: usize,
-    /// Opened outside every region with no token free (see `Region::owes_own`).
-    overcommitted: bool,
+    /// How the region's own thread is paid for (`own.rs`), until the shared state
+    /// exists; then `Region::own` is.
+    own: OwnToken,
     /// Made on the first task: a region that spawns nothing allocates nothing.
     shared: OnceLock<Arc<Region>>,
     /// The outermost region of this region's tree (`tree.rs`); null when this is it.
@@ -256,7 +285,7 @@ impl<'scope> Scope<'scope> {
         on_grow: impl Fn(usize) + Send + Sync + 'static,
         f: impl FnOnce() -> R,
     ) -> R {
-        if self.initial_width >= self.requested && !self.overcommitted {
+        if self.initial_width >= self.requested && !self.own().owes() {
             return f(); // nothing to grow into
         }
         self.shared().with_demand(Arc::new(on_grow), f)
@@ -312,6 +341,12 @@ impl<'scope> Scope<'scope> {
         context::frame() == self.frame(false)
     }
 
+    /// How the region's own thread is paid for (`own.rs`): the shared state's once
+    /// it exists (grants change it there), else the state taken at entry.
+    fn own(&self) -> &OwnToken {
+        self.shared.get().map_or(&self.own, |shared| &shared.own)
+    }
+
     fn shared(&self) -> &Arc<Region> {
         self.shared.get_or_init(|| {
             let tree = (!self.root.0.is_null()).then(|| self.root().shared().tree.clone());
@@ -319,7 +354,7 @@ impl<'scope> Scope<'scope> {
                 self.registry,
                 self.requested,
                 self.initial_width,
-                self.overcommitted,
+                self.own.snapshot(),
                 tree,
             )
         })
