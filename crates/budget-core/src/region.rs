@@ -48,6 +48,8 @@ pub(crate) struct Region {
     pub(crate) tree: Arc<Tree>,
     /// Posted on the tree's board (see `tree.rs`).
     pub(crate) on_board: AtomicBool,
+    /// The root of its tree: its idle slots help nested regions (`tree.rs`).
+    is_root: bool,
     /// Registered with the budget as a grower (the grant fell short, or the
     /// region's own thread runs without a token).
     grower: bool,
@@ -83,6 +85,7 @@ impl Region {
             pending: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             panic: Mutex::new(None),
+            is_root: tree.is_none(),
             tree: tree.unwrap_or_else(|| Arc::new(Tree::new(me.clone()))),
             on_board: AtomicBool::new(false),
             grower,
@@ -271,17 +274,22 @@ impl Region {
     }
 
     /// A worker's visit: it arrives holding a reserved slot, runs tasks until the
-    /// queue is empty (and the tree's board: `tree.rs`), then gives the slot back
-    /// before returning to park.
+    /// queue is empty (and, in a root slot, the tree's board: `tree.rs`), then gives
+    /// the slot back before returning to park.
     pub(crate) fn serve(self: Arc<Self>) {
         let _in_region = context::enter();
         loop {
-            while self.run_one() || self.tree.help_one() {}
+            // Only the root's slots help the tree: the root stays open while any
+            // region of its tree has a task running, so the slot's token is held for
+            // as long as the helped task runs. (A slot of a nested region could
+            // outlive that region, whose tokens are then back in the budget.)
+            while self.run_one() || (self.is_root && self.tree.help_one()) {}
             // Leave first, then look once more (SeqCst both): a task pushed or posted
             // by a thread that saw every slot taken is seen here, or that thread saw
             // our slot free and dispatched a worker itself.
             self.active.fetch_sub(1, Ordering::SeqCst);
-            if !(self.has_queued() || self.tree.has_posted()) || !self.try_reserve() {
+            let work = self.has_queued() || (self.is_root && self.tree.has_posted());
+            if !work || !self.try_reserve() {
                 return;
             }
         }

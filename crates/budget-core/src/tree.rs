@@ -16,9 +16,12 @@
 //! - A region that queues a task and has no free slot of its own *posts* itself on
 //!   the tree's board (once: `on_board`), and reserves an idle slot of the root if
 //!   there is one, sending a worker there.
-//! - A thread waiting in `help_until` of any region of the tree, and a worker whose
-//!   region's queue is empty, run posted regions' tasks in place before they sleep or
-//!   leave.
+//! - A thread waiting in `help_until` of any region of the tree, and a worker in a
+//!   root slot whose queue is empty, run posted regions' tasks in place before they
+//!   sleep or leave. (Only root slots: the root is open while any task of its tree
+//!   runs, so the slot's token is held throughout; a nested region's slot could
+//!   outlive its region, whose tokens are then back in the budget. A waiter is inside
+//!   the region it waits in, so that region, and its token, outlive the help.)
 //! - A region at width 1 with no free token runs its loops inline only while nobody
 //!   of its tree can help (no waiter, no idle root slot): see `Scope::alone`.
 //!
