@@ -237,6 +237,7 @@ impl Region {
     /// Called by the scope at exit, after `pending` reached 0: no grant reaches the
     /// region after this. Returns the final width; `own` is final too.
     pub(crate) fn close(&self) -> usize {
+        self.tree.unpost(self);
         if self.grower {
             let me: Arc<dyn Grower> = self.arc();
             self.registry.tokens.unregister(&me);

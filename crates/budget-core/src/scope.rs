@@ -347,6 +347,11 @@ impl<'scope> Scope<'scope> {
         self.shared.get().map_or(&self.own, |shared| &shared.own)
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared_for_tests(&self) -> &Arc<Region> {
+        self.shared()
+    }
+
     fn shared(&self) -> &Arc<Region> {
         self.shared.get_or_init(|| {
             let tree = (!self.root.0.is_null()).then(|| self.root().shared().tree.clone());

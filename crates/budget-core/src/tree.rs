@@ -138,6 +138,16 @@ impl Tree {
         }
     }
 
+    /// Takes a closing region off the board: the board holds its shared state, which
+    /// holds the tree, so a region left there would keep both alive for good.
+    pub(crate) fn unpost(&self, region: &Region) {
+        if region.on_board.swap(false, Ordering::SeqCst) {
+            let mut board = self.board.lock();
+            board.retain(|r| !std::ptr::eq(&**r, region));
+            self.posted.store(board.len(), Ordering::SeqCst);
+        }
+    }
+
     /// Counts the calling thread as idle (a waiter) while `f` runs.
     pub(crate) fn idle<R>(&self, f: impl FnOnce() -> R) -> R {
         struct Undo<'a>(&'a AtomicUsize);
@@ -149,5 +159,33 @@ impl Tree {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let _undo = Undo(&self.waiters);
         f()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A region posted on its tree's board (its pushes found no free slot) whose
+    /// owner then ran the queued tasks itself does not stay on the board: the board
+    /// holds the region's state, which holds the tree, a cycle that would leak both.
+    #[test]
+    fn closed_regions_leave_the_board() {
+        let ran = AtomicUsize::new(0);
+        let mut weak = None;
+        // Width 1: no slot, so every spawn posts the region; its end runs the tasks
+        // on this thread and finds the region done right after the last one.
+        crate::scope_with(1, |s| {
+            for _ in 0..8 {
+                s.spawn(|_| {
+                    ran.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            weak = Some(Arc::downgrade(s.shared_for_tests()));
+        });
+        assert_eq!(ran.into_inner(), 8);
+        let weak = weak.expect("set in the region");
+        assert!(weak.upgrade().is_none(), "the region's state outlived it");
     }
 }
