@@ -98,10 +98,13 @@ impl Tree {
             // SeqCst: the Dekker pair with a leaving root worker (see the module docs).
             self.posted.store(board.len(), Ordering::SeqCst);
         }
-        if let Some(root) = self.root.upgrade() {
-            if !std::ptr::eq(&*root, region) && root.try_reserve() {
-                root.dispatch();
-            }
+        // SAFETY: `post` is called by a region that queues a task, so it is open;
+        // the root is open while any region of its tree is (they run inside its
+        // body or tasks), so its state is alive. No upgrade: no shared counter is
+        // written on this path.
+        let root = unsafe { &*self.root.as_ptr() };
+        if !std::ptr::eq(root, region) && root.try_reserve() {
+            root.dispatch();
         }
     }
 
