@@ -125,8 +125,11 @@ impl Region {
             if self.grower && self.short() {
                 self.registry.tokens.poke();
             }
-            // No free slot: idle threads of the tree may help (see `tree.rs`).
-            self.tree.post(self);
+            // No free slot: idle threads of the tree may help (see `tree.rs`), unless
+            // the region asked for one core only.
+            if self.requested > 1 {
+                self.tree.post(self);
+            }
         }
         // After the post: a waiter woken here sees it.
         self.tree.event.notify();

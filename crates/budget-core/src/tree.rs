@@ -15,7 +15,10 @@
 //!
 //! - A region that queues a task and has no free slot of its own *posts* itself on
 //!   the tree's board (once: `on_board`), and reserves an idle slot of the root if
-//!   there is one, sending a worker there.
+//!   there is one, sending a worker there. A region that asked for one core
+//!   (`scope_with(1, ..)`) never posts: its tasks stay on its own thread.
+//! - A region that closes takes itself off the board (`unpost`): the board holds its
+//!   state, which holds the tree.
 //! - A thread waiting in `help_until` of any region of the tree, and a worker in a
 //!   root slot whose queue is empty, run posted regions' tasks in place before they
 //!   sleep or leave. (Only root slots: the root is open while any task of its tree
@@ -167,28 +170,56 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn until(condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     /// A region posted on its tree's board (its pushes found no free slot) whose
     /// owner then ran the queued tasks itself does not stay on the board: the board
     /// holds the region's state, which holds the tree, a cycle that would leak both.
     #[test]
     fn closed_regions_leave_the_board() {
+        // This test binary's budget: 2 tokens (no other unit test starts one).
+        let _ = crate::registry::install(Some(2));
+        assert_eq!(crate::stats().total, 2);
+        let started = AtomicBool::new(false);
+        let release = AtomicBool::new(false);
         let ran = AtomicUsize::new(0);
         let mut weak = None;
-        // Width 1: no slot, so every spawn posts the region; its end runs the tasks
-        // on this thread and finds the region done right after the last one.
-        crate::scope_with(1, |s| {
-            for _ in 0..8 {
-                s.spawn(|_| {
-                    ran.fetch_add(1, Ordering::Relaxed);
-                });
-            }
-            weak = Some(Arc::downgrade(s.shared_for_tests()));
+        let mut gone_at_close = false;
+        crate::scope(|outer| {
+            assert_eq!(outer.width(), 2);
+            // The worker in the root's only slot is busy until released: nobody
+            // helps, so nobody takes the nested region off the board but itself.
+            outer.spawn(|_| {
+                started.store(true, Ordering::SeqCst);
+                until(|| release.load(Ordering::SeqCst));
+            });
+            until(|| started.load(Ordering::SeqCst));
+            crate::scope(|inner| {
+                assert_eq!(inner.width(), 1);
+                for _ in 0..8 {
+                    inner.spawn(|_| {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                weak = Some(Arc::downgrade(inner.shared_for_tests()));
+            });
+            let weak = weak.as_ref().expect("set in the region");
+            gone_at_close = weak.upgrade().is_none();
+            release.store(true, Ordering::SeqCst);
         });
+        assert!(
+            gone_at_close,
+            "the closed region's state stayed on the board"
+        );
         assert_eq!(ran.into_inner(), 8);
-        let weak = weak.expect("set in the region");
-        assert!(weak.upgrade().is_none(), "the region's state outlived it");
     }
 }
