@@ -7,7 +7,6 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use crossbeam_deque::{Injector, Steal};
@@ -17,8 +16,14 @@ use crate::context;
 use crate::job::{self, Body};
 use crate::own::OwnToken;
 use crate::registry::Registry;
+// The shim: loom atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crate::token::Grower;
 use crate::tree::Tree;
+
+#[cfg(all(test, budget_loom))]
+#[path = "region_loom_tests.rs"]
+mod loom_tests;
 
 /// A queued unit of work. Whoever `take`s the body runs (or drops) it; the others
 /// find `None`. `done` is set after the body returned.

@@ -136,7 +136,7 @@ fn register_fork_handler() {
 fn register_fork_handler() {}
 
 impl Registry {
-    fn new(total: usize, fork_generation: usize) -> Self {
+    pub(crate) fn new(total: usize, fork_generation: usize) -> Self {
         Registry {
             tokens: Tokens::new(total),
             fork_generation,
@@ -166,6 +166,7 @@ impl Registry {
     ///
     /// Why `total` threads suffice: a worker runs only inside a slot, and every slot
     /// is a token, so no more than `total` workers are ever busy at once.
+    #[cfg(not(budget_loom))]
     pub(crate) fn dispatch(&'static self, region: Arc<Region>) {
         let spawn = {
             let mut queue = self.queue.lock();
@@ -192,6 +193,20 @@ impl Registry {
         }
     }
 
+    /// Under loom: records the request only; a model runs `serve` on a thread of
+    /// its own (`region_loom_tests.rs`).
+    #[cfg(budget_loom)]
+    pub(crate) fn dispatch(&'static self, region: Arc<Region>) {
+        self.queue.lock().requests.push_back(region);
+    }
+
+    /// Under loom: the requests dispatched and not yet taken.
+    #[cfg(all(test, budget_loom))]
+    pub(crate) fn take_request(&self) -> Option<Arc<Region>> {
+        self.queue.lock().requests.pop_front()
+    }
+
+    #[cfg_attr(budget_loom, allow(dead_code))]
     fn worker_main(&'static self) {
         loop {
             let region = {

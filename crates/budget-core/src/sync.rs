@@ -3,14 +3,15 @@
 //! Normally these are `std` atomics and `parking_lot` locks. Built with
 //! `RUSTFLAGS="--cfg budget_loom"`, they are loom's, so the protocol in
 //! [`crate::token`] and [`crate::event`] is model-checked over every interleaving
-//! (`scripts/test.sh` runs those models). Only those two modules use the shim:
-//! the rest of the crate holds process-wide statics, which loom cannot model.
+//! (`scripts/test.sh` runs those models). The region state (`region.rs`, `tree.rs`)
+//! uses it too, so a model runs on the real `Region` (`region_loom_tests.rs`); the
+//! rest of the crate holds process-wide statics, which loom cannot model.
 
 #[cfg(budget_loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(not(budget_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
 /// A mutex whose `lock` returns the guard directly on both backends.
 #[derive(Debug, Default)]

@@ -47,13 +47,13 @@
 //!   board; finding the tree is one pointer read at region entry (the parent's root).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-
-use parking_lot::Mutex;
 
 use crate::event::Event;
 use crate::region::Region;
+// The shim: loom's under `--cfg budget_loom`, as in `region.rs`. The board's lock is
+// the shim's too: the critical section writes `posted`, a loom operation.
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// See the module docs.
 pub(crate) struct Tree {
@@ -152,6 +152,14 @@ impl Tree {
             board.retain(|r| !std::ptr::eq(&**r, region));
             self.posted.store(board.len(), Ordering::SeqCst);
         }
+    }
+
+    /// Rewrites `posted` with SeqCst (the loom models' workaround, see
+    /// `token/loom_tests.rs`).
+    #[cfg(all(test, budget_loom))]
+    pub(crate) fn prime(&self) {
+        self.posted
+            .store(self.posted.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     /// Counts the calling thread as idle (a waiter) while `f` runs.

@@ -1,0 +1,122 @@
+//! Loom models on the real region state (`Region`, `Tree`): its atomics go through the
+//! `sync` shim, and under `--cfg budget_loom` the registry records dispatched
+//! requests instead of starting threads, so a model runs `serve` itself.
+//!
+//! Run with `RUSTFLAGS="--cfg budget_loom"` (see `scripts/test.sh`). Each model checks
+//! the Dekker pair that keeps a queued task from being stranded: the task ran on the
+//! leaving worker, or the pusher found the slot free and sent a worker for it. (Not
+//! stranding is about parallelism: the region's own thread runs its unclaimed tasks
+//! anyway.) The atomics read in a pair are rewritten with SeqCst before the threads
+//! start, for the loom limitation described in `token/loom_tests.rs`.
+
+use std::sync::Arc;
+
+use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use loom::thread;
+
+use super::Region;
+use crate::own::OwnToken;
+use crate::registry::Registry;
+
+/// A registry of `total` tokens for one model run (leaked: a registry is `'static`).
+fn registry(total: usize) -> &'static Registry {
+    Box::leak(Box::new(Registry::new(total, 0)))
+}
+
+/// A region holding `width` tokens; `tree` is its root's tree (`None`: it is a root,
+/// opened outside every region, and takes a token for its own thread; a nested one
+/// inherits it). The models use every token, so no grant interferes.
+fn region(
+    registry: &'static Registry,
+    requested: usize,
+    width: usize,
+    tree: Option<&Arc<Region>>,
+) -> Arc<Region> {
+    assert_eq!(registry.tokens.try_acquire(width - 1), width - 1);
+    let own = OwnToken::take(tree.is_some(), &registry.tokens);
+    assert!(
+        !own.owes(),
+        "the model's budget has room for the root's own thread"
+    );
+    let region = Region::new(
+        registry,
+        requested,
+        width,
+        own,
+        tree.map(|root| root.tree.clone()),
+    );
+    // SeqCst rewrites of what the Dekker pairs read (see the module docs).
+    region.queued.store(region.queued.load(SeqCst), SeqCst);
+    region.active.store(region.active.load(SeqCst), SeqCst);
+    region.tree.prime();
+    region
+}
+
+/// A task that records that it ran.
+fn task(ran: &Arc<AtomicBool>) -> crate::job::Body {
+    let ran = ran.clone();
+    Box::new(move |_: &Region| ran.store(true, SeqCst))
+}
+
+/// A push races the worker leaving the region's only slot (`Region::serve`).
+#[test]
+fn loom_push_races_a_worker_leaving_serve() {
+    loom::model(|| {
+        let registry = registry(2);
+        let root = region(registry, 2, 2, None);
+        assert!(root.try_reserve(), "the worker's slot");
+        let ran = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let root = root.clone();
+            thread::spawn(move || root.serve())
+        };
+        root.push(task(&ran));
+        worker.join().unwrap();
+        let sent = registry.take_request();
+        assert!(
+            ran.load(SeqCst) || sent.is_some(),
+            "the task was queued with no thread sent for it"
+        );
+        if let Some(sent) = sent {
+            sent.serve();
+            assert!(ran.load(SeqCst));
+        }
+        assert!(registry.take_request().is_none(), "one worker sent at most");
+        assert!(!root.has_queued());
+        assert_eq!(root.active.load(SeqCst), 0, "every slot was left");
+    });
+}
+
+/// A nested region (width 1, no slot) posts a task on its tree while the worker in
+/// the root's only slot leaves it (`tree.rs`'s Dekker pair on `posted` / `active`).
+#[test]
+fn loom_post_races_a_root_worker_leaving_serve() {
+    loom::model(|| {
+        let registry = registry(2);
+        let root = region(registry, 2, 2, None);
+        assert_eq!(registry.tokens.free(), 0);
+        let nested = region(registry, 2, 1, Some(&root));
+        assert!(root.try_reserve(), "the worker's slot");
+        let ran = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let root = root.clone();
+            thread::spawn(move || root.serve())
+        };
+        nested.push(task(&ran));
+        worker.join().unwrap();
+        let sent = registry.take_request();
+        assert!(
+            ran.load(SeqCst) || sent.is_some(),
+            "the nested task was posted with no root thread sent for it"
+        );
+        if let Some(sent) = sent {
+            sent.serve();
+            assert!(
+                ran.load(SeqCst),
+                "the root's worker helps the nested region"
+            );
+        }
+        assert!(registry.take_request().is_none(), "one worker sent at most");
+        assert_eq!(root.active.load(SeqCst), 0, "every slot was left");
+    });
+}
