@@ -122,24 +122,25 @@ fn child_case(mode: &str) {
             });
             assert_eq!(text, "a");
         }
-        // for_each: two chunks panic, on two threads; the second payload is dropped.
+        // for_each: two chunks panic at once, on two threads, both with a payload
+        // whose drop panics; whichever is recorded second is dropped.
         "for-each" => {
             assert_eq!(total, 2);
-            let first = AtomicBool::new(false);
+            let arrived = AtomicUsize::new(0);
             let text = caught(|| {
                 budget::scope(|s| {
-                    s.for_each(0..2, |i| {
-                        if i == 0 {
-                            first.store(true, Ordering::SeqCst);
-                            panic!("first");
+                    s.for_each(0..2, |_| {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        let deadline = Instant::now() + Duration::from_secs(20);
+                        while arrived.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                            thread::sleep(Duration::from_millis(1));
                         }
-                        until(&first);
-                        thread::sleep(Duration::from_millis(50));
                         panic::panic_any(Payload);
                     })
                 })
             });
-            assert_eq!(text, "first");
+            assert_eq!(arrived.load(Ordering::SeqCst), 2, "both chunks ran");
+            assert_eq!(text, "Payload");
         }
         // The scope's body panics after a task stored its (panicking) payload.
         "scope-body" => {
