@@ -320,3 +320,72 @@ fn region_open_at_fork_with_only_queued_tasks_ends_normally_in_child() {
     );
     assert_eq!(budget::stats().in_use, 0);
 }
+
+/// In a forked child: rayon regions through `s.install` work, at full width and
+/// narrowed (gated), on pools built in the child.
+fn rayon_regions_work() -> Result<(), String> {
+    use budget::prelude::*;
+    use rayon::prelude::*;
+
+    let expected: u64 = (0..10_000u64).sum();
+    let (threads, sum) = budget::scope_with(2, |s| {
+        s.install(|| {
+            (
+                rayon::current_num_threads(),
+                (0..10_000u64).into_par_iter().sum::<u64>(),
+            )
+        })
+    });
+    if (threads, sum) != (2, expected) {
+        return Err(format!(
+            "width-2 install in the child: {threads} threads, sum {sum} (expected {expected})"
+        ));
+    }
+    // Narrowed: the lease leaves one token, the region asks for 2 and gates one thread.
+    let lease = budget::Lease::try_new(TOTAL - 1);
+    let (width, threads, sum) = budget::scope_with(2, |s| {
+        let width = s.width();
+        let (threads, sum) = s.install(|| {
+            (
+                rayon::current_num_threads(),
+                (0..10_000u64).into_par_iter().sum::<u64>(),
+            )
+        });
+        (width, threads, sum)
+    });
+    drop(lease);
+    if (width, threads, sum) != (1, 2, expected) {
+        return Err(format!(
+            "narrowed install in the child: width {width}, {threads} threads, sum {sum}"
+        ));
+    }
+    let full = budget::scope(|s| s.install(rayon::current_num_threads));
+    if full != TOTAL {
+        return Err(format!("full-width install in the child: {full} threads"));
+    }
+    let in_use = budget::stats().in_use;
+    if in_use != 0 {
+        return Err(format!("tokens leaked in the child: {in_use}"));
+    }
+    Ok(())
+}
+
+/// A child forked after the parent used `s.install` (its cached rayon pools have no
+/// threads in the child) runs rayon regions, full and narrowed, instead of hanging.
+#[test]
+fn child_forked_after_install_runs_rayon_regions() {
+    let _serial = serial();
+    // Fill the parent's pool cache: capacities 2 and TOTAL, one of them gated once.
+    assert_eq!(rayon_regions_work(), Ok(()));
+    let pid = fork();
+    if pid == 0 {
+        child_run(rayon_regions_work);
+    }
+    assert_eq!(
+        wait_for(pid),
+        OK,
+        "rayon regions failed in the forked child (see its stderr)"
+    );
+    // The parent's pools still work.
+    assert_eq!(rayon_regions_work(), Ok(()));
+}

@@ -7,10 +7,18 @@
 //! (nested regions never lease: they run in place). At most
 //! [`IDLE_POOLS_PER_CAPACITY`] idle pools of each capacity are kept; more are shut
 //! down when returned.
+//!
+//! After `fork()` the child has none of the parent's pool threads: a pool from the
+//! parent would take jobs that no thread ever runs. The cache therefore belongs to
+//! one *fork generation* (see [`fork_generation`]); in a child the parent's cache,
+//! its idle pools and any pool still leased from it are leaked, never joined or
+//! shut down (their locks may have been held by threads that are gone), and the
+//! child builds fresh pools.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -35,24 +43,95 @@ struct Counters {
     leases: AtomicUsize,
 }
 
+/// The pools of one process: a forked child starts a cache of its own.
 struct Cache {
+    /// The [`fork_generation`] this cache was made in.
+    generation: usize,
     /// Idle pools, indexed by capacity.
     idle: Mutex<Vec<Vec<Arc<rayon::ThreadPool>>>>,
     counters: Counters,
 }
 
-fn cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| Cache {
-        idle: Mutex::new(Vec::new()),
-        counters: Counters::default(),
-    })
+impl Cache {
+    /// False in a forked child for the parent's cache: its threads are gone.
+    fn is_current(&self) -> bool {
+        self.generation == fork_generation()
+    }
 }
+
+/// The cache of this process. Caches are leaked: a `&'static Cache` stays valid
+/// after a fork replaced it, so a lease taken before the fork can still see that
+/// its pool is stale.
+fn cache() -> &'static Cache {
+    static CURRENT: AtomicPtr<Cache> = AtomicPtr::new(ptr::null_mut());
+    let generation = fork_generation();
+    // Acquire pairs with the AcqRel compare-and-swap below: a cache's fields are
+    // initialised before its pointer is seen.
+    let mut seen = CURRENT.load(Ordering::Acquire);
+    loop {
+        if !seen.is_null() {
+            // SAFETY: pointers in CURRENT come from Box::into_raw and are never freed.
+            let cache = unsafe { &*seen };
+            if cache.generation == generation {
+                return cache;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(Cache {
+            generation,
+            idle: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        }));
+        match CURRENT.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: `fresh` came from Box::into_raw just above; it is now leaked.
+            Ok(_) => return unsafe { &*fresh },
+            Err(other) => {
+                // Another thread installed one first; ours was never published.
+                // SAFETY: `fresh` came from Box::into_raw and nobody else saw it.
+                drop(unsafe { Box::from_raw(fresh) });
+                seen = other;
+            }
+        }
+    }
+}
+
+/// Bumped in a forked child by a `pthread_atfork` handler (registered on first use).
+static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+/// How many forks separate this process from the one that first used the cache
+/// (0 in that process). Relaxed is enough: the handler runs in the child on the
+/// only thread there is, before `fork` returns to it.
+fn fork_generation() -> usize {
+    register_fork_handler();
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+#[cfg(unix)]
+fn register_fork_handler() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    extern "C" fn in_child() {
+        // Async-signal-safe: one atomic add, no allocation, no lock.
+        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+    ONCE.call_once(|| {
+        // SAFETY: `in_child` is an `extern "C" fn()` that lives for the whole program
+        // and only performs an atomic add.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        // It fails only for lack of memory (ENOMEM); a library must not panic for
+        // that: a child forked then would find the parent's pools, as before.
+        debug_assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+}
+
+#[cfg(not(unix))]
+fn register_fork_handler() {}
 
 /// A pool leased to one region; goes back to the cache on drop.
 pub(crate) struct PoolLease {
     pool: Option<Arc<rayon::ThreadPool>>,
     capacity: usize,
+    /// The cache it came from (a stale one after a fork).
+    cache: &'static Cache,
 }
 
 impl PoolLease {
@@ -65,10 +144,11 @@ impl PoolLease {
             .lock()
             .get_mut(capacity)
             .and_then(|list| list.pop());
-        let pool = reused.unwrap_or_else(|| build(capacity));
+        let pool = reused.unwrap_or_else(|| build(cache, capacity));
         PoolLease {
             pool: Some(pool),
             capacity,
+            cache,
         }
     }
 
@@ -82,7 +162,13 @@ impl PoolLease {
 impl Drop for PoolLease {
     fn drop(&mut self) {
         let Some(pool) = self.pool.take() else { return };
-        let cache = cache();
+        let cache = self.cache;
+        if !cache.is_current() {
+            // Leased before a fork, returned in the child: its threads are gone.
+            // Dropping it would wake them through locks a gone thread may hold.
+            std::mem::forget(pool);
+            return;
+        }
         let mut idle = cache.idle.lock();
         if idle.len() <= self.capacity {
             idle.resize_with(self.capacity + 1, Vec::new);
@@ -101,7 +187,7 @@ impl Drop for PoolLease {
     }
 }
 
-fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
+fn build(cache: &Cache, capacity: usize) -> Arc<rayon::ThreadPool> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(capacity)
         .thread_name(move |i| format!("budget-rayon-{capacity}-{i}"))
@@ -118,7 +204,7 @@ fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
                  process may be at its thread limit (ulimit -u) — lower BUDGET_NUM_THREADS"
             )
         });
-    let counters = &cache().counters;
+    let counters = &cache.counters;
     counters.built.fetch_add(1, Ordering::Relaxed);
     counters.threads.fetch_add(capacity, Ordering::Relaxed);
     Arc::new(pool)
@@ -135,7 +221,8 @@ fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RayonStats {
-    /// Pools built since start (each once, then reused).
+    /// Pools built since start (each once, then reused). A forked child counts
+    /// from 0: it builds pools of its own.
     pub pools_built: usize,
     /// Threads in pools that are alive now (leased or idle).
     pub threads: usize,
