@@ -224,3 +224,103 @@ fn a_user_global_pool_is_left_alone() {
     let sum: i32 = (0..10).into_par_iter().sum();
     assert_eq!(sum, 45);
 }
+
+/// `rayon::broadcast` in the pool of `install` returns one result per thread.
+fn broadcast_indices() -> Vec<usize> {
+    let mut seen = rayon::broadcast(|ctx| ctx.index());
+    seen.sort_unstable();
+    seen
+}
+
+#[test]
+fn broadcast_in_a_nested_narrowed_region_completes() {
+    let _g = two_cores();
+    // Issue 10, item 7: the inner region gets width 1 (the outer holds both tokens
+    // until its task ends), so its pool gates one thread, which only the end of the
+    // outer region would have let through.
+    let seen = common::watchdog("broadcast in a nested narrowed region", || {
+        let seen = Mutex::new(Vec::new());
+        budget::scope(|s| {
+            s.spawn(|_| {
+                let indices = budget::scope(|i| {
+                    assert_eq!(i.width(), 1);
+                    i.install(broadcast_indices)
+                });
+                *seen.lock().unwrap() = indices;
+            })
+        });
+        seen.into_inner().unwrap()
+    });
+    assert_eq!(seen, vec![0, 1], "the broadcast ran on every pool thread");
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn broadcast_in_a_narrowed_top_level_region_completes() {
+    let _g = two_cores();
+    common::watchdog("broadcast in a narrowed top-level region", || {
+        // This thread keeps a token until the region ended: the region never grows.
+        let lease = budget::Lease::try_new(1);
+        let seen = budget::scope(|s| {
+            assert_eq!(s.width(), 1);
+            s.install(broadcast_indices)
+        });
+        drop(lease);
+        assert_eq!(seen, vec![0, 1]);
+        // From inside the gated pool: a nested region runs in place on it, and a
+        // region opened in a budget task of a gated region gets a gated pool too.
+        let lease = budget::Lease::try_new(1);
+        let (in_place, from_task) = budget::scope(|s| {
+            assert_eq!(s.width(), 1);
+            s.install(|| {
+                let in_place = budget::scope(|i| i.install(broadcast_indices));
+                let from_task = Mutex::new(Vec::new());
+                budget::scope(|i| {
+                    i.spawn(|_| {
+                        *from_task.lock().unwrap() = budget::scope(|j| j.install(broadcast_indices))
+                    })
+                });
+                (in_place, from_task.into_inner().unwrap())
+            })
+        });
+        drop(lease);
+        assert_eq!(in_place, vec![0, 1]);
+        assert_eq!(from_task, vec![0, 1]);
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
+    let _g = two_cores();
+    common::watchdog(
+        "a narrowed region after a rayon::spawn left running",
+        || {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            // Full width: the spawned job holds one of the pool's threads after install
+            // returned, until the next region sends it the signal.
+            budget::scope(|s| {
+                assert_eq!(s.width(), 2);
+                s.install(|| {
+                    rayon::spawn(move || {
+                        rx.recv().unwrap();
+                        done_tx.send(()).unwrap();
+                    })
+                })
+            });
+            let lease = budget::Lease::try_new(1);
+            let sum = budget::scope(|s| {
+                assert_eq!(s.width(), 1);
+                s.install(|| {
+                    tx.send(()).unwrap();
+                    (0..100).into_par_iter().sum::<i32>()
+                })
+            });
+            drop(lease);
+            assert_eq!(sum, 4950);
+            done_rx.recv().unwrap();
+        },
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}

@@ -1,6 +1,7 @@
 //! [`RayonExt::install`]: running rayon code inside a budget region.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use budget_core::Scope;
 
@@ -28,12 +29,16 @@ pub trait RayonExt {
     ///
     /// # Warning
     ///
-    /// In a narrowed region the threads beyond the width wait at the gate, so
-    /// `rayon::broadcast` (which needs every thread of the pool) inside `op` waits
-    /// until the region grows to its full request. Prefer `par_iter`, `join` and
-    /// `scope`, which never wait for a particular thread. Work started with
-    /// `rayon::spawn` that outlives `op` delays the pool's next narrowed lease until
-    /// it finishes.
+    /// In a narrowed region the threads beyond the width wait at a gate. They still
+    /// take the jobs addressed to them, so `rayon::broadcast` and `spawn_broadcast`
+    /// inside `op` complete (on every thread of the pool, nested or not, whether
+    /// the region grows or not), but while a gated thread runs its part the region
+    /// runs beyond its width, and a gated thread looks for such jobs only every few
+    /// milliseconds. Prefer `par_iter`, `join` and `scope`, which never wait for a
+    /// particular thread. Work started with `rayon::spawn` that outlives `op` keeps
+    /// running on the pool; a narrowed region that finds the pool still busy after
+    /// 100 ms shuts that pool down once the work ends and builds another, so it
+    /// never waits for that work.
     ///
     /// # Panics
     ///
@@ -66,26 +71,52 @@ impl RayonExt for Scope<'_> {
         }
         let capacity = self.requested();
         let lease = PoolLease::take(capacity);
-        let pool = lease.pool();
-        let width = self.width();
-        if width >= capacity {
-            return pool.install(op);
+        if self.width() >= capacity {
+            return lease.pool().install(op);
         }
-        // Narrowed: hold `capacity - width` threads at the gate (module `gate`).
-        let gate = Arc::new(Gate::new(width));
-        let in_gate = gate.clone();
-        pool.spawn_broadcast(move |_| in_gate.enter());
-        gate.wait_arrivals(capacity);
-        struct OpenOnExit<'a>(&'a Gate);
-        impl Drop for OpenOnExit<'_> {
-            fn drop(&mut self) {
-                self.0.open_all();
-            }
-        }
-        let _open = OpenOnExit(&gate);
-        let grow = gate.clone();
-        // The region may have grown between `width()` and the gate closing.
-        gate.open_to(self.width());
-        self.with_demand(move |w| grow.open_to(w), || pool.install(op))
+        install_gated(self, lease, op)
     }
+}
+
+/// How long a narrowed region waits for an idle pool's workers to arrive at its
+/// gate. A worker that takes longer is busy with work an earlier lease left running
+/// (`rayon::spawn`), which may wait for this very region: the pool is retired
+/// instead, and a fresh one built. Generous, so that a loaded machine (threads
+/// slow to wake) rarely retires an idle pool; retiring one costs a pool build.
+const ARRIVAL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A narrowed region: holds `capacity - width` threads of the pool at the gate
+/// (module `gate`) and lets them through as the region grows.
+fn install_gated<R, OP>(scope: &Scope<'_>, mut lease: PoolLease, op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    let capacity = lease.capacity();
+    let gate = loop {
+        let gate = Arc::new(Gate::new(scope.width()));
+        let in_gate = gate.clone();
+        lease.pool().spawn_broadcast(move |_| in_gate.enter());
+        // A fresh pool has no earlier work: its workers arrive (waiting is safe).
+        let timeout = (!lease.is_fresh()).then_some(ARRIVAL_TIMEOUT);
+        if gate.wait_arrivals(capacity, timeout) {
+            break gate;
+        }
+        // Busy with work left by an earlier lease: its gate jobs pass when they run.
+        gate.open_all();
+        lease.retire();
+        lease = PoolLease::build(capacity);
+    };
+    struct OpenOnExit<'a>(&'a Gate);
+    impl Drop for OpenOnExit<'_> {
+        fn drop(&mut self) {
+            self.0.open_all();
+        }
+    }
+    let _open = OpenOnExit(&gate);
+    let grow = gate.clone();
+    // The region may have grown between `width()` and the gate closing.
+    gate.open_to(scope.width());
+    let pool = lease.pool();
+    scope.with_demand(move |w| grow.open_to(w), || pool.install(op))
 }

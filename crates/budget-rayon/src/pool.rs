@@ -18,9 +18,7 @@
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use parking_lot::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// How many idle pools of one capacity the cache keeps for reuse.
 pub const IDLE_POOLS_PER_CAPACITY: usize = 2;
@@ -53,6 +51,12 @@ struct Cache {
 }
 
 impl Cache {
+    /// The idle pools, locked (std's lock: see the `gate` module on fork). Nothing
+    /// under the lock panics, so a poisoned lock still guards a consistent list.
+    fn idle(&self) -> MutexGuard<'_, Vec<Vec<Arc<rayon::ThreadPool>>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// False in a forked child for the parent's cache: its threads are gone.
     fn is_current(&self) -> bool {
         self.generation == fork_generation()
@@ -130,6 +134,8 @@ fn register_fork_handler() {}
 pub(crate) struct PoolLease {
     pool: Option<Arc<rayon::ThreadPool>>,
     capacity: usize,
+    /// Built for this lease: no earlier lease left work on it.
+    fresh: bool,
     /// The cache it came from (a stale one after a fork).
     cache: &'static Cache,
 }
@@ -139,16 +145,52 @@ impl PoolLease {
     pub(crate) fn take(capacity: usize) -> PoolLease {
         let cache = cache();
         cache.counters.leases.fetch_add(1, Ordering::Relaxed);
-        let reused = cache
-            .idle
-            .lock()
-            .get_mut(capacity)
-            .and_then(|list| list.pop());
+        let reused = cache.idle().get_mut(capacity).and_then(|list| list.pop());
+        let fresh = reused.is_none();
         let pool = reused.unwrap_or_else(|| build(cache, capacity));
         PoolLease {
             pool: Some(pool),
             capacity,
+            fresh,
             cache,
+        }
+    }
+
+    /// Leases a newly built pool of `capacity` threads (for a region that found
+    /// the cached one busy: see [`retire`](PoolLease::retire)).
+    pub(crate) fn build(capacity: usize) -> PoolLease {
+        let cache = cache();
+        PoolLease {
+            pool: Some(build(cache, capacity)),
+            capacity,
+            fresh: true,
+            cache,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether the pool was built for this lease (no earlier lease's work on it).
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Shuts the pool down instead of returning it to the cache: for a pool still
+    /// busy with work an earlier lease left running (`rayon::spawn`). Its threads
+    /// finish that work, then exit.
+    pub(crate) fn retire(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            self.cache
+                .counters
+                .threads
+                .fetch_sub(self.capacity, Ordering::Relaxed);
+            if self.cache.is_current() {
+                drop(pool);
+            } else {
+                std::mem::forget(pool); // see `Drop`
+            }
         }
     }
 
@@ -169,7 +211,7 @@ impl Drop for PoolLease {
             std::mem::forget(pool);
             return;
         }
-        let mut idle = cache.idle.lock();
+        let mut idle = cache.idle();
         if idle.len() <= self.capacity {
             idle.resize_with(self.capacity + 1, Vec::new);
         }
