@@ -324,3 +324,71 @@ fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
     );
     assert_eq!(budget::stats().in_use, 0);
 }
+
+#[test]
+fn a_nested_region_with_free_tokens_on_a_pool_thread_uses_them() {
+    let _g = two_cores();
+    // The outer region asks for one core: its pool has one thread, and one token
+    // stays free. A library region opened on that thread takes the free token; run
+    // in place (on the one-thread pool) it would leave that token unused.
+    let (width, threads, sum) = common::watchdog("nested region with free tokens", || {
+        budget::scope_with(1, |s| {
+            s.install(|| {
+                assert_eq!(rayon::current_num_threads(), 1);
+                budget::scope(|inner| {
+                    let width = inner.width();
+                    let (threads, sum) = inner.install(|| {
+                        (
+                            rayon::current_num_threads(),
+                            (0..1000u64).into_par_iter().sum::<u64>(),
+                        )
+                    });
+                    (width, threads, sum)
+                })
+            })
+        })
+    });
+    assert_eq!(width, 2, "the free token went to the nested region");
+    assert_eq!(threads, width, "the nested region's tokens run threads");
+    assert_eq!(sum, 499_500);
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install() {
+    let _g = two_cores();
+    // The application's own rayon pool (here one thread, like a busy global pool).
+    let app = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let ran_during_install = common::watchdog("install from a foreign rayon worker", move || {
+        let waiting = AtomicBool::new(false);
+        let ran_during_install = AtomicBool::new(false);
+        app.install(|| {
+            rayon::join(
+                || {
+                    // The library call, on the application's worker: it waits for its
+                    // region's pool. Its token is the one that pool's first thread runs
+                    // on, so the waiting worker must not run the application's jobs.
+                    budget::scope(|s| {
+                        waiting.store(true, Ordering::SeqCst);
+                        let sum = s.install(|| (0..1000u64).into_par_iter().sum::<u64>());
+                        waiting.store(false, Ordering::SeqCst);
+                        assert_eq!(sum, 499_500);
+                    })
+                },
+                || {
+                    // Queued on the waiting worker's deque: only it can run this job.
+                    ran_during_install.store(waiting.load(Ordering::SeqCst), Ordering::SeqCst);
+                },
+            )
+        });
+        ran_during_install.into_inner()
+    });
+    assert!(
+        !ran_during_install,
+        "the application's job ran, unpaid, on the thread waiting in install"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}

@@ -7,6 +7,7 @@ use budget_core::Scope;
 
 use crate::gate::Gate;
 use crate::pool::{on_pool, PoolLease};
+use crate::relay::install_blocking;
 
 /// Runs rayon code on a budget region. Import it with `use budget::prelude::*`.
 pub trait RayonExt {
@@ -21,11 +22,16 @@ pub trait RayonExt {
     ///   that got less holds the extra threads at a gate, and lets them through as
     ///   the budget hands it tokens that other regions release (it grows while `op`
     ///   runs). The calling thread waits for `op`, and its token is the one the
-    ///   pool's first thread runs on.
-    /// - **Nested** (called on a worker of budget's rayon pools): runs `op` in place.
-    ///   Its parallel work is stolen by the threads of the enclosing region's pool:
-    ///   no new pool, no hop to another pool, no blocking; `current_num_threads()`
-    ///   is the enclosing pool's.
+    ///   pool's first thread runs on. A caller that is a worker of another rayon
+    ///   pool (the application's global pool, say) blocks meanwhile and runs none of
+    ///   that pool's jobs: they would run on no token.
+    /// - **Nested** (called on a worker of budget's rayon pools) at width 1: runs
+    ///   `op` in place. Its parallel work is stolen by the threads of the enclosing
+    ///   region's pool: no new pool, no hop to another pool, no blocking;
+    ///   `current_num_threads()` is the enclosing pool's. A nested region that found
+    ///   free tokens (width above 1) would leave them unused in place: it leases a
+    ///   pool as a top-level region does, and the worker blocks while `op` runs there
+    ///   (its core is that pool's first thread).
     ///
     /// # Warning
     ///
@@ -66,13 +72,13 @@ impl RayonExt for Scope<'_> {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        if on_pool() {
+        if on_pool() && self.width() == 1 {
             return op();
         }
         let capacity = self.requested();
         let lease = PoolLease::take(capacity);
         if self.width() >= capacity {
-            return lease.pool().install(op);
+            return run(lease.pool(), op);
         }
         install_gated(self, lease, op)
     }
@@ -118,5 +124,21 @@ where
     // The region may have grown between `width()` and the gate closing.
     gate.open_to(scope.width());
     let pool = lease.pool();
-    scope.with_demand(move |w| grow.open_to(w), || pool.install(op))
+    scope.with_demand(move |w| grow.open_to(w), || run(pool, op))
+}
+
+/// Runs `op` on the leased `pool` for a caller that is not one of its threads. A
+/// rayon worker (of a foreign pool, or of budget's pools with tokens to spare)
+/// blocks without running its own pool's jobs (module `relay`); any other thread
+/// blocks in rayon's `install` anyway.
+fn run<R, OP>(pool: &rayon::ThreadPool, op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    if rayon::current_thread_index().is_some() {
+        install_blocking(pool, op)
+    } else {
+        pool.install(op)
+    }
 }

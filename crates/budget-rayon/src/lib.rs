@@ -27,6 +27,7 @@
 mod gate;
 mod install;
 mod pool;
+mod relay;
 
 pub use install::RayonExt;
 pub use pool::{stats, RayonStats, IDLE_POOLS_PER_CAPACITY};
