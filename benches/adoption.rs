@@ -18,6 +18,10 @@
 //! - `static_outer1`: the loop serial, the library at all cores;
 //! - `budget`: the loop as before, the library wraps each call in
 //!   `budget::scope(|s| s.native(..))` (the application knows nothing of budget).
+//! - `budget_fair_share` (a prototype, not in the ratio): as `budget`, but the
+//!   library asks for at most `total / rayon::current_num_threads()` when it runs on
+//!   a rayon worker: what a budget-core rule for threads of foreign rayon pools
+//!   would do (budget-rayon's README, "Library-only adoption").
 //!
 //! After the criterion groups, an interleaved summary runs every strategy once per
 //! round and prints, per strategy, the median time and the spread (min–max) over
@@ -45,6 +49,14 @@ const OMP_LEN: usize = 4096;
 
 fn cores() -> usize {
     budget::stats().total
+}
+
+/// On a rayon worker, the budget's total shared by the pool's threads (at least 1).
+fn fair_share() -> usize {
+    match rayon::current_thread_index() {
+        Some(_) => (cores() / rayon::current_num_threads()).max(1),
+        None => cores(),
+    }
 }
 
 fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
@@ -97,6 +109,15 @@ fn qr_strategies() -> Result<Vec<Strategy<'static>>, String> {
                     .for_each(|m| budget::scope(|s| s.native(|| blas.qr(m, QR_N))));
             }),
         ),
+        (
+            "budget_fair_share",
+            Box::new(move || {
+                blas.set_threads(all);
+                mats.par_iter().for_each(|m| {
+                    budget::scope_with(fair_share(), |s| s.native(|| blas.qr(m, QR_N)))
+                });
+            }),
+        ),
     ])
 }
 
@@ -146,6 +167,15 @@ fn omp_strategies() -> Result<Vec<Strategy<'static>>, String> {
                 inputs
                     .par_iter()
                     .for_each(|x| budget::scope(|s| s.native(|| call(x))));
+            }),
+        ),
+        (
+            "budget_fair_share",
+            Box::new(move || {
+                everywhere(cores);
+                inputs
+                    .par_iter()
+                    .for_each(|x| budget::scope_with(fair_share(), |s| s.native(|| call(x))));
             }),
         ),
     ])
@@ -204,7 +234,7 @@ fn summary(name: &str, strategies: &[Strategy<'_>], rounds: usize) {
             .fold((f64::MAX, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
         let med = median(&mut times[i]);
         println!(
-            "  {label:<14} median {:>8.2} ms  (min {:.2}, max {:.2})",
+            "  {label:<18} median {:>8.2} ms  (min {:.2}, max {:.2})",
             med * 1e3,
             lo * 1e3,
             hi * 1e3
