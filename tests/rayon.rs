@@ -392,3 +392,28 @@ fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install()
     );
     assert_eq!(budget::stats().in_use, 0);
 }
+
+#[test]
+fn a_regions_own_install_inside_its_install_runs_in_place() {
+    let _g = two_cores();
+    budget::scope(|s| s.install(|| ())); // warm
+    let before = budget::rayon::stats();
+    let seen = common::watchdog("self install", || {
+        budget::scope(|a| {
+            assert_eq!(a.width(), 2);
+            a.install(|| {
+                (0..8)
+                    .into_par_iter()
+                    .map(|_| a.install(rayon::current_num_threads))
+                    .collect::<Vec<_>>()
+            })
+        })
+    });
+    assert_eq!(seen, vec![2; 8]);
+    assert_eq!(
+        budget::rayon::stats().leases,
+        before.leases + 1,
+        "the region's own handle leased a second pool: its tokens would pay two"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use budget_core::Scope;
 
 use crate::gate::Gate;
-use crate::pool::{on_pool, PoolLease};
+use crate::pool::{pool_region, region_id, PoolLease};
 use crate::relay::install_blocking;
 
 /// Runs rayon code on a budget region. Import it with `use budget::prelude::*`.
@@ -31,7 +31,8 @@ pub trait RayonExt {
     ///   `current_num_threads()` is the enclosing pool's. A nested region that found
     ///   free tokens (width above 1) would leave them unused in place: it leases a
     ///   pool as a top-level region does, and the worker blocks while `op` runs there
-    ///   (its core is that pool's first thread).
+    ///   (its core is that pool's first thread). The region that leased the pool,
+    ///   called again through its own handle, runs in place.
     ///
     /// # Warning
     ///
@@ -72,11 +73,17 @@ impl RayonExt for Scope<'_> {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        if on_pool() && self.width() == 1 {
-            return op();
+        if let Some(leased_by) = pool_region() {
+            // On budget's pool: in place, unless this is a region opened here that
+            // found free tokens (in place, nothing would run on them). The region
+            // that leased this pool, through its own handle, stays in place.
+            if self.width() == 1 || leased_by == region_id(self) {
+                return op();
+            }
         }
         let capacity = self.requested();
         let lease = PoolLease::take(capacity);
+        lease.lease_to(region_id(self));
         if self.width() >= capacity {
             return run(lease.pool(), op);
         }
@@ -112,6 +119,7 @@ where
         gate.open_all();
         lease.retire();
         lease = PoolLease::build(capacity);
+        lease.lease_to(region_id(scope));
     };
     struct OpenOnExit<'a>(&'a Gate);
     impl Drop for OpenOnExit<'_> {

@@ -3,8 +3,9 @@
 //!
 //! The bound on OS threads: a pool of capacity `c` has `c` threads, and a pool is
 //! only built when every pool of that capacity is leased. So the threads started
-//! are at most `total` for each top-level rayon region running at the same time
-//! (nested regions never lease: they run in place). At most
+//! are at most `total` for each leasing rayon region running at the same time
+//! (top-level regions, and nested ones that hold a token beyond their own thread;
+//! the others run in place). At most
 //! [`IDLE_POOLS_PER_CAPACITY`] idle pools of each capacity are kept; more are shut
 //! down when returned.
 //!
@@ -15,7 +16,7 @@
 //! shut down (their locks may have been held by threads that are gone), and the
 //! child builds fresh pools.
 
-use std::cell::Cell;
+use std::cell::OnceCell;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,13 +25,31 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 pub const IDLE_POOLS_PER_CAPACITY: usize = 2;
 
 thread_local! {
-    /// True on the threads of budget's rayon pools.
-    static ON_POOL: Cell<bool> = const { Cell::new(false) };
+    /// On the threads of budget's rayon pools: their pool's [`Pool::region`].
+    static ON_POOL: OnceCell<Arc<AtomicUsize>> = const { OnceCell::new() };
 }
 
-/// Whether the current thread is a worker of one of budget's rayon pools.
-pub(crate) fn on_pool() -> bool {
-    ON_POOL.with(Cell::get)
+/// `None` off budget's pools; on a worker of one of them, the region that leases
+/// its pool now ([`region_id`]; 0 between leases).
+pub(crate) fn pool_region() -> Option<usize> {
+    // Acquire pairs with the Release store in `PoolLease::lease_to`: the store comes
+    // before the region's work is handed to the pool, and rayon's queues order that
+    // hand-off, so a worker running the region's work sees its id either way.
+    ON_POOL.with(|region| region.get().map(|r| r.load(Ordering::Acquire)))
+}
+
+/// A region's identity while it is open: the address of its `Scope` (no two live
+/// scopes share one; 0 is no region).
+pub(crate) fn region_id(scope: &budget_core::Scope<'_>) -> usize {
+    scope as *const budget_core::Scope<'_> as usize
+}
+
+/// A cached pool: rayon's pool, and which region leases it now.
+pub(crate) struct Pool {
+    threads: rayon::ThreadPool,
+    /// The [`region_id`] of the region that leases the pool, 0 while idle. Lets a
+    /// region's own handle, used inside its `install`, run in place (install.rs).
+    region: Arc<AtomicUsize>,
 }
 
 /// Counts for tests and reports: see [`stats`](crate::stats).
@@ -46,14 +65,14 @@ struct Cache {
     /// The [`fork_generation`] this cache was made in.
     generation: usize,
     /// Idle pools, indexed by capacity.
-    idle: Mutex<Vec<Vec<Arc<rayon::ThreadPool>>>>,
+    idle: Mutex<Vec<Vec<Arc<Pool>>>>,
     counters: Counters,
 }
 
 impl Cache {
     /// The idle pools, locked (std's lock: see the `gate` module on fork). Nothing
     /// under the lock panics, so a poisoned lock still guards a consistent list.
-    fn idle(&self) -> MutexGuard<'_, Vec<Vec<Arc<rayon::ThreadPool>>>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Vec<Arc<Pool>>>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -132,7 +151,7 @@ fn register_fork_handler() {}
 
 /// A pool leased to one region; goes back to the cache on drop.
 pub(crate) struct PoolLease {
-    pool: Option<Arc<rayon::ThreadPool>>,
+    pool: Option<Arc<Pool>>,
     capacity: usize,
     /// Built for this lease: no earlier lease left work on it.
     fresh: bool,
@@ -182,6 +201,7 @@ impl PoolLease {
     /// finish that work, then exit.
     pub(crate) fn retire(&mut self) {
         if let Some(pool) = self.pool.take() {
+            pool.region.store(0, Ordering::Release);
             self.cache
                 .counters
                 .threads
@@ -195,15 +215,25 @@ impl PoolLease {
     }
 
     pub(crate) fn pool(&self) -> &rayon::ThreadPool {
-        self.pool
+        &self
+            .pool
             .as_ref()
             .expect("a lease holds its pool until drop")
+            .threads
+    }
+
+    /// Records the region that runs on the pool (see [`pool_region`]).
+    pub(crate) fn lease_to(&self, region: usize) {
+        if let Some(pool) = &self.pool {
+            pool.region.store(region, Ordering::Release);
+        }
     }
 }
 
 impl Drop for PoolLease {
     fn drop(&mut self) {
         let Some(pool) = self.pool.take() else { return };
+        pool.region.store(0, Ordering::Release);
         let cache = self.cache;
         if !cache.is_current() {
             // Leased before a fork, returned in the child: its threads are gone.
@@ -229,12 +259,16 @@ impl Drop for PoolLease {
     }
 }
 
-fn build(cache: &Cache, capacity: usize) -> Arc<rayon::ThreadPool> {
-    let pool = rayon::ThreadPoolBuilder::new()
+fn build(cache: &Cache, capacity: usize) -> Arc<Pool> {
+    let region = Arc::new(AtomicUsize::new(0));
+    let mark = region.clone();
+    let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(capacity)
         .thread_name(move |i| format!("budget-rayon-{capacity}-{i}"))
-        .start_handler(|_| {
-            ON_POOL.with(|c| c.set(true));
+        .start_handler(move |_| {
+            ON_POOL.with(|c| {
+                c.get_or_init(|| mark.clone());
+            });
             // This thread only ever runs work of the region that leased its pool,
             // within that region's width: regions it opens take no token for it.
             std::mem::forget(budget_core::RegionThread::enter());
@@ -249,7 +283,7 @@ fn build(cache: &Cache, capacity: usize) -> Arc<rayon::ThreadPool> {
     let counters = &cache.counters;
     counters.built.fetch_add(1, Ordering::Relaxed);
     counters.threads.fetch_add(capacity, Ordering::Relaxed);
-    Arc::new(pool)
+    Arc::new(Pool { threads, region })
 }
 
 /// Counts of budget's rayon pools, from [`stats`].
@@ -268,7 +302,8 @@ pub struct RayonStats {
     pub pools_built: usize,
     /// Threads in pools that are alive now (leased or idle).
     pub threads: usize,
-    /// Regions that leased a pool (top-level `install` calls).
+    /// Regions that leased a pool (top-level `install` calls, and nested ones
+    /// that found free tokens).
     pub leases: usize,
 }
 
