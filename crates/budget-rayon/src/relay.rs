@@ -44,7 +44,9 @@ where
     // SAFETY: only the lifetime changes (same layout). The job borrows from this
     // stack frame (through `op` and `R`), and this function does not return, nor
     // unwind (nothing below panics: poisoned locks are taken over), before the job
-    // stored its outcome, after which the job touches nothing but its `Arc`. The
+    // stored its outcome, after which the job touches nothing but its `Arc` (the
+    // last owner may drop the `Outcome` after this frame is gone: its slot is
+    // empty by then, as the caller took the value, so no `R` is dropped late). The
     // job does run: `pool` is alive (the caller's lease holds it) and rayon runs
     // every spawned job before its threads exit; a panic in `op` is caught above.
     let job: Box<dyn FnOnce() + Send + 'static> = unsafe {
