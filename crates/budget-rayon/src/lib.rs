@@ -21,8 +21,9 @@
 //! ```
 //!
 //! How it works, and the bound on threads, is in the docs of [`RayonExt::install`]
-//! and of the `pool` and `gate` modules (a gate holds a leased pool's extra threads
-//! back until the budget hands the region more tokens).
+//! and of the `pool`, `gate` and `relay` modules (a gate holds a leased pool's extra
+//! threads back until the budget hands the region more tokens; the relay makes a
+//! rayon worker that waits for a leased pool block instead of running other jobs).
 
 mod gate;
 mod install;
