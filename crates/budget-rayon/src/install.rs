@@ -47,6 +47,11 @@ pub trait RayonExt {
     /// 100 ms shuts that pool down once the work ends and builds another, so it
     /// never waits for that work.
     ///
+    /// A worker of another rayon pool that calls `install` blocks until `op`
+    /// returns and runs none of its pool's jobs meanwhile (they would run on no
+    /// token): `op` must not wait for a job queued on that pool which only the
+    /// caller could run (the pool's single thread, say).
+    ///
     /// # Panics
     ///
     /// A panic in `op` (or in rayon work inside it) is resumed here with its original
