@@ -224,3 +224,196 @@ fn a_user_global_pool_is_left_alone() {
     let sum: i32 = (0..10).into_par_iter().sum();
     assert_eq!(sum, 45);
 }
+
+/// `rayon::broadcast` in the pool of `install` returns one result per thread.
+fn broadcast_indices() -> Vec<usize> {
+    let mut seen = rayon::broadcast(|ctx| ctx.index());
+    seen.sort_unstable();
+    seen
+}
+
+#[test]
+fn broadcast_in_a_nested_narrowed_region_completes() {
+    let _g = two_cores();
+    // Issue 10, item 7: the inner region gets width 1 (the outer holds both tokens
+    // until its task ends), so its pool gates one thread, which only the end of the
+    // outer region would have let through.
+    let seen = common::watchdog("broadcast in a nested narrowed region", || {
+        let seen = Mutex::new(Vec::new());
+        budget::scope(|s| {
+            s.spawn(|_| {
+                let indices = budget::scope(|i| {
+                    assert_eq!(i.width(), 1);
+                    i.install(broadcast_indices)
+                });
+                *seen.lock().unwrap() = indices;
+            })
+        });
+        seen.into_inner().unwrap()
+    });
+    assert_eq!(seen, vec![0, 1], "the broadcast ran on every pool thread");
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn broadcast_in_a_narrowed_top_level_region_completes() {
+    let _g = two_cores();
+    common::watchdog("broadcast in a narrowed top-level region", || {
+        // This thread keeps a token until the region ended: the region never grows.
+        let lease = budget::Lease::try_new(1);
+        let seen = budget::scope(|s| {
+            assert_eq!(s.width(), 1);
+            s.install(broadcast_indices)
+        });
+        drop(lease);
+        assert_eq!(seen, vec![0, 1]);
+        // From inside the gated pool: a nested region runs in place on it, and a
+        // region opened in a budget task of a gated region gets a gated pool too.
+        let lease = budget::Lease::try_new(1);
+        let (in_place, from_task) = budget::scope(|s| {
+            assert_eq!(s.width(), 1);
+            s.install(|| {
+                let in_place = budget::scope(|i| i.install(broadcast_indices));
+                let from_task = Mutex::new(Vec::new());
+                budget::scope(|i| {
+                    i.spawn(|_| {
+                        *from_task.lock().unwrap() = budget::scope(|j| j.install(broadcast_indices))
+                    })
+                });
+                (in_place, from_task.into_inner().unwrap())
+            })
+        });
+        drop(lease);
+        assert_eq!(in_place, vec![0, 1]);
+        assert_eq!(from_task, vec![0, 1]);
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
+    let _g = two_cores();
+    common::watchdog(
+        "a narrowed region after a rayon::spawn left running",
+        || {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            // Full width: the spawned job holds one of the pool's threads after install
+            // returned, until the next region sends it the signal.
+            budget::scope(|s| {
+                assert_eq!(s.width(), 2);
+                s.install(|| {
+                    rayon::spawn(move || {
+                        rx.recv().unwrap();
+                        done_tx.send(()).unwrap();
+                    })
+                })
+            });
+            let lease = budget::Lease::try_new(1);
+            let sum = budget::scope(|s| {
+                assert_eq!(s.width(), 1);
+                s.install(|| {
+                    tx.send(()).unwrap();
+                    (0..100).into_par_iter().sum::<i32>()
+                })
+            });
+            drop(lease);
+            assert_eq!(sum, 4950);
+            done_rx.recv().unwrap();
+        },
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn a_nested_region_with_free_tokens_on_a_pool_thread_uses_them() {
+    let _g = two_cores();
+    // The outer region asks for one core: its pool has one thread, and one token
+    // stays free. A library region opened on that thread takes the free token; run
+    // in place (on the one-thread pool) it would leave that token unused.
+    let (width, threads, sum) = common::watchdog("nested region with free tokens", || {
+        budget::scope_with(1, |s| {
+            s.install(|| {
+                assert_eq!(rayon::current_num_threads(), 1);
+                budget::scope(|inner| {
+                    let width = inner.width();
+                    let (threads, sum) = inner.install(|| {
+                        (
+                            rayon::current_num_threads(),
+                            (0..1000u64).into_par_iter().sum::<u64>(),
+                        )
+                    });
+                    (width, threads, sum)
+                })
+            })
+        })
+    });
+    assert_eq!(width, 2, "the free token went to the nested region");
+    assert_eq!(threads, width, "the nested region's tokens run threads");
+    assert_eq!(sum, 499_500);
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install() {
+    let _g = two_cores();
+    // The application's own rayon pool (here one thread, like a busy global pool).
+    let app = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let ran_during_install = common::watchdog("install from a foreign rayon worker", move || {
+        let waiting = AtomicBool::new(false);
+        let ran_during_install = AtomicBool::new(false);
+        app.install(|| {
+            rayon::join(
+                || {
+                    // The library call, on the application's worker: it waits for its
+                    // region's pool. Its token is the one that pool's first thread runs
+                    // on, so the waiting worker must not run the application's jobs.
+                    budget::scope(|s| {
+                        waiting.store(true, Ordering::SeqCst);
+                        let sum = s.install(|| (0..1000u64).into_par_iter().sum::<u64>());
+                        waiting.store(false, Ordering::SeqCst);
+                        assert_eq!(sum, 499_500);
+                    })
+                },
+                || {
+                    // Queued on the waiting worker's deque: only it can run this job.
+                    ran_during_install.store(waiting.load(Ordering::SeqCst), Ordering::SeqCst);
+                },
+            )
+        });
+        ran_during_install.into_inner()
+    });
+    assert!(
+        !ran_during_install,
+        "the application's job ran, unpaid, on the thread waiting in install"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}
+
+#[test]
+fn a_regions_own_install_inside_its_install_runs_in_place() {
+    let _g = two_cores();
+    budget::scope(|s| s.install(|| ())); // warm
+    let before = budget::rayon::stats();
+    let seen = common::watchdog("self install", || {
+        budget::scope(|a| {
+            assert_eq!(a.width(), 2);
+            a.install(|| {
+                (0..8)
+                    .into_par_iter()
+                    .map(|_| a.install(rayon::current_num_threads))
+                    .collect::<Vec<_>>()
+            })
+        })
+    });
+    assert_eq!(seen, vec![2; 8]);
+    assert_eq!(
+        budget::rayon::stats().leases,
+        before.leases + 1,
+        "the region's own handle leased a second pool: its tokens would pay two"
+    );
+    assert_eq!(budget::stats().in_use, 0);
+}

@@ -1,12 +1,14 @@
 //! [`RayonExt::install`]: running rayon code inside a budget region.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use budget_core::integration::ScopeHooks;
 use budget_core::Scope;
 
 use crate::gate::Gate;
-use crate::pool::{on_pool, PoolLease};
+use crate::pool::{pool_region, region_id, PoolLease};
+use crate::relay::install_blocking;
 
 /// Runs rayon code on a budget region. Import it with `use budget::prelude::*`.
 pub trait RayonExt {
@@ -21,25 +23,40 @@ pub trait RayonExt {
     ///   that got less holds the extra threads at a gate, and lets them through as
     ///   the budget hands it tokens that other regions release (it grows while `op`
     ///   runs). The calling thread waits for `op`, and its token is the one the
-    ///   pool's first thread runs on.
+    ///   pool's first thread runs on. A caller that is a worker of another rayon
+    ///   pool (the application's global pool, say) blocks meanwhile and runs none of
+    ///   that pool's jobs: they would run on no token.
+    /// - **Nested** (called on a worker of budget's rayon pools) at width 1: runs
+    ///   `op` in place. Its parallel work is stolen by the threads of the enclosing
+    ///   region's pool: no new pool, no hop to another pool, no blocking;
+    ///   `current_num_threads()` is the enclosing pool's. A nested region that found
+    ///   free tokens (width above 1) would leave them unused in place: it leases a
+    ///   pool as a top-level region does, and the worker blocks while `op` runs there
+    ///   (its core is that pool's first thread). The region that leased the pool,
+    ///   called again through its own handle, runs in place.
     /// - **From a task of the region** (inside `spawn`, `join` or `for_each` of the
     ///   region, or a region nested in it; see `ScopeHooks::runs_body`): other threads of
     ///   the region may be running, so this opens the nested region that the task is,
     ///   `scope_with(requested(), |inner| inner.install(op))`, of its own thread plus
     ///   what is free.
-    /// - **Nested** (called on a worker of budget's rayon pools): runs `op` in place.
-    ///   Its parallel work is stolen by the threads of the enclosing region's pool:
-    ///   no new pool, no hop to another pool, no blocking; `current_num_threads()`
-    ///   is the enclosing pool's.
     ///
     /// # Warning
     ///
-    /// In a narrowed region the threads beyond the width wait at the gate, so
-    /// `rayon::broadcast` (which needs every thread of the pool) inside `op` waits
-    /// until the region grows to its full request. Prefer `par_iter`, `join` and
-    /// `scope`, which never wait for a particular thread. Work started with
-    /// `rayon::spawn` that outlives `op` delays the pool's next narrowed lease until
-    /// it finishes.
+    /// In a narrowed region the threads beyond the width wait at a gate. They still
+    /// take the jobs addressed to them, so `rayon::broadcast` and `spawn_broadcast`
+    /// inside `op` complete (on every thread of the pool, nested or not, whether
+    /// the region grows or not), but while a gated thread runs its part the region
+    /// runs beyond its width, and a gated thread looks for such jobs only every few
+    /// milliseconds. Prefer `par_iter`, `join` and `scope`, which never wait for a
+    /// particular thread. Work started with `rayon::spawn` that outlives `op` keeps
+    /// running on the pool; a narrowed region that finds the pool still busy after
+    /// 100 ms shuts that pool down once the work ends and builds another, so it
+    /// never waits for that work.
+    ///
+    /// A worker of another rayon pool that calls `install` blocks until `op`
+    /// returns and runs none of its pool's jobs meanwhile (they would run on no
+    /// token): `op` must not wait for a job queued on that pool which only the
+    /// caller could run (the pool's single thread, say).
     ///
     /// # Panics
     ///
@@ -67,8 +84,13 @@ impl RayonExt for Scope<'_> {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        if on_pool() {
-            return op();
+        if let Some(leased_by) = pool_region() {
+            // On budget's pool: in place, unless this is a region opened here that
+            // found free tokens (in place, nothing would run on them). The region
+            // that leased this pool, through its own handle, stays in place.
+            if self.width() == 1 || leased_by == region_id(self) {
+                return op();
+            }
         }
         if !self.runs_body() {
             // Called from a task of the region: other threads of it may run now, so
@@ -77,26 +99,70 @@ impl RayonExt for Scope<'_> {
         }
         let capacity = self.requested();
         let lease = PoolLease::take(capacity);
-        let pool = lease.pool();
-        let width = self.width();
-        if width >= capacity {
-            return pool.install(op);
+        lease.lease_to(region_id(self));
+        if self.width() >= capacity {
+            return run(lease.pool(), op);
         }
-        // Narrowed: hold `capacity - width` threads at the gate (module `gate`).
-        let gate = Arc::new(Gate::new(width));
+        install_gated(self, lease, op)
+    }
+}
+
+/// How long a narrowed region waits for an idle pool's workers to arrive at its
+/// gate. A worker that takes longer is busy with work an earlier lease left running
+/// (`rayon::spawn`), which may wait for this very region: the pool is retired
+/// instead, and a fresh one built. Generous, so that a loaded machine (threads
+/// slow to wake) rarely retires an idle pool; retiring one costs a pool build.
+const ARRIVAL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A narrowed region: holds `capacity - width` threads of the pool at the gate
+/// (module `gate`) and lets them through as the region grows.
+fn install_gated<R, OP>(scope: &Scope<'_>, mut lease: PoolLease, op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    let capacity = lease.capacity();
+    let gate = loop {
+        let gate = Arc::new(Gate::new(scope.width()));
         let in_gate = gate.clone();
-        pool.spawn_broadcast(move |_| in_gate.enter());
-        gate.wait_arrivals(capacity);
-        struct OpenOnExit<'a>(&'a Gate);
-        impl Drop for OpenOnExit<'_> {
-            fn drop(&mut self) {
-                self.0.open_all();
-            }
+        lease.pool().spawn_broadcast(move |_| in_gate.enter());
+        // A fresh pool has no earlier work: its workers arrive (waiting is safe).
+        let timeout = (!lease.is_fresh()).then_some(ARRIVAL_TIMEOUT);
+        if gate.wait_arrivals(capacity, timeout) {
+            break gate;
         }
-        let _open = OpenOnExit(&gate);
-        let grow = gate.clone();
-        // The region may have grown between `width()` and the gate closing.
-        gate.open_to(self.width());
-        self.with_demand(move |w| grow.open_to(w), || pool.install(op))
+        // Busy with work left by an earlier lease: its gate jobs pass when they run.
+        gate.open_all();
+        lease.retire();
+        lease = PoolLease::build(capacity);
+        lease.lease_to(region_id(scope));
+    };
+    struct OpenOnExit<'a>(&'a Gate);
+    impl Drop for OpenOnExit<'_> {
+        fn drop(&mut self) {
+            self.0.open_all();
+        }
+    }
+    let _open = OpenOnExit(&gate);
+    let grow = gate.clone();
+    // The region may have grown between `width()` and the gate closing.
+    gate.open_to(scope.width());
+    let pool = lease.pool();
+    scope.with_demand(move |w| grow.open_to(w), || run(pool, op))
+}
+
+/// Runs `op` on the leased `pool` for a caller that is not one of its threads. A
+/// rayon worker (of a foreign pool, or of budget's pools with tokens to spare)
+/// blocks without running its own pool's jobs (module `relay`); any other thread
+/// blocks in rayon's `install` anyway.
+fn run<R, OP>(pool: &rayon::ThreadPool, op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    if rayon::current_thread_index().is_some() {
+        install_blocking(pool, op)
+    } else {
+        pool.install(op)
     }
 }

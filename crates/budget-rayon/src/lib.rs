@@ -21,12 +21,14 @@
 //! ```
 //!
 //! How it works, and the bound on threads, is in the docs of [`RayonExt::install`]
-//! and of the `pool` and `gate` modules (a gate holds a leased pool's extra threads
-//! back until the budget hands the region more tokens).
+//! and of the `pool`, `gate` and `relay` modules (a gate holds a leased pool's extra
+//! threads back until the budget hands the region more tokens; the relay makes a
+//! rayon worker that waits for a leased pool block instead of running other jobs).
 
 mod gate;
 mod install;
 mod pool;
+mod relay;
 
 pub use install::RayonExt;
 pub use pool::{stats, RayonStats, IDLE_POOLS_PER_CAPACITY};

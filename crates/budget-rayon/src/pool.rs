@@ -3,28 +3,53 @@
 //!
 //! The bound on OS threads: a pool of capacity `c` has `c` threads, and a pool is
 //! only built when every pool of that capacity is leased. So the threads started
-//! are at most `total` for each top-level rayon region running at the same time
-//! (nested regions never lease: they run in place). At most
+//! are at most `total` for each leasing rayon region running at the same time
+//! (top-level regions, and nested ones that hold a token beyond their own thread;
+//! the others run in place). At most
 //! [`IDLE_POOLS_PER_CAPACITY`] idle pools of each capacity are kept; more are shut
 //! down when returned.
+//!
+//! After `fork()` the child has none of the parent's pool threads: a pool from the
+//! parent would take jobs that no thread ever runs. The cache therefore belongs to
+//! one *fork generation* (see [`fork_generation`]); in a child the parent's cache,
+//! its idle pools and any pool still leased from it are leaked, never joined or
+//! shut down (their locks may have been held by threads that are gone), and the
+//! child builds fresh pools.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use parking_lot::Mutex;
+use std::cell::OnceCell;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// How many idle pools of one capacity the cache keeps for reuse.
 pub const IDLE_POOLS_PER_CAPACITY: usize = 2;
 
 thread_local! {
-    /// True on the threads of budget's rayon pools.
-    static ON_POOL: Cell<bool> = const { Cell::new(false) };
+    /// On the threads of budget's rayon pools: their pool's [`Pool::region`].
+    static ON_POOL: OnceCell<Arc<AtomicUsize>> = const { OnceCell::new() };
 }
 
-/// Whether the current thread is a worker of one of budget's rayon pools.
-pub(crate) fn on_pool() -> bool {
-    ON_POOL.with(Cell::get)
+/// `None` off budget's pools; on a worker of one of them, the region that leases
+/// its pool now ([`region_id`]; 0 between leases).
+pub(crate) fn pool_region() -> Option<usize> {
+    // Acquire pairs with the Release store in `PoolLease::lease_to`: the store comes
+    // before the region's work is handed to the pool, and rayon's queues order that
+    // hand-off, so a worker running the region's work sees its id either way.
+    ON_POOL.with(|region| region.get().map(|r| r.load(Ordering::Acquire)))
+}
+
+/// A region's identity while it is open: the address of its `Scope` (no two live
+/// scopes share one; 0 is no region).
+pub(crate) fn region_id(scope: &budget_core::Scope<'_>) -> usize {
+    scope as *const budget_core::Scope<'_> as usize
+}
+
+/// A cached pool: rayon's pool, and which region leases it now.
+pub(crate) struct Pool {
+    threads: rayon::ThreadPool,
+    /// The [`region_id`] of the region that leases the pool, 0 while idle. Lets a
+    /// region's own handle, used inside its `install`, run in place (install.rs).
+    region: Arc<AtomicUsize>,
 }
 
 /// Counts for tests and reports: see [`stats`](crate::stats).
@@ -35,24 +60,103 @@ struct Counters {
     leases: AtomicUsize,
 }
 
+/// The pools of one process: a forked child starts a cache of its own.
 struct Cache {
+    /// The [`fork_generation`] this cache was made in.
+    generation: usize,
     /// Idle pools, indexed by capacity.
-    idle: Mutex<Vec<Vec<Arc<rayon::ThreadPool>>>>,
+    idle: Mutex<Vec<Vec<Arc<Pool>>>>,
     counters: Counters,
 }
 
-fn cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| Cache {
-        idle: Mutex::new(Vec::new()),
-        counters: Counters::default(),
-    })
+impl Cache {
+    /// The idle pools, locked (std's lock: see the `gate` module on fork). Nothing
+    /// under the lock panics, so a poisoned lock still guards a consistent list.
+    fn idle(&self) -> MutexGuard<'_, Vec<Vec<Arc<Pool>>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// False in a forked child for the parent's cache: its threads are gone.
+    fn is_current(&self) -> bool {
+        self.generation == fork_generation()
+    }
 }
+
+/// The cache of this process. Caches are leaked: a `&'static Cache` stays valid
+/// after a fork replaced it, so a lease taken before the fork can still see that
+/// its pool is stale.
+fn cache() -> &'static Cache {
+    static CURRENT: AtomicPtr<Cache> = AtomicPtr::new(ptr::null_mut());
+    let generation = fork_generation();
+    // Acquire pairs with the AcqRel compare-and-swap below: a cache's fields are
+    // initialised before its pointer is seen.
+    let mut seen = CURRENT.load(Ordering::Acquire);
+    loop {
+        if !seen.is_null() {
+            // SAFETY: pointers in CURRENT come from Box::into_raw and are never freed.
+            let cache = unsafe { &*seen };
+            if cache.generation == generation {
+                return cache;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(Cache {
+            generation,
+            idle: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        }));
+        match CURRENT.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: `fresh` came from Box::into_raw just above; it is now leaked.
+            Ok(_) => return unsafe { &*fresh },
+            Err(other) => {
+                // Another thread installed one first; ours was never published.
+                // SAFETY: `fresh` came from Box::into_raw and nobody else saw it.
+                drop(unsafe { Box::from_raw(fresh) });
+                seen = other;
+            }
+        }
+    }
+}
+
+/// Bumped in a forked child by a `pthread_atfork` handler (registered on first use).
+static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+/// How many forks separate this process from the one that first used the cache
+/// (0 in that process). Relaxed is enough: the handler runs in the child on the
+/// only thread there is, before `fork` returns to it.
+fn fork_generation() -> usize {
+    register_fork_handler();
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+#[cfg(unix)]
+fn register_fork_handler() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    extern "C" fn in_child() {
+        // Async-signal-safe: one atomic add, no allocation, no lock.
+        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+    ONCE.call_once(|| {
+        // SAFETY: `in_child` is an `extern "C" fn()` that lives for the whole program
+        // and only performs an atomic add.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        // It fails only for lack of memory (ENOMEM); a library must not panic for
+        // that: a child forked then would find the parent's pools, as before.
+        debug_assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+}
+
+#[cfg(not(unix))]
+fn register_fork_handler() {}
 
 /// A pool leased to one region; goes back to the cache on drop.
 pub(crate) struct PoolLease {
-    pool: Option<Arc<rayon::ThreadPool>>,
+    pool: Option<Arc<Pool>>,
     capacity: usize,
+    /// Built for this lease: no earlier lease left work on it.
+    fresh: bool,
+    /// The cache it came from (a stale one after a fork).
+    cache: &'static Cache,
 }
 
 impl PoolLease {
@@ -60,30 +164,84 @@ impl PoolLease {
     pub(crate) fn take(capacity: usize) -> PoolLease {
         let cache = cache();
         cache.counters.leases.fetch_add(1, Ordering::Relaxed);
-        let reused = cache
-            .idle
-            .lock()
-            .get_mut(capacity)
-            .and_then(|list| list.pop());
-        let pool = reused.unwrap_or_else(|| build(capacity));
+        let reused = cache.idle().get_mut(capacity).and_then(|list| list.pop());
+        let fresh = reused.is_none();
+        let pool = reused.unwrap_or_else(|| build(cache, capacity));
         PoolLease {
             pool: Some(pool),
             capacity,
+            fresh,
+            cache,
+        }
+    }
+
+    /// Leases a newly built pool of `capacity` threads (for a region that found
+    /// the cached one busy: see [`retire`](PoolLease::retire)).
+    pub(crate) fn build(capacity: usize) -> PoolLease {
+        let cache = cache();
+        PoolLease {
+            pool: Some(build(cache, capacity)),
+            capacity,
+            fresh: true,
+            cache,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether the pool was built for this lease (no earlier lease's work on it).
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Shuts the pool down instead of returning it to the cache: for a pool still
+    /// busy with work an earlier lease left running (`rayon::spawn`). Its threads
+    /// finish that work, then exit.
+    pub(crate) fn retire(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.region.store(0, Ordering::Release);
+            self.cache
+                .counters
+                .threads
+                .fetch_sub(self.capacity, Ordering::Relaxed);
+            if self.cache.is_current() {
+                drop(pool);
+            } else {
+                std::mem::forget(pool); // see `Drop`
+            }
         }
     }
 
     pub(crate) fn pool(&self) -> &rayon::ThreadPool {
-        self.pool
+        &self
+            .pool
             .as_ref()
             .expect("a lease holds its pool until drop")
+            .threads
+    }
+
+    /// Records the region that runs on the pool (see [`pool_region`]).
+    pub(crate) fn lease_to(&self, region: usize) {
+        if let Some(pool) = &self.pool {
+            pool.region.store(region, Ordering::Release);
+        }
     }
 }
 
 impl Drop for PoolLease {
     fn drop(&mut self) {
         let Some(pool) = self.pool.take() else { return };
-        let cache = cache();
-        let mut idle = cache.idle.lock();
+        pool.region.store(0, Ordering::Release);
+        let cache = self.cache;
+        if !cache.is_current() {
+            // Leased before a fork, returned in the child: its threads are gone.
+            // Dropping it would wake them through locks a gone thread may hold.
+            std::mem::forget(pool);
+            return;
+        }
+        let mut idle = cache.idle();
         if idle.len() <= self.capacity {
             idle.resize_with(self.capacity + 1, Vec::new);
         }
@@ -101,12 +259,16 @@ impl Drop for PoolLease {
     }
 }
 
-fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
-    let pool = rayon::ThreadPoolBuilder::new()
+fn build(cache: &Cache, capacity: usize) -> Arc<Pool> {
+    let region = Arc::new(AtomicUsize::new(0));
+    let mark = region.clone();
+    let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(capacity)
         .thread_name(move |i| format!("budget-rayon-{capacity}-{i}"))
-        .start_handler(|_| {
-            ON_POOL.with(|c| c.set(true));
+        .start_handler(move |_| {
+            ON_POOL.with(|c| {
+                c.get_or_init(|| mark.clone());
+            });
             // This thread only ever runs work of the region that leased its pool,
             // within that region's width: regions it opens take no token for it.
             budget_core::integration::RegionThread::mark_for_life();
@@ -118,10 +280,10 @@ fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
                  process may be at its thread limit (ulimit -u) — lower BUDGET_NUM_THREADS"
             )
         });
-    let counters = &cache().counters;
+    let counters = &cache.counters;
     counters.built.fetch_add(1, Ordering::Relaxed);
     counters.threads.fetch_add(capacity, Ordering::Relaxed);
-    Arc::new(pool)
+    Arc::new(Pool { threads, region })
 }
 
 /// Counts of budget's rayon pools, from [`stats`].
@@ -135,11 +297,13 @@ fn build(capacity: usize) -> Arc<rayon::ThreadPool> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RayonStats {
-    /// Pools built since start (each once, then reused).
+    /// Pools built since start (each once, then reused). A forked child counts
+    /// from 0: it builds pools of its own.
     pub pools_built: usize,
     /// Threads in pools that are alive now (leased or idle).
     pub threads: usize,
-    /// Regions that leased a pool (top-level `install` calls).
+    /// Regions that leased a pool (top-level `install` calls, and nested ones
+    /// that found free tokens).
     pub leases: usize,
 }
 

@@ -1,0 +1,144 @@
+//! Fork safety of budget-rayon (Linux): a child forked after the parent used
+//! `s.install` runs rayon regions on pools of its own.
+//!
+//! Its own test binary, apart from `tests/fork.rs`: a child that starts threads
+//! reuses the stacks of the parent's threads (glibc's stack cache), while
+//! parking_lot's process-wide parking table, which budget-core's workers park in,
+//! still lists the parent's parked workers on those stacks. Next to `tests/fork.rs`'s
+//! workers parked at fork time this test's pool threads made that hazard (a
+//! budget-core matter) show up in 7 of 30 runs instead of about 1 in 20; apart, each
+//! binary tests its own crate's fork handling.
+//!
+//! The child never returns into the test harness: it reports through its exit code
+//! and writes what went wrong to fd 2. The parent waits for it under a deadline,
+//! and kills it and fails if it hangs.
+#![cfg(target_os = "linux")]
+
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use budget::prelude::*;
+use rayon::prelude::*;
+
+const TOTAL: usize = 4;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+mod common;
+
+/// In the child: runs `check` and exits 0 (passed), 1 (failed, with the reason on
+/// fd 2) or 2 (panicked), without running the parent's exit handlers.
+fn child_run(check: impl FnOnce() -> Result<(), String>) -> ! {
+    let (code, why) = match panic::catch_unwind(AssertUnwindSafe(check)) {
+        Ok(Ok(())) => (0, String::new()),
+        Ok(Err(why)) => (1, why),
+        Err(_) => (2, "panicked".to_owned()),
+    };
+    if !why.is_empty() {
+        let _ = writeln!(std::io::stderr(), "forked child: {why}");
+    }
+    // SAFETY: _exit ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits for the child `pid` under DEADLINE (then kills it and fails); returns its
+/// exit code.
+fn wait_for(pid: libc::pid_t) -> i32 {
+    let deadline = Instant::now() + DEADLINE;
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        assert!(
+            rc != -1 || error.kind() == std::io::ErrorKind::Interrupted,
+            "waitpid({pid}): {error}"
+        );
+        if Instant::now() > deadline {
+            // SAFETY: plain syscalls on our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("the forked child hung for {DEADLINE:?} and was killed");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        libc::WIFEXITED(status),
+        "the forked child did not exit normally (wait status {status:#x})"
+    );
+    libc::WEXITSTATUS(status)
+}
+
+/// Rayon regions through `s.install` work, at full width and narrowed (gated).
+fn rayon_regions_work() -> Result<(), String> {
+    let expected: u64 = (0..10_000u64).sum();
+    let (threads, sum) = budget::scope_with(2, |s| {
+        s.install(|| {
+            (
+                rayon::current_num_threads(),
+                (0..10_000u64).into_par_iter().sum::<u64>(),
+            )
+        })
+    });
+    if (threads, sum) != (2, expected) {
+        return Err(format!(
+            "width-2 install: {threads} threads, sum {sum} (expected {expected})"
+        ));
+    }
+    // Narrowed: the lease leaves one token, the region asks for 2 and gates one thread.
+    let lease = budget::Lease::try_new(TOTAL - 1);
+    let (width, threads, sum) = budget::scope_with(2, |s| {
+        let width = s.width();
+        let (threads, sum) = s.install(|| {
+            (
+                rayon::current_num_threads(),
+                (0..10_000u64).into_par_iter().sum::<u64>(),
+            )
+        });
+        (width, threads, sum)
+    });
+    drop(lease);
+    if (width, threads, sum) != (1, 2, expected) {
+        return Err(format!(
+            "narrowed install: width {width}, {threads} threads, sum {sum}"
+        ));
+    }
+    let full = budget::scope(|s| s.install(rayon::current_num_threads));
+    if full != TOTAL {
+        return Err(format!("full-width install: {full} threads"));
+    }
+    let in_use = budget::stats().in_use;
+    if in_use != 0 {
+        return Err(format!("tokens leaked: {in_use}"));
+    }
+    Ok(())
+}
+
+/// A child forked after the parent used `s.install` (its cached rayon pools have no
+/// threads in the child) runs rayon regions, full and narrowed, instead of hanging.
+#[test]
+fn child_forked_after_install_runs_rayon_regions() {
+    let _serial = common::exclusive_budget(TOTAL);
+    // Fill the parent's pool cache: capacities 2 and TOTAL, one of them gated once.
+    assert_eq!(rayon_regions_work(), Ok(()));
+    // SAFETY: the child uses budget, rayon, malloc and thread creation (fine on
+    // glibc) and ends in _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        child_run(rayon_regions_work);
+    }
+    assert_eq!(
+        wait_for(pid),
+        0,
+        "rayon regions failed in the forked child (see its stderr)"
+    );
+    // The parent's pools still work.
+    assert_eq!(rayon_regions_work(), Ok(()));
+}
