@@ -5,21 +5,15 @@ use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::control::{Control, Entry, SetInt, SetIntRet};
+use crate::control::{Control, Entry};
+use crate::stack::{self, Restore};
 use crate::{pool, scan};
 
-/// What a [`Limit`] undoes on drop, in reverse order.
-enum Undo {
-    /// `omp_set_num_threads(prev)` on this thread.
-    OpenMp { set: SetInt, prev: c_int },
-    /// `mkl_set_num_threads_local(prev)` on this thread (`0` = back to the global).
-    Mkl { set_local: SetIntRet, prev: c_int },
-    /// The process-wide protocol's exit (see the `pool` module).
-    ProcessWide {
-        entry: Arc<Entry>,
-        width: usize,
-        used: usize,
-    },
+/// A process-wide call a [`Limit`] ends on drop (see the `pool` module).
+struct ProcessWide {
+    entry: Arc<Entry>,
+    width: usize,
+    used: usize,
 }
 
 /// Sets every loaded OpenMP/BLAS library's thread count to `n` until the returned guard
@@ -62,7 +56,8 @@ enum Undo {
 pub fn limit(n: usize) -> Limit {
     let width = n.max(1);
     let entries = scan::entries();
-    let mut undo = Vec::new();
+    let frame = stack::push();
+    let mut process_wide = Vec::new();
     let n = c_int::try_from(width).unwrap_or(c_int::MAX);
     for entry in entries.iter() {
         match entry.control {
@@ -79,7 +74,7 @@ pub fn limit(n: usize) -> Limit {
                 if prev != n {
                     // SAFETY: as above.
                     unsafe { set(n) };
-                    undo.push(Undo::OpenMp { set, prev });
+                    stack::save(frame, Restore::OpenMp(set), prev);
                 }
                 if let (Some(set_bt), Some(get_bt)) = (set_blocktime, get_blocktime) {
                     // SAFETY: `kmp_get_blocktime`/`kmp_set_blocktime` act on the
@@ -95,11 +90,11 @@ pub fn limit(n: usize) -> Limit {
                 // SAFETY: `mkl_set_num_threads_local` sets the calling thread's count
                 // and returns the previous one; no preconditions.
                 let prev = unsafe { set_local(n) };
-                undo.push(Undo::Mkl { set_local, prev });
+                stack::save(frame, Restore::Mkl(set_local), prev);
             }
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
                 let used = pool::enter(entry, width);
-                undo.push(Undo::ProcessWide {
+                process_wide.push(ProcessWide {
                     entry: Arc::clone(entry),
                     width,
                     used,
@@ -110,12 +105,19 @@ pub fn limit(n: usize) -> Limit {
     }
     Limit {
         width,
-        undo,
+        frame,
+        process_wide,
         _not_send: PhantomData,
     }
 }
 
 /// The guard of [`limit`]: restores every thread count it changed when dropped.
+///
+/// Guards may be dropped in any order. On each thread, a per-thread count is that of
+/// the newest live guard: dropping an older guard changes nothing now (the newer one
+/// will restore what the older one found), dropping the newest restores the count of
+/// the next live guard, or the original. A process-wide count is the smallest width of
+/// the live guards of every thread, and the original once none is left.
 ///
 /// # Examples
 ///
@@ -127,7 +129,9 @@ pub fn limit(n: usize) -> Limit {
 #[must_use = "the thread counts are restored as soon as the guard is dropped"]
 pub struct Limit {
     width: usize,
-    undo: Vec<Undo>,
+    /// This guard's frame on the thread's stack of per-thread settings.
+    frame: u64,
+    process_wide: Vec<ProcessWide>,
     /// Per-thread settings must be undone on the thread that made them.
     _not_send: PhantomData<*const ()>,
 }
@@ -154,7 +158,7 @@ impl Limit {
     /// println!("{} settings changed", guard.changed());
     /// ```
     pub fn changed(&self) -> usize {
-        self.undo.len()
+        stack::saved(self.frame) + self.process_wide.len()
     }
 }
 
@@ -162,26 +166,18 @@ impl std::fmt::Debug for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limit")
             .field("width", &self.width)
-            .field("changed", &self.undo.len())
+            .field("changed", &self.changed())
             .finish()
     }
 }
 
 impl Drop for Limit {
     fn drop(&mut self) {
-        while let Some(u) = self.undo.pop() {
-            match u {
-                // SAFETY: same functions as in `limit`, on the same thread (the guard
-                // is not `Send`); restoring the value read there.
-                Undo::OpenMp { set, prev } => unsafe { set(prev) },
-                Undo::Mkl { set_local, prev } => {
-                    // SAFETY: as above; `prev` is what `mkl_set_num_threads_local`
-                    // returned, 0 meaning "no local setting".
-                    unsafe { set_local(prev) };
-                }
-                Undo::ProcessWide { entry, width, used } => pool::exit(&entry, width, used),
-            }
+        while let Some(p) = self.process_wide.pop() {
+            pool::exit(&p.entry, p.width, p.used);
         }
+        // On the thread that pushed the frame: the guard is not `Send`.
+        stack::pop(self.frame);
     }
 }
 

@@ -257,3 +257,55 @@ fn openblas_openmp_call_uses_the_limit() {
         },
     );
 }
+
+/// Three guards dropped in each of the six orders: after every drop the count is that
+/// of the newest live guard (per-thread) or the smallest live width (process-wide),
+/// and the count found before the first guard once all are gone.
+fn any_drop_order(read: &dyn Fn() -> c_int, process_wide: bool) {
+    let before = read();
+    let widths = [3usize, 1, 2];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let mut guards: Vec<Option<budget_native::Limit>> =
+            widths.iter().map(|&w| Some(limit(w))).collect();
+        for (step, &i) in order.iter().enumerate() {
+            drop(guards[i].take());
+            let live: Vec<usize> = (0..3).filter(|&j| guards[j].is_some()).collect();
+            let want = match live.last() {
+                None => before,
+                Some(_) if process_wide => live.iter().map(|&j| widths[j]).min().unwrap() as c_int,
+                Some(&newest) => widths[newest] as c_int,
+            };
+            assert_eq!(
+                read(),
+                want,
+                "drop order {order:?}, after step {step} (live guards {live:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn libgomp_guards_dropped_in_any_order() {
+    in_child(
+        "libgomp_guards_dropped_in_any_order",
+        &["BUDGET_NATIVE_GOMP"],
+        |l| any_drop_order(&omp(&l[0]), false),
+    );
+}
+
+#[test]
+fn openblas_pthreads_guards_dropped_in_any_order() {
+    in_child(
+        "openblas_pthreads_guards_dropped_in_any_order",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| any_drop_order(&|| l[0].get_int("openblas_get_num_threads"), true),
+    );
+}
