@@ -39,7 +39,16 @@ pub(crate) enum Control {
     },
     /// A process-wide count held as BLIS's `dim_t` (64-bit).
     ProcessWideDim { get: GetDim, set: SetDim },
-    /// Nothing budget sets (sequential, OpenBLAS on OpenMP, or unsupported); `get`
+    /// OpenBLAS built on OpenMP: one global count (`openblas_get_num_threads`) that
+    /// each call re-syncs to the caller's `omp_get_max_threads()` of the OpenMP
+    /// runtime it links (`omp_get`/`omp_set`, resolved through OpenBLAS's handle).
+    OpenBlasOpenMp {
+        get: GetInt,
+        set: SetInt,
+        omp_get: GetInt,
+        omp_set: SetInt,
+    },
+    /// Nothing budget sets (sequential, or unsupported); `get`
     /// reads the count for the report where there is one.
     Fixed { get: Option<GetInt> },
 }
@@ -105,6 +114,21 @@ impl Lookup<'_> {
         // pointer-sized fn pointer. The handle is never closed, so it stays valid.
         self.sym(name)
             .map(|p| unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+    }
+
+    /// `name` as this object resolves it, in itself or in a dependency (the OpenMP
+    /// runtime an OpenBLAS links), without the naming's prefix and suffix.
+    ///
+    /// # Safety
+    ///
+    /// As [`Lookup::func`].
+    unsafe fn linked<F: Copy>(&self, name: &str) -> Result<F, String> {
+        let p = self
+            .handle
+            .symbol(name)
+            .ok_or_else(|| format!("{name} not found from this library"))?;
+        // SAFETY: as in `func`; the caller guarantees `F`.
+        Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
     }
 
     fn required<F: Copy>(&self, name: &str) -> Result<F, String> {
@@ -237,10 +261,18 @@ impl Entry {
                         };
                     }
                     2 => {
-                        // Sized by `omp_set_num_threads` of its OpenMP runtime, which
-                        // is listed (and set) as an entry of its own.
+                        // Each call re-syncs the library's one global count to the
+                        // caller's OpenMP count: budget keeps every caller's count
+                        // equal to it while calls are in flight (see `pool`).
                         self.layer = ThreadingLayer::OpenMp;
-                        self.control = Control::Fixed { get: Some(get) };
+                        self.control = Control::OpenBlasOpenMp {
+                            get,
+                            set: l.required("openblas_set_num_threads")?,
+                            // SAFETY: `int omp_get_max_threads(void)`.
+                            omp_get: unsafe { l.linked("omp_get_max_threads") }?,
+                            // SAFETY: `void omp_set_num_threads(int)`.
+                            omp_set: unsafe { l.linked("omp_set_num_threads") }?,
+                        };
                     }
                     other => return Err(format!("unknown openblas_get_parallel() = {other}")),
                 }
@@ -322,9 +354,9 @@ impl Entry {
     pub(crate) fn setting(&self) -> SettingScope {
         match self.control {
             Control::OpenMp { .. } | Control::Mkl { .. } => SettingScope::PerThread,
-            Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
-                SettingScope::ProcessWide
-            }
+            Control::ProcessWideInt { .. }
+            | Control::ProcessWideDim { .. }
+            | Control::OpenBlasOpenMp { .. } => SettingScope::ProcessWide,
             Control::Fixed { .. } => SettingScope::Fixed,
         }
     }
@@ -337,7 +369,8 @@ impl Entry {
             match self.control {
                 Control::OpenMp { get, .. }
                 | Control::Mkl { get, .. }
-                | Control::ProcessWideInt { get, .. } => i64::from(get()),
+                | Control::ProcessWideInt { get, .. }
+                | Control::OpenBlasOpenMp { get, .. } => i64::from(get()),
                 // BLIS reports -1 while no count was set: it then runs 1 thread
                 // (unless BLIS_NUM_THREADS was read at start, which sets it).
                 Control::ProcessWideDim { get, .. } => get().max(1),

@@ -33,7 +33,11 @@ struct ProcessWide {
 /// - OpenBLAS on pthreads, BLIS, FlexiBLAS: one count for the process, changed under one
 ///   process-wide lock; while several calls are in flight, the count is the smallest
 ///   of their widths. See the crate's README for the protocol.
-/// - OpenBLAS built on OpenMP follows its OpenMP runtime's per-thread count.
+/// - OpenBLAS built on OpenMP reads its OpenMP runtime's per-thread count at each call
+///   but keeps one global count, which calls with differing counts race on (a hang in
+///   0.3.21): while a multi-threaded call of it is in flight, the calling thread's
+///   OpenMP count is set to that call's count if `n` allows, else to 1; so OpenMP code
+///   under the guard may run narrower than `n`, never wider.
 ///
 /// With no such library loaded, this is a cheap no-op (a loader-generation check).
 /// Libraries loaded after the guard was made are not affected by it.
@@ -59,6 +63,8 @@ pub fn limit(n: usize) -> Limit {
     let frame = stack::push();
     let mut process_wide = Vec::new();
     let n = c_int::try_from(width).unwrap_or(c_int::MAX);
+    // Per-thread settings first: a process-wide OpenBLAS on OpenMP may then narrow
+    // the OpenMP count it runs at.
     for entry in entries.iter() {
         match entry.control {
             Control::OpenMp {
@@ -92,6 +98,11 @@ pub fn limit(n: usize) -> Limit {
                 let prev = unsafe { set_local(n) };
                 stack::save(frame, Restore::Mkl(set_local), prev);
             }
+            _ => {}
+        }
+    }
+    for entry in entries.iter() {
+        match entry.control {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
                 let used = pool::enter(entry, width);
                 process_wide.push(ProcessWide {
@@ -100,7 +111,21 @@ pub fn limit(n: usize) -> Limit {
                     used,
                 });
             }
-            Control::Fixed { .. } => {}
+            Control::OpenBlasOpenMp {
+                omp_get, omp_set, ..
+            } => {
+                // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
+                stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
+                let used = pool::enter(entry, width);
+                // SAFETY: as above; the OpenMP count this call may run at.
+                unsafe { omp_set(c_int::try_from(used).unwrap_or(c_int::MAX)) };
+                process_wide.push(ProcessWide {
+                    entry: Arc::clone(entry),
+                    width,
+                    used,
+                });
+            }
+            Control::OpenMp { .. } | Control::Mkl { .. } | Control::Fixed { .. } => {}
         }
     }
     Limit {

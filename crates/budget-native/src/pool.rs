@@ -54,7 +54,9 @@ fn get(control: &Control) -> i64 {
     // getters have no preconditions.
     unsafe {
         match *control {
-            Control::ProcessWideInt { get, .. } => i64::from(get()),
+            Control::ProcessWideInt { get, .. } | Control::OpenBlasOpenMp { get, .. } => {
+                i64::from(get())
+            }
             Control::ProcessWideDim { get, .. } => get(),
             _ => 0,
         }
@@ -68,7 +70,11 @@ fn set(control: &Control, n: i64) {
         match *control {
             // Values come from `enter` (at least 1) or are a saved value put back as
             // read (BLIS keeps -1 for "never set", which means 1 thread).
-            Control::ProcessWideInt { set, .. } => set(n.clamp(1, i64::from(i32::MAX)) as i32),
+            // OpenBLAS on OpenMP: `goto_set_num_threads`, which also sets the calling
+            // thread's OpenMP count; only called with no call of it in flight.
+            Control::ProcessWideInt { set, .. } | Control::OpenBlasOpenMp { set, .. } => {
+                set(n.clamp(1, i64::from(i32::MAX)) as i32)
+            }
             Control::ProcessWideDim { set, .. } => set(n),
             _ => {}
         }
@@ -117,6 +123,9 @@ pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> usize {
         }
     };
     let p = &mut pools[index];
+    if let Control::OpenBlasOpenMp { .. } = p.entry.control {
+        return enter_openblas_openmp(p, width);
+    }
     if p.widths.is_empty() {
         p.saved = get(&p.entry.control);
         p.current = p.saved;
@@ -130,6 +139,43 @@ pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> usize {
     target as usize
 }
 
+/// OpenBLAS built on OpenMP (Debian's 0.3.21): each call compares the caller's
+/// `omp_get_max_threads()` with the library's one global count and, if they differ,
+/// rewrites the global (and frees or allocates its per-thread buffers), then reads the
+/// global again to split the work, and runs it on an OpenMP team of the caller's
+/// count. Two callers with different counts race on that global: a call can split its
+/// work for more threads than its team has, and its threads then wait for each other
+/// for ever (seen with 16 threads of differing widths: every thread of the team in
+/// `sched_yield` inside the level-3 driver); lowering the global while a call runs
+/// frees buffers that call uses.
+///
+/// So, while a multi-threaded call is in flight through budget, the global is never
+/// changed: every other call runs at that count `c` if its width allows (narrower than
+/// granted), else at 1 (a caller whose OpenMP count is 1 runs single-threaded without
+/// touching the global). With no multi-threaded call in flight, the global is set to
+/// the call's width under the lock. Returns the width the caller's OpenMP count must
+/// be set to; `widths` holds those above 1 in flight.
+fn enter_openblas_openmp(p: &mut PoolState, width: i64) -> usize {
+    if width == 1 {
+        return 1;
+    }
+    let current = get(&p.entry.control);
+    let used = if p.widths.is_empty() {
+        if current != width {
+            set(&p.entry.control, width);
+        }
+        get(&p.entry.control).max(1)
+    } else if width >= current {
+        current
+    } else {
+        1
+    };
+    if used > 1 {
+        p.widths.push(used);
+    }
+    used as usize
+}
+
 /// Ends a call that [`enter`] started for `width`, which ran at `used`.
 pub(crate) fn exit(entry: &Arc<Entry>, width: usize, used: usize) {
     let width = width.max(1) as i64;
@@ -137,6 +183,15 @@ pub(crate) fn exit(entry: &Arc<Entry>, width: usize, used: usize) {
     let Some(p) = pools.iter_mut().find(|p| Arc::ptr_eq(&p.entry, entry)) else {
         return;
     };
+    if let Control::OpenBlasOpenMp { .. } = p.entry.control {
+        // Nothing to set: the caller's OpenMP count is restored by its guard, and the
+        // library re-syncs its own count at the next call.
+        let used = used as i64;
+        if let Some(i) = p.widths.iter().position(|&w| w == used) {
+            p.widths.swap_remove(i);
+        }
+        return;
+    }
     if let Some(i) = p.widths.iter().position(|&w| w == width) {
         p.widths.swap_remove(i);
     }

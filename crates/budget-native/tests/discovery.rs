@@ -43,8 +43,9 @@ fn openblas_openmp() {
             let lib = found(Family::OpenBlas, "BUDGET_NATIVE_OPENBLAS_OPENMP");
             assert!(lib.is_supported(), "{lib:?}");
             assert_eq!(lib.threading_layer, ThreadingLayer::OpenMp);
-            // Sized through its OpenMP runtime, which is listed too.
-            assert_eq!(lib.setting, SettingScope::Fixed);
+            // One global count that every call re-syncs to the caller's OpenMP count:
+            // budget treats it as process-wide.
+            assert_eq!(lib.setting, SettingScope::ProcessWide);
             assert_eq!(lib.version.as_deref(), Some("0.3.21"));
             let libs = budget_native::libraries();
             let omp = libs

@@ -121,10 +121,45 @@ fn openblas_openmp_follows_its_runtime() {
         "openblas_openmp_follows_its_runtime",
         &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
         |l| {
-            // The OpenMP OpenBLAS is sized by libgomp's per-thread count, which budget sets.
+            // The OpenMP OpenBLAS is sized by libgomp's per-thread count, which budget
+            // sets; with a multi-threaded call in flight, a nested guard runs at that
+            // call's count if it may, else at 1 (never wider, the global never changes).
             let gomp = Loaded::load("BUDGET_NATIVE_GOMP");
-            set_and_restore(&omp(&gomp), false);
-            let _ = &l[0];
+            let read = omp(&gomp);
+            let blas = || l[0].get_int("openblas_get_num_threads");
+            let before = read();
+            for n in [1, 3, 7] {
+                {
+                    let _g = limit(n);
+                    assert_eq!(read(), n as c_int);
+                    for inner in [2, 9] {
+                        let _inner = limit(inner);
+                        // limit(1) leaves no multi-threaded call in flight.
+                        let want = match n {
+                            1 => inner,
+                            _ if inner >= n => n,
+                            _ => 1,
+                        };
+                        assert_eq!(read(), want as c_int, "limit({inner}) inside limit({n})");
+                        if n > 1 {
+                            assert_eq!(blas(), n as c_int, "the global is left alone");
+                        }
+                    }
+                    assert_eq!(read(), n as c_int);
+                }
+                assert_eq!(read(), before);
+            }
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                let _g = limit(5);
+                assert_eq!(read(), 5);
+                panic!("boom");
+            }));
+            assert!(r.is_err());
+            assert_eq!(read(), before, "restored after a panic");
+            budget_core::scope_with(4, |s| {
+                s.native(|| assert_eq!(read(), s.width() as c_int));
+            });
+            assert_eq!(read(), before);
         },
     );
 }
