@@ -12,8 +12,7 @@ use crate::{pool, scan};
 /// A process-wide call a [`Limit`] ends on drop (see the `pool` module).
 struct ProcessWide {
     entry: Arc<Entry>,
-    width: usize,
-    used: usize,
+    ticket: pool::Ticket,
 }
 
 /// Sets every loaded OpenMP/BLAS library's thread count to `n` until the returned guard
@@ -58,7 +57,16 @@ struct ProcessWide {
 /// } // counts restored here
 /// ```
 pub fn limit(n: usize) -> Limit {
-    let width = n.max(1);
+    limit_call(pool::Call {
+        width: n,
+        borrow: 0,
+        covered: 0,
+    })
+}
+
+/// [`limit`] for `call.width`, with what a region adds for process-wide pools.
+fn limit_call(call: pool::Call) -> Limit {
+    let width = call.width.max(1);
     let entries = scan::entries();
     let frame = stack::push();
     let mut process_wide = Vec::new();
@@ -104,11 +112,9 @@ pub fn limit(n: usize) -> Limit {
     for entry in entries.iter() {
         match entry.control {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
-                let used = pool::enter(entry, width);
                 process_wide.push(ProcessWide {
                     entry: Arc::clone(entry),
-                    width,
-                    used,
+                    ticket: pool::enter(entry, call),
                 });
             }
             Control::OpenBlasOpenMp {
@@ -116,13 +122,12 @@ pub fn limit(n: usize) -> Limit {
             } => {
                 // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
                 stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
-                let used = pool::enter(entry, width);
+                let ticket = pool::enter(entry, call);
                 // SAFETY: as above; the OpenMP count this call may run at.
-                unsafe { omp_set(c_int::try_from(used).unwrap_or(c_int::MAX)) };
+                unsafe { omp_set(c_int::try_from(ticket.used).unwrap_or(c_int::MAX)) };
                 process_wide.push(ProcessWide {
                     entry: Arc::clone(entry),
-                    width,
-                    used,
+                    ticket,
                 });
             }
             Control::OpenMp { .. } | Control::Mkl { .. } | Control::Fixed { .. } => {}
@@ -199,7 +204,7 @@ impl std::fmt::Debug for Limit {
 impl Drop for Limit {
     fn drop(&mut self) {
         while let Some(p) = self.process_wide.pop() {
-            pool::exit(&p.entry, p.width, p.used);
+            pool::exit(&p.entry, p.ticket);
         }
         // On the thread that pushed the frame: the guard is not `Send`.
         stack::pop(self.frame);
@@ -238,7 +243,15 @@ pub trait NativeExt {
 
 impl NativeExt for budget_core::Scope<'_> {
     fn native<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = limit(self.width());
+        let width = self.width();
+        let _guard = limit_call(pool::Call {
+            width,
+            // A spinning pool's leased threads are the ones this call runs on.
+            borrow: self.requested().saturating_sub(width),
+            // The region holds its tokens after the call: they cover the pool's
+            // spinning threads while it is open.
+            covered: width - 1,
+        });
         f()
     }
 }

@@ -14,7 +14,9 @@
 //!    of width `c > 1` on a pool whose idle threads busy-wait (OpenBLAS), the library's
 //!    lease is grown towards `c - 1` tokens and held until the spin window
 //!    (`2^OPENBLAS_THREAD_TIMEOUT` cycles) has passed; a reaper thread tops it up from
-//!    tokens freed meanwhile and drops it at the deadline.
+//!    tokens freed meanwhile and drops it at the deadline. The spinning threads are
+//!    counted once: not while the caller's region covers them ([`Call::covered`]),
+//!    and a region's next call takes the lease's tokens over ([`Call::borrow`]).
 //!
 //! OpenBLAS 0.3.21–0.3.34 crash or hang when threads call `openblas_set_num_threads`
 //! concurrently; every set call here happens with [`POOLS`] held, and BLAS code that
@@ -40,7 +42,59 @@ struct PoolState {
     lease: Option<budget_core::Lease>,
     /// How many tokens the lease should hold while the window lasts.
     spinning: usize,
+    /// Of `spinning`, how many a region that made the last wide call still covers
+    /// with its own tokens (not leased until it looks closed, see [`Cover`]).
+    covered: usize,
+    /// `regions_in_use()` when `covered` was set.
+    cover_mark: usize,
+    /// Lease tokens lent to calls in flight (they run on the spinning threads).
+    lent: usize,
     spin_until: Option<Instant>,
+}
+
+/// A call of a process-wide library, as [`enter`] is asked for it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    /// The width granted to the call.
+    pub(crate) width: usize,
+    /// How many of a spin lease's tokens the call may take over on top of `width`
+    /// (its region's request beyond its width; 0 outside regions).
+    pub(crate) borrow: usize,
+    /// Tokens beyond its own thread that the caller's region holds, and goes on
+    /// holding after the call: they cover that many spinning threads (0 outside
+    /// regions).
+    pub(crate) covered: usize,
+}
+
+/// A call in flight, as [`exit`] must be given it.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    call: Call,
+    /// The width entered in the pool's `widths` (`call.width + taken`).
+    width: i64,
+    /// The count the call runs at.
+    pub(crate) used: usize,
+    /// Lease tokens taken over.
+    taken: usize,
+}
+
+/// Whether a region that covered spinning threads has closed, seen from the
+/// outside: budget-core gives no hook at a region's end, so a cover counts as gone
+/// once the tokens held by regions (all tokens in use less the spin leases) dropped
+/// by at least the covered count since the call. Another region closing meanwhile
+/// ends it early (the threads are then counted twice for the rest of the window, as
+/// before); regions opening meanwhile delay it.
+struct Cover;
+
+impl Cover {
+    /// Tokens held by regions and other leases now (`pools` is the locked state).
+    fn regions_in_use(pools: &[PoolState]) -> usize {
+        let leased: usize = pools
+            .iter()
+            .map(|p| p.lease.as_ref().map_or(0, |l| l.count()))
+            .sum();
+        budget_core::stats().in_use.saturating_sub(leased)
+    }
 }
 
 /// The one process-wide lock around every process-wide set call.
@@ -94,8 +148,8 @@ fn spin_window(control: &Control) -> Option<Duration> {
 /// # Blocking
 ///
 /// Takes the process-wide lock for the duration of at most three set calls.
-pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> usize {
-    let width = width.max(1) as i64;
+pub(crate) fn enter(entry: &Arc<Entry>, call: Call) -> Ticket {
+    let width = call.width.max(1) as i64;
     let mut pools = POOLS.lock();
     let index = match pools.iter().position(|p| Arc::ptr_eq(&p.entry, entry)) {
         Some(i) => i,
@@ -117,6 +171,9 @@ pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> usize {
                 current: found,
                 lease: None,
                 spinning: 0,
+                covered: 0,
+                cover_mark: 0,
+                lent: 0,
                 spin_until: None,
             });
             pools.len() - 1
@@ -124,19 +181,39 @@ pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> usize {
     };
     let p = &mut pools[index];
     if let Control::OpenBlasOpenMp { .. } = p.entry.control {
-        return enter_openblas_openmp(p, width);
+        let used = enter_openblas_openmp(p, width);
+        return Ticket {
+            call,
+            width: used as i64,
+            used,
+            taken: 0,
+        };
     }
     if p.widths.is_empty() {
         p.saved = get(&p.entry.control);
         p.current = p.saved;
     }
+    // The spinning threads are the ones this call will run on: take over the
+    // lease's tokens rather than be narrowed by them.
+    let taken = p.lease.as_ref().map_or(0, |l| {
+        (l.count() - p.lent)
+            .min(call.borrow)
+            .min(p.spinning.saturating_sub(p.lent))
+    });
+    p.lent += taken;
+    let width = width + taken as i64;
     p.widths.push(width);
     let target = p.widths.iter().copied().min().unwrap_or(width);
     if target != p.current {
         set(&p.entry.control, target);
         p.current = target;
     }
-    target as usize
+    Ticket {
+        call,
+        width,
+        used: target as usize,
+        taken,
+    }
 }
 
 /// OpenBLAS built on OpenMP (Debian's 0.3.21): each call compares the caller's
@@ -176,37 +253,45 @@ fn enter_openblas_openmp(p: &mut PoolState, width: i64) -> usize {
     used as usize
 }
 
-/// Ends a call that [`enter`] started for `width`, which ran at `used`.
-pub(crate) fn exit(entry: &Arc<Entry>, width: usize, used: usize) {
-    let width = width.max(1) as i64;
+/// Ends a call that [`enter`] started.
+///
+/// The spinning threads of a wide call are counted once: the caller's region covers
+/// `call.covered` of them while it is open, the lease keeps the tokens the call took
+/// over, and the lease grows now only for the rest (all of them outside regions).
+pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
     let mut pools = POOLS.lock();
+    let regions_in_use = Cover::regions_in_use(&pools);
     let Some(p) = pools.iter_mut().find(|p| Arc::ptr_eq(&p.entry, entry)) else {
         return;
     };
+    if let Some(i) = p.widths.iter().position(|&w| w == ticket.width) {
+        p.widths.swap_remove(i);
+    }
     if let Control::OpenBlasOpenMp { .. } = p.entry.control {
         // Nothing to set: the caller's OpenMP count is restored by its guard, and the
         // library re-syncs its own count at the next call.
-        let used = used as i64;
-        if let Some(i) = p.widths.iter().position(|&w| w == used) {
-            p.widths.swap_remove(i);
-        }
         return;
     }
-    if let Some(i) = p.widths.iter().position(|&w| w == width) {
-        p.widths.swap_remove(i);
-    }
+    p.lent -= ticket.taken;
     let target = p.widths.iter().copied().min().unwrap_or(p.saved);
     if target != p.current {
         set(&p.entry.control, target);
         p.current = target;
     }
+    let used = ticket.used;
     if let Some(window) = spin_window(&p.entry.control).filter(|_| used > 1) {
         p.spinning = p.spinning.max(used - 1);
+        let covered = ticket.call.covered.min(used - 1);
+        if covered > 0 {
+            p.covered = p.covered.max(covered);
+            p.cover_mark = regions_in_use;
+        }
         p.spin_until = Some(Instant::now() + window);
         let lease = p
             .lease
             .get_or_insert_with(|| budget_core::Lease::try_new(0));
-        lease.try_grow(p.spinning.saturating_sub(lease.count()));
+        let now = p.spinning.saturating_sub(p.covered);
+        lease.try_grow(now.saturating_sub(lease.count()));
         drop(pools);
         reaper().unpark();
     }
@@ -237,18 +322,28 @@ fn reap() {
     loop {
         let next = {
             let mut pools = POOLS.lock();
+            let regions_in_use = Cover::regions_in_use(&pools);
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             for p in pools.iter_mut() {
                 let Some(until) = p.spin_until else { continue };
                 if now >= until {
-                    p.lease = None; // returns the tokens
+                    // Return the tokens, except those lent to calls in flight (their
+                    // exit opens a new window).
+                    if let Some(lease) = p.lease.as_mut() {
+                        lease.shrink(lease.count() - p.lent);
+                    }
                     p.spinning = 0;
+                    p.covered = 0;
                     p.spin_until = None;
                 } else {
+                    if p.covered > 0 && regions_in_use + p.covered <= p.cover_mark {
+                        p.covered = 0; // the covering region looks closed
+                    }
                     if p.widths.is_empty() {
                         if let Some(lease) = p.lease.as_mut() {
-                            lease.try_grow(p.spinning.saturating_sub(lease.count()));
+                            let want = p.spinning.saturating_sub(p.covered);
+                            lease.try_grow(want.saturating_sub(lease.count()));
                         }
                     }
                     next = Some(next.map_or(until, |n| n.min(until)));

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Barrier;
 
 use budget_native::{limit, NativeExt};
-use common::{in_child, Loaded};
+use common::{in_child, in_child_env, Loaded};
 
 /// `limit(n)` sets `read()` to `n` for its duration and puts back exactly what was
 /// there, on a normal drop and on unwinding. A nested guard sets its own count on a
@@ -37,9 +37,16 @@ fn set_and_restore(read: &dyn Fn() -> c_int, process_wide: bool) {
     }));
     assert!(r.is_err());
     assert_eq!(read(), before, "restored after a panic");
-    // Inside a region: the width of the region.
+    // Inside a region: the width of the region (a process-wide pool may add the
+    // tokens of its spin lease, up to the region's request).
     budget_core::scope_with(4, |s| {
-        s.native(|| assert_eq!(read(), s.width() as c_int));
+        s.native(|| {
+            let (n, w) = (read() as usize, s.width());
+            assert!(
+                n == w || (process_wide && n > w && n <= s.requested()),
+                "{n} for {w}"
+            );
+        });
     });
     let r = catch_unwind(AssertUnwindSafe(|| {
         budget_core::scope(|s| s.native(|| panic!("in native")));
@@ -70,6 +77,23 @@ fn per_thread_isolation(read: &(dyn Fn() -> c_int + Sync)) {
     });
     assert_eq!(read(), before, "the main thread was never touched");
 }
+
+/// Polls `cond` every millisecond for up to 400 ms (within the spin window these tests
+/// set with `OPENBLAS_THREAD_TIMEOUT=30`, ~0.5 s): the reaper acts every 2 ms, but a
+/// loaded machine may delay it.
+fn soon(cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(400);
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
+/// The spin window of the lease tests: 2^30 cycles, ~0.5 s.
+const LONG_WINDOW: &[(&str, &str)] = &[("OPENBLAS_THREAD_TIMEOUT", "30")];
 
 fn omp(lib: &Loaded) -> impl Fn() -> c_int + Sync + '_ {
     move || lib.get_int("omp_get_max_threads")
@@ -236,9 +260,10 @@ fn process_wide_count_is_the_smallest_in_flight() {
 /// and the tokens come back when the window has passed.
 #[test]
 fn openblas_spinning_pool_is_leased_for_its_window() {
-    in_child(
+    in_child_env(
         "openblas_spinning_pool_is_leased_for_its_window",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        LONG_WINDOW,
         |l| {
             budget_core::Builder::new()
                 .num_threads(4)
@@ -252,16 +277,18 @@ fn openblas_spinning_pool_is_leased_for_its_window() {
                 assert_eq!(s.width(), 4);
                 s.native(|| dgemm.run(n, &a, &a, &mut c));
             });
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            assert_eq!(
-                budget_native::spin_leased(),
-                3,
-                "the 3 pool threads are counted"
+            assert!(
+                soon(|| budget_native::spin_leased() == 3),
+                "the 3 pool threads are counted: {}",
+                budget_native::spin_leased()
             );
             assert_eq!(budget_core::stats().in_use, 3);
             budget_core::scope_with(4, |s| assert_eq!(s.width(), 1));
-            // The window: 2^28 cycles at 2 GHz, ~134 ms; wait well past it.
-            std::thread::sleep(std::time::Duration::from_millis(600));
+            // The window: 2^30 cycles at 2 GHz, ~0.5 s; then the tokens come back.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while budget_native::spin_leased() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             assert_eq!(budget_native::spin_leased(), 0, "returned after the window");
             assert_eq!(budget_core::stats().in_use, 0);
         },
@@ -342,5 +369,80 @@ fn openblas_pthreads_guards_dropped_in_any_order() {
         "openblas_pthreads_guards_dropped_in_any_order",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         |l| any_drop_order(&|| l[0].get_int("openblas_get_num_threads"), true),
+    );
+}
+
+/// OpenBLAS's spinning workers are counted once. While the region that made the wide
+/// call is open, its own tokens cover them: another thread's region gets what is free.
+/// After it closes, the pool's lease holds them (regions elsewhere see them busy).
+#[test]
+fn openblas_spin_covered_by_the_open_region() {
+    in_child_env(
+        "openblas_spin_covered_by_the_open_region",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        LONG_WINDOW,
+        |l| {
+            budget_core::Builder::new()
+                .num_threads(4)
+                .build_global()
+                .unwrap();
+            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
+            let n = 256;
+            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            budget_core::scope_with(2, |s| {
+                assert_eq!(s.width(), 2);
+                s.native(|| dgemm.run(n, &a, &a, &mut c));
+                // Give the reaper time to act (it tops leases up every 2 ms).
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                assert_eq!(budget_core::stats().in_use, 2, "the region's 2 tokens only");
+                let other = std::thread::spawn(|| budget_core::scope(|o| o.width()))
+                    .join()
+                    .unwrap();
+                assert_eq!(other, 2, "another thread's region gets the 2 free tokens");
+            });
+            assert!(
+                soon(|| budget_native::spin_leased() == 1),
+                "after the region the spinning thread is leased: {}",
+                budget_native::spin_leased()
+            );
+            assert_eq!(budget_core::stats().in_use, 1);
+        },
+    );
+}
+
+/// Back-to-back width-2 regions on an idle budget of 2, each making one BLAS call:
+/// the previous call's spinning worker is the very thread the next call runs on, so
+/// the next call is not narrowed by it (it takes over the lease's token).
+#[test]
+fn openblas_back_to_back_calls_keep_their_width() {
+    in_child_env(
+        "openblas_back_to_back_calls_keep_their_width",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        &[],
+        |l| {
+            budget_core::Builder::new()
+                .num_threads(2)
+                .build_global()
+                .unwrap();
+            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
+            let n = 256;
+            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            let widths: Vec<c_int> = (0..40)
+                .map(|_| {
+                    let w = budget_core::scope_with(2, |s| {
+                        s.native(|| {
+                            dgemm.run(n, &a, &a, &mut c);
+                            l[0].get_int("openblas_get_num_threads")
+                        })
+                    });
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    w
+                })
+                .collect();
+            let wide = widths.iter().filter(|&&w| w == 2).count();
+            println!("call widths: {widths:?}");
+            assert!(wide >= 36, "{wide} of 40 calls at width 2: {widths:?}");
+            assert!(widths.iter().all(|&w| w <= 2));
+        },
     );
 }
