@@ -131,9 +131,22 @@ impl Lookup<'_> {
         Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
     }
 
-    fn required<F: Copy>(&self, name: &str) -> Result<F, String> {
-        // SAFETY: every call site names `F` as the prototype documented by the
-        // library for `name` (see the type aliases at the top of this module).
+    /// `name` (under this naming) as a function pointer of type `F`, or why not.
+    ///
+    /// # Safety
+    ///
+    /// The pointer is transmuted to `F` unchecked, so the caller guarantees:
+    ///
+    /// - `F` is an `unsafe extern "C" fn` pointer type (pointer-sized, as checked in
+    ///   debug builds), with exactly the C prototype the library documents for `name`
+    ///   (argument and return types, integer widths of an ILP64 build included);
+    /// - `name` is a function symbol, not data;
+    /// - the result is only called while the library stays loaded, which holds
+    ///   because an [`Entry`] keeps its handle for the rest of the process (never
+    ///   closed), and by the rules of that function (thread safety included: the
+    ///   process-wide setters only under the `pool` lock).
+    unsafe fn required<F: Copy>(&self, name: &str) -> Result<F, String> {
+        // SAFETY: the caller upholds `func`'s contract (this one's first two points).
         unsafe { self.func::<F>(name) }
             .ok_or_else(|| format!("missing symbol {}{}{}", self.prefix, name, self.suffix))
     }
@@ -229,21 +242,26 @@ impl Entry {
                 // SAFETY: `int kmp_get_blocktime(void)` is the prototype of this symbol.
                 let get_blocktime = unsafe { l.func::<GetInt>("kmp_get_blocktime") };
                 self.control = Control::OpenMp {
-                    get: l.required::<GetInt>("omp_get_max_threads")?,
-                    set: l.required::<SetInt>("omp_set_num_threads")?,
+                    // SAFETY: `int omp_get_max_threads(void)`, the type given here.
+                    get: unsafe { l.required::<GetInt>("omp_get_max_threads") }?,
+                    // SAFETY: `void omp_set_num_threads(int)`, the type given here.
+                    set: unsafe { l.required::<SetInt>("omp_set_num_threads") }?,
                     set_blocktime,
                     get_blocktime,
                 };
             }
             Family::OpenBlas => {
+                // SAFETY: `char *openblas_get_config(void)`, the type given here.
                 let config: unsafe extern "C" fn() -> *const c_char =
-                    l.required("openblas_get_config")?;
+                    unsafe { l.required("openblas_get_config") }?;
                 // SAFETY: `char *openblas_get_config(void)` returns a static string.
                 let config = c_string(unsafe { config() }).unwrap_or_default();
                 // "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64"
                 self.version = version_word(&config);
-                let parallel: GetInt = l.required("openblas_get_parallel")?;
-                let get: GetInt = l.required("openblas_get_num_threads")?;
+                // SAFETY: `int openblas_get_parallel(void)`, the type given here.
+                let parallel: GetInt = unsafe { l.required("openblas_get_parallel") }?;
+                // SAFETY: `int openblas_get_num_threads(void)`, the type given here.
+                let get: GetInt = unsafe { l.required("openblas_get_num_threads") }?;
                 // SAFETY: `int openblas_get_parallel(void)`: 0 sequential, 1 pthreads,
                 // 2 OpenMP.
                 match unsafe { parallel() } {
@@ -253,7 +271,8 @@ impl Entry {
                     }
                     1 => {
                         self.layer = ThreadingLayer::Pthreads;
-                        let set: SetInt = l.required("openblas_set_num_threads")?;
+                        // SAFETY: `void openblas_set_num_threads(int)`, the type given here.
+                        let set: SetInt = unsafe { l.required("openblas_set_num_threads") }?;
                         self.control = Control::ProcessWideInt {
                             get,
                             set,
@@ -267,7 +286,8 @@ impl Entry {
                         self.layer = ThreadingLayer::OpenMp;
                         self.control = Control::OpenBlasOpenMp {
                             get,
-                            set: l.required("openblas_set_num_threads")?,
+                            // SAFETY: `void openblas_set_num_threads(int)`, the type given here.
+                            set: unsafe { l.required("openblas_set_num_threads") }?,
                             // SAFETY: `int omp_get_max_threads(void)`.
                             omp_get: unsafe { l.linked("omp_get_max_threads") }?,
                             // SAFETY: `void omp_set_num_threads(int)`.
@@ -278,20 +298,25 @@ impl Entry {
                 }
             }
             Family::Blis => {
+                // SAFETY: `char *bli_info_get_version_str(void)`, the type given here.
                 let version: unsafe extern "C" fn() -> *const c_char =
-                    l.required("bli_info_get_version_str")?;
+                    unsafe { l.required("bli_info_get_version_str") }?;
                 // SAFETY: `char *bli_info_get_version_str(void)` returns a static string.
                 self.version = c_string(unsafe { version() });
-                let omp: GetDim = l.required("bli_info_get_enable_openmp")?;
-                let pth: GetDim = l.required("bli_info_get_enable_pthreads")?;
+                // SAFETY: `gint_t bli_info_get_enable_openmp(void)`, the type given here.
+                let omp: GetDim = unsafe { l.required("bli_info_get_enable_openmp") }?;
+                // SAFETY: `gint_t bli_info_get_enable_pthreads(void)`, the type given here.
+                let pth: GetDim = unsafe { l.required("bli_info_get_enable_pthreads") }?;
                 // SAFETY: `gint_t bli_info_get_enable_openmp(void)` and `..._pthreads`.
                 self.layer = match unsafe { (omp(), pth()) } {
                     (o, _) if o != 0 => ThreadingLayer::OpenMp,
                     (_, p) if p != 0 => ThreadingLayer::Pthreads,
                     _ => ThreadingLayer::Sequential,
                 };
-                let get: GetDim = l.required("bli_thread_get_num_threads")?;
-                let set: SetDim = l.required("bli_thread_set_num_threads")?;
+                // SAFETY: `dim_t bli_thread_get_num_threads(void)`, the type given here.
+                let get: GetDim = unsafe { l.required("bli_thread_get_num_threads") }?;
+                // SAFETY: `void bli_thread_set_num_threads(dim_t)`, the type given here.
+                let set: SetDim = unsafe { l.required("bli_thread_set_num_threads") }?;
                 // BLIS keeps one global runtime (also when built on OpenMP, where it
                 // does not follow omp_set_num_threads), so the count is process-wide.
                 self.control = if self.layer == ThreadingLayer::Sequential {
@@ -301,8 +326,9 @@ impl Entry {
                 };
             }
             Family::Mkl => {
+                // SAFETY: `void MKL_Get_Version_String(char *, int)`, the type given here.
                 let version: unsafe extern "C" fn(*mut c_char, c_int) =
-                    l.required("MKL_Get_Version_String")?;
+                    unsafe { l.required("MKL_Get_Version_String") }?;
                 let mut buf = [0 as c_char; 256];
                 // SAFETY: `void MKL_Get_Version_String(char *buf, int len)` writes at
                 // most `len` bytes, NUL-terminated.
@@ -329,20 +355,25 @@ impl Entry {
                     _ => ThreadingLayer::Unknown,
                 };
                 self.control = Control::Mkl {
-                    get: l.required("MKL_Get_Max_Threads")?,
-                    set_local: l.required("MKL_Set_Num_Threads_Local")?,
+                    // SAFETY: `int MKL_Get_Max_Threads(void)`, the type given here.
+                    get: unsafe { l.required("MKL_Get_Max_Threads") }?,
+                    // SAFETY: `int MKL_Set_Num_Threads_Local(int)`, the type given here.
+                    set_local: unsafe { l.required("MKL_Set_Num_Threads_Local") }?,
                 };
             }
             Family::FlexiBlas => {
+                // SAFETY: `int flexiblas_get_version(int *, int *, int *)`, the type given here.
                 let version: unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_int) -> c_int =
-                    l.required("flexiblas_get_version")?;
+                    unsafe { l.required("flexiblas_get_version") }?;
                 let (mut a, mut b, mut c) = (0, 0, 0);
                 // SAFETY: `int flexiblas_get_version(int *major, int *minor, int *patch)`.
                 unsafe { version(&mut a, &mut b, &mut c) };
                 self.version = Some(format!("{a}.{b}.{c}"));
                 self.control = Control::ProcessWideInt {
-                    get: l.required("flexiblas_get_num_threads")?,
-                    set: l.required("flexiblas_set_num_threads")?,
+                    // SAFETY: `int flexiblas_get_num_threads(void)`, the type given here.
+                    get: unsafe { l.required("flexiblas_get_num_threads") }?,
+                    // SAFETY: `void flexiblas_set_num_threads(int)`, the type given here.
+                    set: unsafe { l.required("flexiblas_set_num_threads") }?,
                     spin: None,
                 };
             }
