@@ -381,6 +381,16 @@ impl Entry {
         Ok(())
     }
 
+    /// Whether this is GNU libgomp (which cannot fork its thread team).
+    pub(crate) fn is_libgomp(&self) -> bool {
+        self.family == Family::OpenMp
+            && self
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libgomp"))
+    }
+
     /// How budget sets this entry.
     pub(crate) fn setting(&self) -> SettingScope {
         match self.control {

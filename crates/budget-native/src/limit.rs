@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::control::{Control, Entry};
 use crate::stack::{self, Restore};
-use crate::{pool, scan};
+use crate::{fork, pool, scan};
 
 /// A process-wide call a [`Limit`] ends on drop (see the `pool` module).
 struct ProcessWide {
@@ -67,10 +67,17 @@ pub fn limit(n: usize) -> Limit {
 /// [`limit`] for `call.width`, with what a region adds for process-wide pools.
 fn limit_call(call: pool::Call) -> Limit {
     let width = call.width.max(1);
+    fork::register();
     let entries = scan::entries();
+    // In a forked child, libgomp cannot fork its team: OpenMP code runs at 1.
+    let omp_width = if fork::in_child() && entries.iter().any(|e| e.is_libgomp()) {
+        1
+    } else {
+        width
+    };
+    let omp_n = c_int::try_from(omp_width).unwrap_or(c_int::MAX);
     let frame = stack::push();
     let mut process_wide = Vec::new();
-    let n = c_int::try_from(width).unwrap_or(c_int::MAX);
     // Per-thread settings first: a process-wide OpenBLAS on OpenMP may then narrow
     // the OpenMP count it runs at.
     for entry in entries.iter() {
@@ -85,9 +92,9 @@ fn limit_call(call: pool::Call) -> Limit {
                 // calling thread's ICVs and have no preconditions; the library stays
                 // loaded (its handle is never closed).
                 let prev = unsafe { get() };
-                if prev != n {
+                if prev != omp_n {
                     // SAFETY: as above.
-                    unsafe { set(n) };
+                    unsafe { set(omp_n) };
                     stack::save(frame, Restore::OpenMp(set), prev);
                 }
                 if let (Some(set_bt), Some(get_bt)) = (set_blocktime, get_blocktime) {
@@ -103,7 +110,7 @@ fn limit_call(call: pool::Call) -> Limit {
             Control::Mkl { set_local, .. } => {
                 // SAFETY: `mkl_set_num_threads_local` sets the calling thread's count
                 // and returns the previous one; no preconditions.
-                let prev = unsafe { set_local(n) };
+                let prev = unsafe { set_local(omp_n) };
                 stack::save(frame, Restore::Mkl(set_local), prev);
             }
             _ => {}
@@ -122,6 +129,10 @@ fn limit_call(call: pool::Call) -> Limit {
             } => {
                 // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
                 stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
+                let call = pool::Call {
+                    width: omp_width,
+                    ..call
+                };
                 let ticket = pool::enter(entry, call);
                 // SAFETY: as above; the OpenMP count this call may run at.
                 unsafe { omp_set(c_int::try_from(ticket.used).unwrap_or(c_int::MAX)) };

@@ -22,11 +22,10 @@
 //! concurrently; every set call here happens with [`POOLS`] held, and BLAS code that
 //! runs concurrently with a set call only reads the count.
 
-use std::sync::{Arc, OnceLock};
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
 
 use crate::control::{Control, Entry};
 
@@ -97,8 +96,16 @@ impl Cover {
     }
 }
 
-/// The one process-wide lock around every process-wide set call.
+/// The one process-wide lock around every process-wide set call. A std mutex: its
+/// whole state is in the lock itself (no global table of parked threads), so the
+/// `fork` handlers can hand it over to the child by releasing a guard.
 static POOLS: Mutex<Vec<PoolState>> = Mutex::new(Vec::new());
+
+/// Locks [`POOLS`]. The protocol's state stays consistent across a panic (none of
+/// the code under the lock panics between two updates), so poisoning is ignored.
+fn pools() -> MutexGuard<'static, Vec<PoolState>> {
+    POOLS.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// How often the reaper tops a spin lease up while a window lasts.
 const TOP_UP: Duration = Duration::from_millis(2);
@@ -150,7 +157,7 @@ fn spin_window(control: &Control) -> Option<Duration> {
 /// Takes the process-wide lock for the duration of at most three set calls.
 pub(crate) fn enter(entry: &Arc<Entry>, call: Call) -> Ticket {
     let width = call.width.max(1) as i64;
-    let mut pools = POOLS.lock();
+    let mut pools = pools();
     let index = match pools.iter().position(|p| Arc::ptr_eq(&p.entry, entry)) {
         Some(i) => i,
         None => {
@@ -259,7 +266,7 @@ fn enter_openblas_openmp(p: &mut PoolState, width: i64) -> usize {
 /// `call.covered` of them while it is open, the lease keeps the tokens the call took
 /// over, and the lease grows now only for the rest (all of them outside regions).
 pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
-    let mut pools = POOLS.lock();
+    let mut pools = pools();
     let regions_in_use = Cover::regions_in_use(&pools);
     let Some(p) = pools.iter_mut().find(|p| Arc::ptr_eq(&p.entry, entry)) else {
         return;
@@ -272,7 +279,8 @@ pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
         // library re-syncs its own count at the next call.
         return;
     }
-    p.lent -= ticket.taken;
+    // Saturating: in a forked child the lent count was reset under a call in flight.
+    p.lent = p.lent.saturating_sub(ticket.taken);
     let target = p.widths.iter().copied().min().unwrap_or(p.saved);
     if target != p.current {
         set(&p.entry.control, target);
@@ -293,35 +301,84 @@ pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
         let now = p.spinning.saturating_sub(p.covered);
         lease.try_grow(now.saturating_sub(lease.count()));
         drop(pools);
-        reaper().unpark();
+        wake_reaper();
     }
 }
 
 /// Tokens held now by the spin leases of all process-wide pools.
 pub(crate) fn leased() -> usize {
-    POOLS
-        .lock()
+    pools()
         .iter()
         .map(|p| p.lease.as_ref().map_or(0, |l| l.count()))
         .sum()
 }
 
-fn reaper() -> &'static Thread {
-    static REAPER: OnceLock<Thread> = OnceLock::new();
-    REAPER.get_or_init(|| {
+/// The reaper thread, started on first use (and again in a forked child, where the
+/// parent's does not exist).
+static REAPER: Mutex<Option<Thread>> = Mutex::new(None);
+
+fn reaper_slot() -> MutexGuard<'static, Option<Thread>> {
+    REAPER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn wake_reaper() {
+    let mut slot = reaper_slot();
+    let reaper = slot.get_or_insert_with(|| {
         std::thread::Builder::new()
             .name("budget-native-reaper".into())
             .spawn(reap)
             .expect("budget-native: cannot start the thread that returns spin leases")
             .thread()
             .clone()
-    })
+    });
+    reaper.unpark();
+}
+
+type ForkGuards = (
+    MutexGuard<'static, Vec<PoolState>>,
+    MutexGuard<'static, Option<Thread>>,
+);
+
+thread_local! {
+    /// The locks held across a `fork` by the forking thread (which is also the only
+    /// thread of the child).
+    static HELD_FOR_FORK: RefCell<Option<ForkGuards>> = const { RefCell::new(None) };
+}
+
+/// Takes the pools' lock and the reaper's slot for a `fork` (see the `fork` module).
+pub(crate) fn lock_for_fork() {
+    let guards = (pools(), reaper_slot());
+    HELD_FOR_FORK.with(|h| *h.borrow_mut() = Some(guards));
+}
+
+/// Releases what [`lock_for_fork`] took. In the `child`, the spin leases and the
+/// reaper are forgotten first: their threads (OpenBLAS's workers, the reaper) do not
+/// exist there, and the leases held the parent's tokens. Calls in flight on the
+/// parent's other threads stay listed: the child's counts can only be narrower for it.
+pub(crate) fn unlock_after_fork(child: bool) {
+    let Some((mut pools, mut reaper)) = HELD_FOR_FORK.with(|h| h.borrow_mut().take()) else {
+        return;
+    };
+    if child {
+        for p in pools.iter_mut() {
+            // A lease of the parent's registry returns nothing in the child.
+            p.lease = None;
+            p.spinning = 0;
+            p.covered = 0;
+            p.lent = 0;
+            p.spin_until = None;
+        }
+        *reaper = None;
+    }
+    // Dropping the guards unlocks (a futex word; in the child no thread waits on it).
+    drop(reaper);
+    drop(pools);
 }
 
 fn reap() {
     loop {
         let next = {
-            let mut pools = POOLS.lock();
+            let mut pools = pools();
             let regions_in_use = Cover::regions_in_use(&pools);
             let now = Instant::now();
             let mut next: Option<Instant> = None;
