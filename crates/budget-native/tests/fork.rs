@@ -3,12 +3,11 @@
 //! fork its team. Each test in a child process of its own (the harness), which then
 //! forks grandchildren that a watchdog in the parent kills if they hang.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use budget_native::limit;
-use common::{in_child, Dgemm};
+use budget_testkit::blas::Dgemm;
+use budget_testkit::{in_child, Lib};
 
 /// Waits for `pid` up to `timeout`; its exit code, or `None` (then killed) if it hung.
 fn wait_or_kill(pid: libc::pid_t, timeout: Duration) -> Option<i32> {
@@ -105,7 +104,7 @@ fn libgomp_runs_at_width_1_in_a_forked_child() {
         "libgomp_runs_at_width_1_in_a_forked_child",
         &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
         |l| {
-            let gomp = common::Loaded::load("BUDGET_NATIVE_GOMP");
+            let gomp = Lib::load("BUDGET_NATIVE_GOMP");
             let omp = || gomp.get_int("omp_get_max_threads");
             let dgemm = Dgemm::of(&l[0], false, "cblas_dgemm");
             let n = 256;

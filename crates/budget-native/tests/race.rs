@@ -6,12 +6,11 @@
 //! width 1 or 2, and the crash needs counts that vary). Each library in a child
 //! process; every product is checked.
 
-mod common;
-
 use std::sync::Barrier;
 
 use budget_native::NativeExt;
-use common::{in_child, in_child_env, Dgemm};
+use budget_testkit::blas::Dgemm;
+use budget_testkit::{in_child, in_child_env, Lib};
 
 const RUNS: usize = 200;
 const THREADS: usize = 16;
@@ -106,7 +105,7 @@ fn debian_openblas_openmp_30_runs() {
                 eprintln!("watchdog: 30 runs of 16 racing OpenMP OpenBLAS calls hung for 60 s");
                 std::process::exit(1);
             });
-            let gomp = common::Loaded::load("BUDGET_NATIVE_GOMP");
+            let gomp = Lib::load("BUDGET_NATIVE_GOMP");
             let omp_count = || Some(gomp.get_int("omp_get_max_threads") as usize);
             race_runs(Dgemm::of(&l[0], false, "cblas_dgemm"), 30, &omp_count)
         },
@@ -121,7 +120,7 @@ fn debian_openblas_openmp_30_runs() {
 #[ignore = "a by-hand control experiment: it crashes OpenBLAS on purpose"]
 fn control_without_budget_crashes() {
     if std::env::var("BUDGET_NATIVE_CONTROL_CHILD").is_ok() {
-        let lib = common::Loaded::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
+        let lib = Lib::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
         let dgemm = Dgemm::of(&lib, false, "cblas_dgemm");
         // SAFETY: `void openblas_set_num_threads(int)`.
         let set = unsafe { lib.func::<unsafe extern "C" fn(i32)>("openblas_set_num_threads") };

@@ -2,29 +2,53 @@
 //! OpenMP runtimes and MKL, and `s.native` inside regions: each in a child process
 //! that loads the library by path.
 
-mod common;
-
 use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Barrier;
 
 use budget_native::{limit, NativeExt};
-use common::{in_child, in_child_env, Loaded};
+use budget_testkit::blas::Dgemm;
+use budget_testkit::{in_child, in_child_env, Lib};
+
+/// How a library's count behaves under nested guards.
+#[derive(Clone, Copy, PartialEq)]
+enum Rule {
+    /// The newest guard's count.
+    PerThread,
+    /// The smallest width in flight.
+    ProcessWide,
+    /// OpenBLAS on OpenMP: with a multi-threaded call in flight at `outer`, a nested
+    /// call runs at `outer` if it may, else at 1 (the global never changes).
+    OpenBlasOpenMp,
+}
+
+impl Rule {
+    /// The count inside `limit(inner)` nested in `limit(outer)`.
+    fn nested(self, outer: usize, inner: usize) -> usize {
+        match self {
+            Rule::PerThread => inner,
+            Rule::ProcessWide => outer.min(inner),
+            // limit(1) leaves no multi-threaded call in flight.
+            Rule::OpenBlasOpenMp if outer == 1 => inner,
+            Rule::OpenBlasOpenMp if inner >= outer => outer,
+            Rule::OpenBlasOpenMp => 1,
+        }
+    }
+}
 
 /// `limit(n)` sets `read()` to `n` for its duration and puts back exactly what was
-/// there, on a normal drop and on unwinding. A nested guard sets its own count on a
-/// per-thread library; a process-wide count only goes down while a call is in flight.
-fn set_and_restore(read: &dyn Fn() -> c_int, process_wide: bool) {
+/// there, on a normal drop and on unwinding; nested guards follow `rule`.
+fn set_and_restore(read: &dyn Fn() -> c_int, rule: Rule) {
     let before = read();
     for n in [1, 3, 7] {
         {
             let g = limit(n);
             assert!(g.changed() >= 1 || before == n as c_int);
             assert_eq!(read(), n as c_int);
-            {
-                let _inner = limit(2); // nested guards restore in stack order
-                let want = if process_wide { n.min(2) } else { 2 };
-                assert_eq!(read(), want as c_int);
+            for inner in [2, 9] {
+                let _inner = limit(inner); // nested guards restore in stack order
+                let want = rule.nested(n, inner);
+                assert_eq!(read(), want as c_int, "limit({inner}) inside limit({n})");
             }
             assert_eq!(read(), n as c_int);
         }
@@ -43,7 +67,7 @@ fn set_and_restore(read: &dyn Fn() -> c_int, process_wide: bool) {
         s.native(|| {
             let (n, w) = (read() as usize, s.width());
             assert!(
-                n == w || (process_wide && n > w && n <= s.requested()),
+                n == w || (rule == Rule::ProcessWide && n > w && n <= s.requested()),
                 "{n} for {w}"
             );
         });
@@ -95,14 +119,14 @@ fn soon(cond: impl Fn() -> bool) -> bool {
 /// The spin window of the lease tests: 2^30 cycles, ~0.5 s.
 const LONG_WINDOW: &[(&str, &str)] = &[("OPENBLAS_THREAD_TIMEOUT", "30")];
 
-fn omp(lib: &Loaded) -> impl Fn() -> c_int + Sync + '_ {
+fn omp(lib: &Lib) -> impl Fn() -> c_int + Sync + '_ {
     move || lib.get_int("omp_get_max_threads")
 }
 
 #[test]
 fn libgomp() {
     in_child("libgomp", &["BUDGET_NATIVE_GOMP"], |l| {
-        set_and_restore(&omp(&l[0]), false);
+        set_and_restore(&omp(&l[0]), Rule::PerThread);
         per_thread_isolation(&omp(&l[0]));
     });
 }
@@ -110,7 +134,7 @@ fn libgomp() {
 #[test]
 fn llvm_libomp() {
     in_child("llvm_libomp", &["BUDGET_NATIVE_LLVM_OMP"], |l| {
-        set_and_restore(&omp(&l[0]), false);
+        set_and_restore(&omp(&l[0]), Rule::PerThread);
         per_thread_isolation(&omp(&l[0]));
         // Idle threads sleep at once instead of spinning 200 ms.
         assert_eq!(l[0].get_int("kmp_get_blocktime"), 0);
@@ -120,7 +144,7 @@ fn llvm_libomp() {
 #[test]
 fn intel_libiomp5() {
     in_child("intel_libiomp5", &["BUDGET_NATIVE_IOMP5"], |l| {
-        set_and_restore(&omp(&l[0]), false);
+        set_and_restore(&omp(&l[0]), Rule::PerThread);
         per_thread_isolation(&omp(&l[0]));
         assert_eq!(l[0].get_int("kmp_get_blocktime"), 0);
     });
@@ -133,7 +157,7 @@ fn mkl() {
         &["BUDGET_NATIVE_IOMP5", "BUDGET_NATIVE_MKL_RT"],
         |l| {
             let read = || l[1].get_int("MKL_Get_Max_Threads");
-            set_and_restore(&read, false);
+            set_and_restore(&read, Rule::PerThread);
             per_thread_isolation(&read);
         },
     );
@@ -148,42 +172,15 @@ fn openblas_openmp_follows_its_runtime() {
             // The OpenMP OpenBLAS is sized by libgomp's per-thread count, which budget
             // sets; with a multi-threaded call in flight, a nested guard runs at that
             // call's count if it may, else at 1 (never wider, the global never changes).
-            let gomp = Loaded::load("BUDGET_NATIVE_GOMP");
-            let read = omp(&gomp);
-            let blas = || l[0].get_int("openblas_get_num_threads");
-            let before = read();
-            for n in [1, 3, 7] {
-                {
-                    let _g = limit(n);
-                    assert_eq!(read(), n as c_int);
-                    for inner in [2, 9] {
-                        let _inner = limit(inner);
-                        // limit(1) leaves no multi-threaded call in flight.
-                        let want = match n {
-                            1 => inner,
-                            _ if inner >= n => n,
-                            _ => 1,
-                        };
-                        assert_eq!(read(), want as c_int, "limit({inner}) inside limit({n})");
-                        if n > 1 {
-                            assert_eq!(blas(), n as c_int, "the global is left alone");
-                        }
-                    }
-                    assert_eq!(read(), n as c_int);
-                }
-                assert_eq!(read(), before);
-            }
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                let _g = limit(5);
-                assert_eq!(read(), 5);
-                panic!("boom");
-            }));
-            assert!(r.is_err());
-            assert_eq!(read(), before, "restored after a panic");
-            budget_core::scope_with(4, |s| {
-                s.native(|| assert_eq!(read(), s.width() as c_int));
-            });
-            assert_eq!(read(), before);
+            let gomp = Lib::load("BUDGET_NATIVE_GOMP");
+            set_and_restore(&omp(&gomp), Rule::OpenBlasOpenMp);
+            let _three = limit(3);
+            let _two = limit(2);
+            assert_eq!(
+                l[0].get_int("openblas_get_num_threads"),
+                3,
+                "the global is left alone"
+            );
         },
     );
 }
@@ -194,7 +191,10 @@ fn openblas_pthreads() {
         "openblas_pthreads",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         |l| {
-            set_and_restore(&|| l[0].get_int("openblas_get_num_threads"), true);
+            set_and_restore(
+                &|| l[0].get_int("openblas_get_num_threads"),
+                Rule::ProcessWide,
+            );
         },
     );
 }
@@ -205,7 +205,10 @@ fn scipy_openblas64() {
         "scipy_openblas64",
         &["BUDGET_NATIVE_SCIPY_OPENBLAS64"],
         |l| {
-            set_and_restore(&|| l[0].get_int("scipy_openblas_get_num_threads64_"), true);
+            set_and_restore(
+                &|| l[0].get_int("scipy_openblas_get_num_threads64_"),
+                Rule::ProcessWide,
+            );
         },
     );
 }
@@ -220,7 +223,7 @@ fn blis_pthreads() {
         // SAFETY: no preconditions.
         let read = || unsafe { get() } as c_int;
         let before = read();
-        set_and_restore(&read, true);
+        set_and_restore(&read, Rule::ProcessWide);
         assert_eq!(read(), before);
     });
 }
@@ -255,6 +258,21 @@ fn process_wide_count_is_the_smallest_in_flight() {
     );
 }
 
+/// Builds a budget of `total` and returns OpenBLAS's `cblas_dgemm` with 256² operands.
+fn openblas_on_budget(lib: &Lib, total: usize) -> (Dgemm, usize, Vec<f64>, Vec<f64>) {
+    budget_core::Builder::new()
+        .num_threads(total)
+        .build_global()
+        .unwrap();
+    let n = 256;
+    (
+        Dgemm::of(lib, false, "cblas_dgemm"),
+        n,
+        vec![1.0; n * n],
+        vec![0.0; n * n],
+    )
+}
+
 /// OpenBLAS's pthreads workers busy-wait after a wide call: the pool holds a lease on
 /// them for the spin window, so a region started right after sees them as busy cores,
 /// and the tokens come back when the window has passed.
@@ -265,13 +283,7 @@ fn openblas_spinning_pool_is_leased_for_its_window() {
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         LONG_WINDOW,
         |l| {
-            budget_core::Builder::new()
-                .num_threads(4)
-                .build_global()
-                .unwrap();
-            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
-            let n = 256;
-            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 4);
             assert_eq!(budget_native::spin_leased(), 0);
             budget_core::scope_with(4, |s| {
                 assert_eq!(s.width(), 4);
@@ -305,7 +317,7 @@ fn openblas_openmp_call_uses_the_limit() {
         "openblas_openmp_call_uses_the_limit",
         &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
         |l| {
-            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
+            let dgemm = Dgemm::of(&l[0], false, "cblas_dgemm");
             let n = 128;
             let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
             let mut seen = Vec::new();
@@ -323,7 +335,7 @@ fn openblas_openmp_call_uses_the_limit() {
 /// Three guards dropped in each of the six orders: after every drop the count is that
 /// of the newest live guard (per-thread) or the smallest live width (process-wide),
 /// and the count found before the first guard once all are gone.
-fn any_drop_order(read: &dyn Fn() -> c_int, process_wide: bool) {
+fn any_drop_order(read: &dyn Fn() -> c_int, rule: Rule) {
     let before = read();
     let widths = [3usize, 1, 2];
     let orders = [
@@ -342,7 +354,9 @@ fn any_drop_order(read: &dyn Fn() -> c_int, process_wide: bool) {
             let live: Vec<usize> = (0..3).filter(|&j| guards[j].is_some()).collect();
             let want = match live.last() {
                 None => before,
-                Some(_) if process_wide => live.iter().map(|&j| widths[j]).min().unwrap() as c_int,
+                Some(_) if rule == Rule::ProcessWide => {
+                    live.iter().map(|&j| widths[j]).min().unwrap() as c_int
+                }
                 Some(&newest) => widths[newest] as c_int,
             };
             assert_eq!(
@@ -359,7 +373,7 @@ fn libgomp_guards_dropped_in_any_order() {
     in_child(
         "libgomp_guards_dropped_in_any_order",
         &["BUDGET_NATIVE_GOMP"],
-        |l| any_drop_order(&omp(&l[0]), false),
+        |l| any_drop_order(&omp(&l[0]), Rule::PerThread),
     );
 }
 
@@ -368,7 +382,12 @@ fn openblas_pthreads_guards_dropped_in_any_order() {
     in_child(
         "openblas_pthreads_guards_dropped_in_any_order",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
-        |l| any_drop_order(&|| l[0].get_int("openblas_get_num_threads"), true),
+        |l| {
+            any_drop_order(
+                &|| l[0].get_int("openblas_get_num_threads"),
+                Rule::ProcessWide,
+            )
+        },
     );
 }
 
@@ -382,13 +401,7 @@ fn openblas_spin_covered_by_the_open_region() {
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         LONG_WINDOW,
         |l| {
-            budget_core::Builder::new()
-                .num_threads(4)
-                .build_global()
-                .unwrap();
-            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
-            let n = 256;
-            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 4);
             budget_core::scope_with(2, |s| {
                 assert_eq!(s.width(), 2);
                 s.native(|| dgemm.run(n, &a, &a, &mut c));
@@ -420,13 +433,7 @@ fn openblas_back_to_back_calls_keep_their_width() {
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         &[],
         |l| {
-            budget_core::Builder::new()
-                .num_threads(2)
-                .build_global()
-                .unwrap();
-            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
-            let n = 256;
-            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 2);
             let widths: Vec<c_int> = (0..40)
                 .map(|_| {
                     let w = budget_core::scope_with(2, |s| {
