@@ -149,8 +149,8 @@ fn spin_window(control: &Control) -> Option<Duration> {
     }
 }
 
-/// Sets `entry`'s count for a call of width `width`; returns the width the call runs
-/// at, which [`exit`] must be given.
+/// Sets `entry`'s count for `call`; returns its [`Ticket`] (the count it runs at is
+/// `used`), which [`exit`] must be given.
 ///
 /// # Blocking
 ///
