@@ -19,32 +19,29 @@ fn triple() -> &'static str {
     }
 }
 
-#[path = "../../crates/budget-native/tests/common/ffi.rs"]
-mod ffi;
-use ffi::{Cdgemm, Dgeqrf};
+use budget_testkit::blas::{self as ffi, Cdgemm, Dgeqrf};
 
 /// A library path: the environment variable `key`, then `.cache/native/libs.env`
 /// (written by scripts/setup-native.sh), then `fallback`; only if it exists.
 fn lib_path(key: &str, fallback: &str) -> Option<PathBuf> {
-    let libs_env = ffi::libs_env(Path::new(env!("CARGO_MANIFEST_DIR")));
-    ffi::lib_path(key, &libs_env)
+    budget_testkit::libs::lib_path(key)
         .filter(|p| p.exists())
         .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.exists()))
 }
 
 /// A `dlopen` handle, never closed; `None` where the library cannot be loaded.
-struct Lib(ffi::Lib);
+struct Lib(budget_testkit::Lib);
 
 impl Lib {
     fn load(path: &Path) -> Option<Lib> {
-        ffi::Lib::open(path).ok().map(Lib)
+        budget_testkit::Lib::open(path).ok().map(Lib)
     }
 
     /// # Safety
     /// `F` must be a function pointer type matching the symbol's prototype.
     unsafe fn func<F: Copy>(&self, name: &str) -> Option<F> {
         // SAFETY: the caller guarantees the prototype.
-        unsafe { self.0.func(name) }
+        unsafe { self.0.try_func(name) }
     }
 }
 

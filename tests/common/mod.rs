@@ -1,60 +1,10 @@
-//! Shared by the integration tests that need a budget of an exact size.
+//! Kept for the integration tests that say `mod common;`: the helpers live in the
+//! `budget-testkit` crate (a dev-dependency); new tests can use it directly.
 
-use std::sync::{Mutex, MutexGuard, Once};
-use std::time::{Duration, Instant};
+#[allow(unused_imports)] // not every test binary uses every helper
+pub(crate) use budget_testkit::budget::{exclusive_budget, wait_for, watchdog};
 
-/// Every test in one test binary shares one budget, and tests run on parallel
-/// threads: the ones that assert exact widths take this lock to run alone.
-static EXCLUSIVE: Mutex<()> = Mutex::new(());
-
-/// Builds this process's budget with `total` cores (first call) and returns a guard
-/// under which no other test of the binary runs. Checks no tokens leaked before.
-#[allow(dead_code)] // not every test binary uses every helper
-pub(crate) fn exclusive_budget(total: usize) -> MutexGuard<'static, ()> {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        budget::Builder::new()
-            .num_threads(total)
-            .build_global()
-            .expect("this test binary builds the budget before any other use")
-    });
-    let guard = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(budget::stats().total, total);
-    assert_eq!(budget::stats().in_use, 0, "a previous test leaked tokens");
-    guard
-}
-
-/// Polls `condition` until it holds, failing the test after 30 s instead of hanging.
-#[allow(dead_code)]
-pub(crate) fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Runs `f` on a thread and fails (with `what`) if it does not finish in 60 s: a
-/// deadlock fails the test instead of hanging the suite.
-#[allow(dead_code)]
-pub(crate) fn watchdog<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let _ = tx.send(outcome);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(payload)) => std::panic::resume_unwind(payload),
-        Err(_) => {
-            eprintln!(
-                "watchdog: {what} did not finish in 60 s; {}",
-                budget::stats()
-            );
-            std::process::exit(101);
-        }
-    }
-}
+use std::time::Duration;
 
 /// The variable that tells a re-run test binary which child case to run.
 #[allow(dead_code)]

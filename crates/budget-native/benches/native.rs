@@ -34,31 +34,8 @@ use rayon::prelude::*;
 
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-#[path = "../tests/common/ffi.rs"]
-mod ffi;
-use ffi::{Cdgemm, Dgeqrf};
-
-fn lib_path(key: &str) -> PathBuf {
-    let libs_env = ffi::libs_env(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    ffi::lib_path(key, &libs_env)
-        .unwrap_or_else(|| panic!("{key} missing: run scripts/setup-native.sh"))
-}
-
-/// A loaded library whose symbols the bench requires.
-struct Lib(ffi::Lib);
-
-impl Lib {
-    fn load(path: &std::path::Path) -> Lib {
-        Lib(ffi::Lib::open(path).unwrap_or_else(|e| panic!("{e}")))
-    }
-
-    /// # Safety
-    /// `F` must be the symbol's prototype.
-    unsafe fn func<F: Copy>(&self, name: &str) -> F {
-        // SAFETY: the caller guarantees the prototype.
-        unsafe { self.0.func(name) }.unwrap_or_else(|| panic!("missing {name}"))
-    }
-}
+use budget_testkit::blas::{self as ffi, Cdgemm, Dgeqrf};
+use budget_testkit::Lib;
 
 type Kernel = unsafe extern "C" fn(*mut f64, c_int);
 
@@ -144,7 +121,7 @@ fn bench(c: &mut Criterion, group: &str, name: &str, mut f: impl FnMut()) {
 
 fn main() {
     let cores = budget_core::stats().total;
-    let blas_lib = Lib::load(&lib_path("BUDGET_NATIVE_OPENBLAS_PTHREAD"));
+    let blas_lib = Lib::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
     // SAFETY: LAPACK/CBLAS/OpenBLAS prototypes as declared above.
     let blas = unsafe {
         Blas {
@@ -156,10 +133,10 @@ fn main() {
     };
     // SAFETY: as above.
     let default_threads = unsafe { (blas.get)() } as usize;
-    let kernel_lib = Lib::load(&build_kernel());
+    let kernel_lib = Lib::open(&build_kernel()).unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: `void kernel(double *, int)`.
     let kernel: Kernel = unsafe { kernel_lib.func("kernel") };
-    let gomp = Lib::load(&lib_path("BUDGET_NATIVE_GOMP"));
+    let gomp = Lib::load("BUDGET_NATIVE_GOMP");
     // SAFETY: `void omp_set_num_threads(int)`.
     let omp_set: unsafe extern "C" fn(c_int) = unsafe { gomp.func("omp_set_num_threads") };
     eprintln!("{}", budget_native::libraries());

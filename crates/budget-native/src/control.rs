@@ -39,7 +39,16 @@ pub(crate) enum Control {
     },
     /// A process-wide count held as BLIS's `dim_t` (64-bit).
     ProcessWideDim { get: GetDim, set: SetDim },
-    /// Nothing budget sets (sequential, OpenBLAS on OpenMP, or unsupported); `get`
+    /// OpenBLAS built on OpenMP: one global count (`openblas_get_num_threads`) that
+    /// each call re-syncs to the caller's `omp_get_max_threads()` of the OpenMP
+    /// runtime it links (`omp_get`/`omp_set`, resolved through OpenBLAS's handle).
+    OpenBlasOpenMp {
+        get: GetInt,
+        set: SetInt,
+        omp_get: GetInt,
+        omp_set: SetInt,
+    },
+    /// Nothing budget sets (sequential, or unsupported); `get`
     /// reads the count for the report where there is one.
     Fixed { get: Option<GetInt> },
 }
@@ -107,9 +116,37 @@ impl Lookup<'_> {
             .map(|p| unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
     }
 
-    fn required<F: Copy>(&self, name: &str) -> Result<F, String> {
-        // SAFETY: every call site names `F` as the prototype documented by the
-        // library for `name` (see the type aliases at the top of this module).
+    /// `name` as this object resolves it, in itself or in a dependency (the OpenMP
+    /// runtime an OpenBLAS links), without the naming's prefix and suffix.
+    ///
+    /// # Safety
+    ///
+    /// As [`Lookup::func`].
+    unsafe fn linked<F: Copy>(&self, name: &str) -> Result<F, String> {
+        let p = self
+            .handle
+            .symbol(name)
+            .ok_or_else(|| format!("{name} not found from this library"))?;
+        // SAFETY: as in `func`; the caller guarantees `F`.
+        Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+    }
+
+    /// `name` (under this naming) as a function pointer of type `F`, or why not.
+    ///
+    /// # Safety
+    ///
+    /// The pointer is transmuted to `F` unchecked, so the caller guarantees:
+    ///
+    /// - `F` is an `unsafe extern "C" fn` pointer type (pointer-sized, as checked in
+    ///   debug builds), with exactly the C prototype the library documents for `name`
+    ///   (argument and return types, integer widths of an ILP64 build included);
+    /// - `name` is a function symbol, not data;
+    /// - the result is only called while the library stays loaded, which holds
+    ///   because an [`Entry`] keeps its handle for the rest of the process (never
+    ///   closed), and by the rules of that function (thread safety included: the
+    ///   process-wide setters only under the `pool` lock).
+    unsafe fn required<F: Copy>(&self, name: &str) -> Result<F, String> {
+        // SAFETY: the caller upholds `func`'s contract (this one's first two points).
         unsafe { self.func::<F>(name) }
             .ok_or_else(|| format!("missing symbol {}{}{}", self.prefix, name, self.suffix))
     }
@@ -205,21 +242,26 @@ impl Entry {
                 // SAFETY: `int kmp_get_blocktime(void)` is the prototype of this symbol.
                 let get_blocktime = unsafe { l.func::<GetInt>("kmp_get_blocktime") };
                 self.control = Control::OpenMp {
-                    get: l.required::<GetInt>("omp_get_max_threads")?,
-                    set: l.required::<SetInt>("omp_set_num_threads")?,
+                    // SAFETY: `int omp_get_max_threads(void)`, the type given here.
+                    get: unsafe { l.required::<GetInt>("omp_get_max_threads") }?,
+                    // SAFETY: `void omp_set_num_threads(int)`, the type given here.
+                    set: unsafe { l.required::<SetInt>("omp_set_num_threads") }?,
                     set_blocktime,
                     get_blocktime,
                 };
             }
             Family::OpenBlas => {
+                // SAFETY: `char *openblas_get_config(void)`, the type given here.
                 let config: unsafe extern "C" fn() -> *const c_char =
-                    l.required("openblas_get_config")?;
+                    unsafe { l.required("openblas_get_config") }?;
                 // SAFETY: `char *openblas_get_config(void)` returns a static string.
                 let config = c_string(unsafe { config() }).unwrap_or_default();
                 // "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64"
                 self.version = version_word(&config);
-                let parallel: GetInt = l.required("openblas_get_parallel")?;
-                let get: GetInt = l.required("openblas_get_num_threads")?;
+                // SAFETY: `int openblas_get_parallel(void)`, the type given here.
+                let parallel: GetInt = unsafe { l.required("openblas_get_parallel") }?;
+                // SAFETY: `int openblas_get_num_threads(void)`, the type given here.
+                let get: GetInt = unsafe { l.required("openblas_get_num_threads") }?;
                 // SAFETY: `int openblas_get_parallel(void)`: 0 sequential, 1 pthreads,
                 // 2 OpenMP.
                 match unsafe { parallel() } {
@@ -229,7 +271,8 @@ impl Entry {
                     }
                     1 => {
                         self.layer = ThreadingLayer::Pthreads;
-                        let set: SetInt = l.required("openblas_set_num_threads")?;
+                        // SAFETY: `void openblas_set_num_threads(int)`, the type given here.
+                        let set: SetInt = unsafe { l.required("openblas_set_num_threads") }?;
                         self.control = Control::ProcessWideInt {
                             get,
                             set,
@@ -237,29 +280,43 @@ impl Entry {
                         };
                     }
                     2 => {
-                        // Sized by `omp_set_num_threads` of its OpenMP runtime, which
-                        // is listed (and set) as an entry of its own.
+                        // Each call re-syncs the library's one global count to the
+                        // caller's OpenMP count: budget keeps every caller's count
+                        // equal to it while calls are in flight (see `pool`).
                         self.layer = ThreadingLayer::OpenMp;
-                        self.control = Control::Fixed { get: Some(get) };
+                        self.control = Control::OpenBlasOpenMp {
+                            get,
+                            // SAFETY: `void openblas_set_num_threads(int)`, the type given here.
+                            set: unsafe { l.required("openblas_set_num_threads") }?,
+                            // SAFETY: `int omp_get_max_threads(void)`.
+                            omp_get: unsafe { l.linked("omp_get_max_threads") }?,
+                            // SAFETY: `void omp_set_num_threads(int)`.
+                            omp_set: unsafe { l.linked("omp_set_num_threads") }?,
+                        };
                     }
                     other => return Err(format!("unknown openblas_get_parallel() = {other}")),
                 }
             }
             Family::Blis => {
+                // SAFETY: `char *bli_info_get_version_str(void)`, the type given here.
                 let version: unsafe extern "C" fn() -> *const c_char =
-                    l.required("bli_info_get_version_str")?;
+                    unsafe { l.required("bli_info_get_version_str") }?;
                 // SAFETY: `char *bli_info_get_version_str(void)` returns a static string.
                 self.version = c_string(unsafe { version() });
-                let omp: GetDim = l.required("bli_info_get_enable_openmp")?;
-                let pth: GetDim = l.required("bli_info_get_enable_pthreads")?;
+                // SAFETY: `gint_t bli_info_get_enable_openmp(void)`, the type given here.
+                let omp: GetDim = unsafe { l.required("bli_info_get_enable_openmp") }?;
+                // SAFETY: `gint_t bli_info_get_enable_pthreads(void)`, the type given here.
+                let pth: GetDim = unsafe { l.required("bli_info_get_enable_pthreads") }?;
                 // SAFETY: `gint_t bli_info_get_enable_openmp(void)` and `..._pthreads`.
                 self.layer = match unsafe { (omp(), pth()) } {
                     (o, _) if o != 0 => ThreadingLayer::OpenMp,
                     (_, p) if p != 0 => ThreadingLayer::Pthreads,
                     _ => ThreadingLayer::Sequential,
                 };
-                let get: GetDim = l.required("bli_thread_get_num_threads")?;
-                let set: SetDim = l.required("bli_thread_set_num_threads")?;
+                // SAFETY: `dim_t bli_thread_get_num_threads(void)`, the type given here.
+                let get: GetDim = unsafe { l.required("bli_thread_get_num_threads") }?;
+                // SAFETY: `void bli_thread_set_num_threads(dim_t)`, the type given here.
+                let set: SetDim = unsafe { l.required("bli_thread_set_num_threads") }?;
                 // BLIS keeps one global runtime (also when built on OpenMP, where it
                 // does not follow omp_set_num_threads), so the count is process-wide.
                 self.control = if self.layer == ThreadingLayer::Sequential {
@@ -269,8 +326,9 @@ impl Entry {
                 };
             }
             Family::Mkl => {
+                // SAFETY: `void MKL_Get_Version_String(char *, int)`, the type given here.
                 let version: unsafe extern "C" fn(*mut c_char, c_int) =
-                    l.required("MKL_Get_Version_String")?;
+                    unsafe { l.required("MKL_Get_Version_String") }?;
                 let mut buf = [0 as c_char; 256];
                 // SAFETY: `void MKL_Get_Version_String(char *buf, int len)` writes at
                 // most `len` bytes, NUL-terminated.
@@ -297,20 +355,25 @@ impl Entry {
                     _ => ThreadingLayer::Unknown,
                 };
                 self.control = Control::Mkl {
-                    get: l.required("MKL_Get_Max_Threads")?,
-                    set_local: l.required("MKL_Set_Num_Threads_Local")?,
+                    // SAFETY: `int MKL_Get_Max_Threads(void)`, the type given here.
+                    get: unsafe { l.required("MKL_Get_Max_Threads") }?,
+                    // SAFETY: `int MKL_Set_Num_Threads_Local(int)`, the type given here.
+                    set_local: unsafe { l.required("MKL_Set_Num_Threads_Local") }?,
                 };
             }
             Family::FlexiBlas => {
+                // SAFETY: `int flexiblas_get_version(int *, int *, int *)`, the type given here.
                 let version: unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_int) -> c_int =
-                    l.required("flexiblas_get_version")?;
+                    unsafe { l.required("flexiblas_get_version") }?;
                 let (mut a, mut b, mut c) = (0, 0, 0);
                 // SAFETY: `int flexiblas_get_version(int *major, int *minor, int *patch)`.
                 unsafe { version(&mut a, &mut b, &mut c) };
                 self.version = Some(format!("{a}.{b}.{c}"));
                 self.control = Control::ProcessWideInt {
-                    get: l.required("flexiblas_get_num_threads")?,
-                    set: l.required("flexiblas_set_num_threads")?,
+                    // SAFETY: `int flexiblas_get_num_threads(void)`, the type given here.
+                    get: unsafe { l.required("flexiblas_get_num_threads") }?,
+                    // SAFETY: `void flexiblas_set_num_threads(int)`, the type given here.
+                    set: unsafe { l.required("flexiblas_set_num_threads") }?,
                     spin: None,
                 };
             }
@@ -318,13 +381,23 @@ impl Entry {
         Ok(())
     }
 
+    /// Whether this is GNU libgomp (which cannot fork its thread team).
+    pub(crate) fn is_libgomp(&self) -> bool {
+        self.family == Family::OpenMp
+            && self
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libgomp"))
+    }
+
     /// How budget sets this entry.
     pub(crate) fn setting(&self) -> SettingScope {
         match self.control {
             Control::OpenMp { .. } | Control::Mkl { .. } => SettingScope::PerThread,
-            Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
-                SettingScope::ProcessWide
-            }
+            Control::ProcessWideInt { .. }
+            | Control::ProcessWideDim { .. }
+            | Control::OpenBlasOpenMp { .. } => SettingScope::ProcessWide,
             Control::Fixed { .. } => SettingScope::Fixed,
         }
     }
@@ -337,7 +410,8 @@ impl Entry {
             match self.control {
                 Control::OpenMp { get, .. }
                 | Control::Mkl { get, .. }
-                | Control::ProcessWideInt { get, .. } => i64::from(get()),
+                | Control::ProcessWideInt { get, .. }
+                | Control::OpenBlasOpenMp { get, .. } => i64::from(get()),
                 // BLIS reports -1 while no count was set: it then runs 1 thread
                 // (unless BLIS_NUM_THREADS was read at start, which sets it).
                 Control::ProcessWideDim { get, .. } => get().max(1),

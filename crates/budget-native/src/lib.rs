@@ -40,10 +40,12 @@
 
 mod control;
 mod dl;
+mod fork;
 mod library;
 mod limit;
 mod pool;
 mod scan;
+mod stack;
 
 pub use library::{Family, Libraries, Library, SettingScope, ThreadingLayer};
 pub use limit::{limit, spin_leased, Limit, NativeExt};

@@ -91,11 +91,11 @@ pub enum SettingScope {
     /// Each thread has its own count (`omp_set_num_threads`,
     /// `mkl_set_num_threads_local`): budget sets it on the calling thread, no lock.
     PerThread,
-    /// One count for the whole process (OpenBLAS on pthreads, BLIS, FlexiBLAS): budget
-    /// changes it under one process-wide lock, and counts the pool as one lease.
+    /// One count for the whole process (OpenBLAS on pthreads or OpenMP, BLIS,
+    /// FlexiBLAS): budget changes it under one process-wide lock, and counts the
+    /// OpenBLAS pthreads pool as one lease.
     ProcessWide,
-    /// Nothing to set: a sequential build, an OpenBLAS on OpenMP (sized through its
-    /// OpenMP runtime, which is listed too), or an unsupported library.
+    /// Nothing to set: a sequential build, or an unsupported library.
     Fixed,
 }
 

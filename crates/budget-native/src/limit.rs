@@ -5,21 +5,14 @@ use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::control::{Control, Entry, SetInt, SetIntRet};
-use crate::{pool, scan};
+use crate::control::{Control, Entry};
+use crate::stack::{self, Restore};
+use crate::{fork, pool, scan};
 
-/// What a [`Limit`] undoes on drop, in reverse order.
-enum Undo {
-    /// `omp_set_num_threads(prev)` on this thread.
-    OpenMp { set: SetInt, prev: c_int },
-    /// `mkl_set_num_threads_local(prev)` on this thread (`0` = back to the global).
-    Mkl { set_local: SetIntRet, prev: c_int },
-    /// The process-wide protocol's exit (see the `pool` module).
-    ProcessWide {
-        entry: Arc<Entry>,
-        width: usize,
-        used: usize,
-    },
+/// A process-wide call a [`Limit`] ends on drop (see the `pool` module).
+struct ProcessWide {
+    entry: Arc<Entry>,
+    ticket: pool::Ticket,
 }
 
 /// Sets every loaded OpenMP/BLAS library's thread count to `n` until the returned guard
@@ -39,7 +32,11 @@ enum Undo {
 /// - OpenBLAS on pthreads, BLIS, FlexiBLAS: one count for the process, changed under one
 ///   process-wide lock; while several calls are in flight, the count is the smallest
 ///   of their widths. See the crate's README for the protocol.
-/// - OpenBLAS built on OpenMP follows its OpenMP runtime's per-thread count.
+/// - OpenBLAS built on OpenMP reads its OpenMP runtime's per-thread count at each call
+///   but keeps one global count, which calls with differing counts race on (a hang in
+///   0.3.21): while a multi-threaded call of it is in flight, the calling thread's
+///   OpenMP count is set to that call's count if `n` allows, else to 1; so OpenMP code
+///   under the guard may run narrower than `n`, never wider.
 ///
 /// With no such library loaded, this is a cheap no-op (a loader-generation check).
 /// Libraries loaded after the guard was made are not affected by it.
@@ -60,10 +57,29 @@ enum Undo {
 /// } // counts restored here
 /// ```
 pub fn limit(n: usize) -> Limit {
-    let width = n.max(1);
+    limit_call(pool::Call {
+        width: n,
+        borrow: 0,
+        covered: 0,
+    })
+}
+
+/// [`limit`] for `call.width`, with what a region adds for process-wide pools.
+fn limit_call(call: pool::Call) -> Limit {
+    let width = call.width.max(1);
+    fork::register();
     let entries = scan::entries();
-    let mut undo = Vec::new();
-    let n = c_int::try_from(width).unwrap_or(c_int::MAX);
+    // In a forked child, libgomp cannot fork its team: OpenMP code runs at 1.
+    let omp_width = if fork::in_child() && entries.iter().any(|e| e.is_libgomp()) {
+        1
+    } else {
+        width
+    };
+    let omp_n = c_int::try_from(omp_width).unwrap_or(c_int::MAX);
+    let frame = stack::push();
+    let mut process_wide = Vec::new();
+    // Per-thread settings first: a process-wide OpenBLAS on OpenMP may then narrow
+    // the OpenMP count it runs at.
     for entry in entries.iter() {
         match entry.control {
             Control::OpenMp {
@@ -76,10 +92,10 @@ pub fn limit(n: usize) -> Limit {
                 // calling thread's ICVs and have no preconditions; the library stays
                 // loaded (its handle is never closed).
                 let prev = unsafe { get() };
-                if prev != n {
+                if prev != omp_n {
                     // SAFETY: as above.
-                    unsafe { set(n) };
-                    undo.push(Undo::OpenMp { set, prev });
+                    unsafe { set(omp_n) };
+                    stack::save(frame, Restore::OpenMp(set), prev);
                 }
                 if let (Some(set_bt), Some(get_bt)) = (set_blocktime, get_blocktime) {
                     // SAFETY: `kmp_get_blocktime`/`kmp_set_blocktime` act on the
@@ -94,28 +110,55 @@ pub fn limit(n: usize) -> Limit {
             Control::Mkl { set_local, .. } => {
                 // SAFETY: `mkl_set_num_threads_local` sets the calling thread's count
                 // and returns the previous one; no preconditions.
-                let prev = unsafe { set_local(n) };
-                undo.push(Undo::Mkl { set_local, prev });
+                let prev = unsafe { set_local(omp_n) };
+                stack::save(frame, Restore::Mkl(set_local), prev);
             }
+            _ => {}
+        }
+    }
+    for entry in entries.iter() {
+        match entry.control {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
-                let used = pool::enter(entry, width);
-                undo.push(Undo::ProcessWide {
+                process_wide.push(ProcessWide {
                     entry: Arc::clone(entry),
-                    width,
-                    used,
+                    ticket: pool::enter(entry, call),
                 });
             }
-            Control::Fixed { .. } => {}
+            Control::OpenBlasOpenMp {
+                omp_get, omp_set, ..
+            } => {
+                // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
+                stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
+                let call = pool::Call {
+                    width: omp_width,
+                    ..call
+                };
+                let ticket = pool::enter(entry, call);
+                // SAFETY: as above; the OpenMP count this call may run at.
+                unsafe { omp_set(c_int::try_from(ticket.used).unwrap_or(c_int::MAX)) };
+                process_wide.push(ProcessWide {
+                    entry: Arc::clone(entry),
+                    ticket,
+                });
+            }
+            Control::OpenMp { .. } | Control::Mkl { .. } | Control::Fixed { .. } => {}
         }
     }
     Limit {
         width,
-        undo,
+        frame,
+        process_wide,
         _not_send: PhantomData,
     }
 }
 
 /// The guard of [`limit`]: restores every thread count it changed when dropped.
+///
+/// Guards may be dropped in any order. On each thread, a per-thread count is that of
+/// the newest live guard: dropping an older guard changes nothing now (the newer one
+/// will restore what the older one found), dropping the newest restores the count of
+/// the next live guard, or the original. A process-wide count is the smallest width of
+/// the live guards of every thread, and the original once none is left.
 ///
 /// # Examples
 ///
@@ -127,7 +170,9 @@ pub fn limit(n: usize) -> Limit {
 #[must_use = "the thread counts are restored as soon as the guard is dropped"]
 pub struct Limit {
     width: usize,
-    undo: Vec<Undo>,
+    /// This guard's frame on the thread's stack of per-thread settings.
+    frame: u64,
+    process_wide: Vec<ProcessWide>,
     /// Per-thread settings must be undone on the thread that made them.
     _not_send: PhantomData<*const ()>,
 }
@@ -154,7 +199,7 @@ impl Limit {
     /// println!("{} settings changed", guard.changed());
     /// ```
     pub fn changed(&self) -> usize {
-        self.undo.len()
+        stack::saved(self.frame) + self.process_wide.len()
     }
 }
 
@@ -162,26 +207,18 @@ impl std::fmt::Debug for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limit")
             .field("width", &self.width)
-            .field("changed", &self.undo.len())
+            .field("changed", &self.changed())
             .finish()
     }
 }
 
 impl Drop for Limit {
     fn drop(&mut self) {
-        while let Some(u) = self.undo.pop() {
-            match u {
-                // SAFETY: same functions as in `limit`, on the same thread (the guard
-                // is not `Send`); restoring the value read there.
-                Undo::OpenMp { set, prev } => unsafe { set(prev) },
-                Undo::Mkl { set_local, prev } => {
-                    // SAFETY: as above; `prev` is what `mkl_set_num_threads_local`
-                    // returned, 0 meaning "no local setting".
-                    unsafe { set_local(prev) };
-                }
-                Undo::ProcessWide { entry, width, used } => pool::exit(&entry, width, used),
-            }
+        while let Some(p) = self.process_wide.pop() {
+            pool::exit(&p.entry, p.ticket);
         }
+        // On the thread that pushed the frame: the guard is not `Send`.
+        stack::pop(self.frame);
     }
 }
 
@@ -227,7 +264,15 @@ impl NativeExt for budget_core::Scope<'_> {
             // this is a nested region (its own thread plus what is free).
             return budget_core::scope_with(self.requested(), |inner| inner.native(f));
         }
-        let _guard = limit(self.width());
+        let width = self.width();
+        let _guard = limit_call(pool::Call {
+            width,
+            // A spinning pool's leased threads are the ones this call runs on.
+            borrow: self.requested().saturating_sub(width),
+            // The region holds its tokens after the call: they cover the pool's
+            // spinning threads while it is open.
+            covered: width - 1,
+        });
         f()
     }
 }

@@ -7,7 +7,8 @@
 //! known are kept (their handles, and the process-wide state keyed by them), new ones
 //! are resolved.
 
-use std::sync::{Arc, RwLock};
+use std::cell::RefCell;
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use crate::control::{family_of, Entry};
 use crate::dl;
@@ -23,16 +24,20 @@ static CACHE: RwLock<Option<Snapshot>> = RwLock::new(None);
 pub(crate) fn entries() -> Arc<[Arc<Entry>]> {
     // The generation is read before the list: an object loaded in between makes the
     // cached generation stale, so the next call rescans (never a missed library).
-    let generation = dl::generation();
+    // Every walk of the loader's list happens with `CACHE` held (read or write): the
+    // `fork` prepare handler takes it for writing, so no fork happens while one of
+    // our walks holds the loader's lock, which a child would never see released.
     {
-        let cache = CACHE.read().unwrap_or_else(|e| e.into_inner());
+        let cache = CACHE.read().unwrap_or_else(PoisonError::into_inner);
+        let generation = dl::generation();
         if let Some(s) = cache.as_ref() {
             if s.generation == generation {
                 return Arc::clone(&s.entries);
             }
         }
     }
-    let mut cache = CACHE.write().unwrap_or_else(|e| e.into_inner());
+    let mut cache = CACHE.write().unwrap_or_else(PoisonError::into_inner);
+    let generation = dl::generation();
     if let Some(s) = cache.as_ref() {
         if s.generation == generation {
             return Arc::clone(&s.entries);
@@ -57,4 +62,23 @@ pub(crate) fn entries() -> Arc<[Arc<Entry>]> {
         entries: Arc::clone(&entries),
     });
     entries
+}
+
+thread_local! {
+    /// The cache's lock, held across a `fork` by the forking thread.
+    static HELD_FOR_FORK: RefCell<Option<RwLockWriteGuard<'static, Option<Snapshot>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Takes the cache's lock for a `fork` (the `fork` module's prepare handler); released
+/// by [`unlock_after_fork`] in both processes. A std lock: its whole state is in the
+/// lock, so releasing the guard in the child leaves it usable there.
+pub(crate) fn lock_for_fork() {
+    let guard = CACHE.write().unwrap_or_else(PoisonError::into_inner);
+    HELD_FOR_FORK.with(|h| *h.borrow_mut() = Some(guard));
+}
+
+/// Releases the lock [`lock_for_fork`] took.
+pub(crate) fn unlock_after_fork() {
+    drop(HELD_FOR_FORK.with(|h| h.borrow_mut().take()));
 }

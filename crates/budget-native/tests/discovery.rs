@@ -1,10 +1,9 @@
 //! Discovery of each real library family, each in a child process that loads it by
 //! path: family, threading layer, version, setting scope, naming and thread count.
 
-mod common;
-
 use budget_native::{Family, Library, SettingScope, ThreadingLayer};
-use common::{in_child, lib_path, Loaded};
+use budget_testkit::libs::require_path as lib_path;
+use budget_testkit::{in_child, Lib};
 
 fn found(family: Family, key: &str) -> Library {
     let libs = budget_native::libraries();
@@ -43,8 +42,9 @@ fn openblas_openmp() {
             let lib = found(Family::OpenBlas, "BUDGET_NATIVE_OPENBLAS_OPENMP");
             assert!(lib.is_supported(), "{lib:?}");
             assert_eq!(lib.threading_layer, ThreadingLayer::OpenMp);
-            // Sized through its OpenMP runtime, which is listed too.
-            assert_eq!(lib.setting, SettingScope::Fixed);
+            // One global count that every call re-syncs to the caller's OpenMP count:
+            // budget treats it as process-wide.
+            assert_eq!(lib.setting, SettingScope::ProcessWide);
             assert_eq!(lib.version.as_deref(), Some("0.3.21"));
             let libs = budget_native::libraries();
             let omp = libs
@@ -104,7 +104,7 @@ fn openmp_runtime(key: &str) {
 fn libgomp_found_when_loaded_later() {
     in_child("libgomp_found_when_loaded_later", &[], |_| {
         assert!(budget_native::libraries().find(Family::OpenMp).is_none());
-        let _gomp = Loaded::load("BUDGET_NATIVE_GOMP");
+        let _gomp = Lib::load("BUDGET_NATIVE_GOMP");
         openmp_runtime("BUDGET_NATIVE_GOMP");
     });
 }
@@ -147,8 +147,8 @@ fn mkl_rt() {
 fn unsupported_library_is_reported_not_called() {
     in_child("unsupported_library_is_reported_not_called", &[], |_| {
         let db = lib_path("BUDGET_NATIVE_IOMP5").with_file_name("libiomp5_db.so");
-        let _cxx = Loaded::load_path("libstdc++.so.6".into()); // what it links against
-        let _db = Loaded::load_path(db.clone());
+        let _cxx = Lib::open("libstdc++.so.6".as_ref()).unwrap(); // what it links against
+        let _db = Lib::open(&db).unwrap();
         let libs = budget_native::libraries();
         println!("{libs}");
         let lib = libs.iter().find(|l| l.path == db).expect("listed");

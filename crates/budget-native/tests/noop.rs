@@ -1,12 +1,10 @@
 //! With no OpenMP/BLAS library loaded, every call is a cheap no-op (in a child process,
 //! so that no other test's library is loaded).
 
-mod common;
-
 use std::time::Instant;
 
 use budget_native::NativeExt;
-use common::in_child;
+use budget_testkit::in_child;
 
 #[test]
 fn nothing_loaded_is_a_cheap_no_op() {

@@ -3,14 +3,14 @@
 //! never exceed the budget. Real libgomp, in a child process with
 //! `BUDGET_NUM_THREADS=4`. Before the fix each of four tasks got 4 threads (16).
 
-mod common;
+
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use budget_native::NativeExt;
-use common::in_child_env;
+use budget_testkit::child::in_child_env;
 
 const TOTAL: usize = 4;
 

@@ -6,18 +6,23 @@
 //! width 1 or 2, and the crash needs counts that vary). Each library in a child
 //! process; every product is checked.
 
-mod common;
-
 use std::sync::Barrier;
 
 use budget_native::NativeExt;
-use common::{in_child, Dgemm};
+use budget_testkit::blas::Dgemm;
+use budget_testkit::{in_child, in_child_env, Lib};
 
 const RUNS: usize = 200;
 const THREADS: usize = 16;
 const N: usize = 256;
 
 fn race(dgemm: Dgemm) {
+    race_runs(dgemm, RUNS, &|| None)
+}
+
+/// `runs` runs of the race; `count()` (read inside each call, if it gives one) must
+/// never exceed the region's width.
+fn race_runs(dgemm: Dgemm, runs: usize, count: &(dyn Fn() -> Option<usize> + Sync)) {
     budget_core::Builder::new()
         .num_threads(64)
         .build_global()
@@ -25,7 +30,7 @@ fn race(dgemm: Dgemm) {
     let a = vec![1.0f64; N * N];
     let b = vec![1.0f64; N * N];
     let mut widths = std::collections::BTreeSet::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         let barrier = Barrier::new(THREADS);
         let got: Vec<usize> = std::thread::scope(|t| {
             let handles: Vec<_> = (0..THREADS)
@@ -37,7 +42,12 @@ fn race(dgemm: Dgemm) {
                         let mut c = vec![0.0f64; N * N];
                         barrier.wait();
                         let w = budget_core::scope_with(k, |s| {
-                            s.native(|| dgemm.run(N, a, b, &mut c));
+                            s.native(|| {
+                                if let Some(n) = count() {
+                                    assert!(n <= s.width(), "{n} threads for width {}", s.width());
+                                }
+                                dgemm.run(N, a, b, &mut c)
+                            });
                             s.width()
                         });
                         assert!(
@@ -52,7 +62,7 @@ fn race(dgemm: Dgemm) {
         });
         widths.extend(got);
     }
-    println!("{RUNS} runs of {THREADS} racing threads passed; widths granted: {widths:?}");
+    println!("{runs} runs of {THREADS} racing threads passed; widths granted: {widths:?}");
     assert!(
         widths.len() >= 4,
         "the counts must vary for the test to mean anything: {widths:?}"
@@ -77,6 +87,31 @@ fn scipy_openblas64_200_runs() {
     );
 }
 
+/// The same race on OpenBLAS built on OpenMP (Debian's 0.3.21), with
+/// `OMP_WAIT_POLICY=passive`: when each thread's OpenMP count was its own width, 2 of 4
+/// children of 20 runs hung (the library keeps one global count that every call
+/// re-syncs to the caller's `omp_get_max_threads()`; a call split its work for more
+/// threads than its team had). Each call's OpenMP count must stay within its width. A
+/// watchdog fails the child instead of hanging the suite.
+#[test]
+fn debian_openblas_openmp_30_runs() {
+    in_child_env(
+        "debian_openblas_openmp_30_runs",
+        &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
+        &[("OMP_WAIT_POLICY", "passive")],
+        |l| {
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                eprintln!("watchdog: 30 runs of 16 racing OpenMP OpenBLAS calls hung for 60 s");
+                std::process::exit(1);
+            });
+            let gomp = Lib::load("BUDGET_NATIVE_GOMP");
+            let omp_count = || Some(gomp.get_int("omp_get_max_threads") as usize);
+            race_runs(Dgemm::of(&l[0], false, "cblas_dgemm"), 30, &omp_count)
+        },
+    );
+}
+
 /// The control experiment, not part of the suite: the same pattern calling
 /// `openblas_set_num_threads` directly, without budget. Run it by hand with
 /// `cargo test -p budget-native --test race -- --ignored --nocapture`; it reports how many
@@ -85,7 +120,7 @@ fn scipy_openblas64_200_runs() {
 #[ignore = "a by-hand control experiment: it crashes OpenBLAS on purpose"]
 fn control_without_budget_crashes() {
     if std::env::var("BUDGET_NATIVE_CONTROL_CHILD").is_ok() {
-        let lib = common::Loaded::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
+        let lib = Lib::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
         let dgemm = Dgemm::of(&lib, false, "cblas_dgemm");
         // SAFETY: `void openblas_set_num_threads(int)`.
         let set = unsafe { lib.func::<unsafe extern "C" fn(i32)>("openblas_set_num_threads") };

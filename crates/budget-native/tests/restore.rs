@@ -2,29 +2,53 @@
 //! OpenMP runtimes and MKL, and `s.native` inside regions: each in a child process
 //! that loads the library by path.
 
-mod common;
-
 use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Barrier;
 
 use budget_native::{limit, NativeExt};
-use common::{in_child, Loaded};
+use budget_testkit::blas::Dgemm;
+use budget_testkit::{in_child, in_child_env, Lib};
+
+/// How a library's count behaves under nested guards.
+#[derive(Clone, Copy, PartialEq)]
+enum Rule {
+    /// The newest guard's count.
+    PerThread,
+    /// The smallest width in flight.
+    ProcessWide,
+    /// OpenBLAS on OpenMP: with a multi-threaded call in flight at `outer`, a nested
+    /// call runs at `outer` if it may, else at 1 (the global never changes).
+    OpenBlasOpenMp,
+}
+
+impl Rule {
+    /// The count inside `limit(inner)` nested in `limit(outer)`.
+    fn nested(self, outer: usize, inner: usize) -> usize {
+        match self {
+            Rule::PerThread => inner,
+            Rule::ProcessWide => outer.min(inner),
+            // limit(1) leaves no multi-threaded call in flight.
+            Rule::OpenBlasOpenMp if outer == 1 => inner,
+            Rule::OpenBlasOpenMp if inner >= outer => outer,
+            Rule::OpenBlasOpenMp => 1,
+        }
+    }
+}
 
 /// `limit(n)` sets `read()` to `n` for its duration and puts back exactly what was
-/// there, on a normal drop and on unwinding. A nested guard sets its own count on a
-/// per-thread library; a process-wide count only goes down while a call is in flight.
-fn set_and_restore(read: &dyn Fn() -> c_int, process_wide: bool) {
+/// there, on a normal drop and on unwinding; nested guards follow `rule`.
+fn set_and_restore(read: &dyn Fn() -> c_int, rule: Rule) {
     let before = read();
     for n in [1, 3, 7] {
         {
             let g = limit(n);
             assert!(g.changed() >= 1 || before == n as c_int);
             assert_eq!(read(), n as c_int);
-            {
-                let _inner = limit(2); // nested guards restore in stack order
-                let want = if process_wide { n.min(2) } else { 2 };
-                assert_eq!(read(), want as c_int);
+            for inner in [2, 9] {
+                let _inner = limit(inner); // nested guards restore in stack order
+                let want = rule.nested(n, inner);
+                assert_eq!(read(), want as c_int, "limit({inner}) inside limit({n})");
             }
             assert_eq!(read(), n as c_int);
         }
@@ -37,9 +61,16 @@ fn set_and_restore(read: &dyn Fn() -> c_int, process_wide: bool) {
     }));
     assert!(r.is_err());
     assert_eq!(read(), before, "restored after a panic");
-    // Inside a region: the width of the region.
+    // Inside a region: the width of the region (a process-wide pool may add the
+    // tokens of its spin lease, up to the region's request).
     budget_core::scope_with(4, |s| {
-        s.native(|| assert_eq!(read(), s.width() as c_int));
+        s.native(|| {
+            let (n, w) = (read() as usize, s.width());
+            assert!(
+                n == w || (rule == Rule::ProcessWide && n > w && n <= s.requested()),
+                "{n} for {w}"
+            );
+        });
     });
     let r = catch_unwind(AssertUnwindSafe(|| {
         budget_core::scope(|s| s.native(|| panic!("in native")));
@@ -71,14 +102,31 @@ fn per_thread_isolation(read: &(dyn Fn() -> c_int + Sync)) {
     assert_eq!(read(), before, "the main thread was never touched");
 }
 
-fn omp(lib: &Loaded) -> impl Fn() -> c_int + Sync + '_ {
+/// Polls `cond` every millisecond for up to 400 ms (within the spin window these tests
+/// set with `OPENBLAS_THREAD_TIMEOUT=30`, ~0.5 s): the reaper acts every 2 ms, but a
+/// loaded machine may delay it.
+fn soon(cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(400);
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
+/// The spin window of the lease tests: 2^30 cycles, ~0.5 s.
+const LONG_WINDOW: &[(&str, &str)] = &[("OPENBLAS_THREAD_TIMEOUT", "30")];
+
+fn omp(lib: &Lib) -> impl Fn() -> c_int + Sync + '_ {
     move || lib.get_int("omp_get_max_threads")
 }
 
 #[test]
 fn libgomp() {
     in_child("libgomp", &["BUDGET_NATIVE_GOMP"], |l| {
-        set_and_restore(&omp(&l[0]), false);
+        set_and_restore(&omp(&l[0]), Rule::PerThread);
         per_thread_isolation(&omp(&l[0]));
     });
 }
@@ -86,7 +134,7 @@ fn libgomp() {
 #[test]
 fn llvm_libomp() {
     in_child("llvm_libomp", &["BUDGET_NATIVE_LLVM_OMP"], |l| {
-        set_and_restore(&omp(&l[0]), false);
+        set_and_restore(&omp(&l[0]), Rule::PerThread);
         per_thread_isolation(&omp(&l[0]));
         // Idle threads sleep at once instead of spinning 200 ms.
         assert_eq!(l[0].get_int("kmp_get_blocktime"), 0);
@@ -96,7 +144,7 @@ fn llvm_libomp() {
 #[test]
 fn intel_libiomp5() {
     in_child("intel_libiomp5", &["BUDGET_NATIVE_IOMP5"], |l| {
-        set_and_restore(&omp(&l[0]), false);
+        set_and_restore(&omp(&l[0]), Rule::PerThread);
         per_thread_isolation(&omp(&l[0]));
         assert_eq!(l[0].get_int("kmp_get_blocktime"), 0);
     });
@@ -109,7 +157,7 @@ fn mkl() {
         &["BUDGET_NATIVE_IOMP5", "BUDGET_NATIVE_MKL_RT"],
         |l| {
             let read = || l[1].get_int("MKL_Get_Max_Threads");
-            set_and_restore(&read, false);
+            set_and_restore(&read, Rule::PerThread);
             per_thread_isolation(&read);
         },
     );
@@ -121,10 +169,18 @@ fn openblas_openmp_follows_its_runtime() {
         "openblas_openmp_follows_its_runtime",
         &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
         |l| {
-            // The OpenMP OpenBLAS is sized by libgomp's per-thread count, which budget sets.
-            let gomp = Loaded::load("BUDGET_NATIVE_GOMP");
-            set_and_restore(&omp(&gomp), false);
-            let _ = &l[0];
+            // The OpenMP OpenBLAS is sized by libgomp's per-thread count, which budget
+            // sets; with a multi-threaded call in flight, a nested guard runs at that
+            // call's count if it may, else at 1 (never wider, the global never changes).
+            let gomp = Lib::load("BUDGET_NATIVE_GOMP");
+            set_and_restore(&omp(&gomp), Rule::OpenBlasOpenMp);
+            let _three = limit(3);
+            let _two = limit(2);
+            assert_eq!(
+                l[0].get_int("openblas_get_num_threads"),
+                3,
+                "the global is left alone"
+            );
         },
     );
 }
@@ -135,7 +191,10 @@ fn openblas_pthreads() {
         "openblas_pthreads",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         |l| {
-            set_and_restore(&|| l[0].get_int("openblas_get_num_threads"), true);
+            set_and_restore(
+                &|| l[0].get_int("openblas_get_num_threads"),
+                Rule::ProcessWide,
+            );
         },
     );
 }
@@ -146,7 +205,10 @@ fn scipy_openblas64() {
         "scipy_openblas64",
         &["BUDGET_NATIVE_SCIPY_OPENBLAS64"],
         |l| {
-            set_and_restore(&|| l[0].get_int("scipy_openblas_get_num_threads64_"), true);
+            set_and_restore(
+                &|| l[0].get_int("scipy_openblas_get_num_threads64_"),
+                Rule::ProcessWide,
+            );
         },
     );
 }
@@ -161,7 +223,7 @@ fn blis_pthreads() {
         // SAFETY: no preconditions.
         let read = || unsafe { get() } as c_int;
         let before = read();
-        set_and_restore(&read, true);
+        set_and_restore(&read, Rule::ProcessWide);
         assert_eq!(read(), before);
     });
 }
@@ -196,37 +258,49 @@ fn process_wide_count_is_the_smallest_in_flight() {
     );
 }
 
+/// Builds a budget of `total` and returns OpenBLAS's `cblas_dgemm` with 256² operands.
+fn openblas_on_budget(lib: &Lib, total: usize) -> (Dgemm, usize, Vec<f64>, Vec<f64>) {
+    budget_core::Builder::new()
+        .num_threads(total)
+        .build_global()
+        .unwrap();
+    let n = 256;
+    (
+        Dgemm::of(lib, false, "cblas_dgemm"),
+        n,
+        vec![1.0; n * n],
+        vec![0.0; n * n],
+    )
+}
+
 /// OpenBLAS's pthreads workers busy-wait after a wide call: the pool holds a lease on
 /// them for the spin window, so a region started right after sees them as busy cores,
 /// and the tokens come back when the window has passed.
 #[test]
 fn openblas_spinning_pool_is_leased_for_its_window() {
-    in_child(
+    in_child_env(
         "openblas_spinning_pool_is_leased_for_its_window",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        LONG_WINDOW,
         |l| {
-            budget_core::Builder::new()
-                .num_threads(4)
-                .build_global()
-                .unwrap();
-            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
-            let n = 256;
-            let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 4);
             assert_eq!(budget_native::spin_leased(), 0);
             budget_core::scope_with(4, |s| {
                 assert_eq!(s.width(), 4);
                 s.native(|| dgemm.run(n, &a, &a, &mut c));
             });
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            assert_eq!(
-                budget_native::spin_leased(),
-                3,
-                "the 3 pool threads are counted"
+            assert!(
+                soon(|| budget_native::spin_leased() == 3),
+                "the 3 pool threads are counted: {}",
+                budget_native::spin_leased()
             );
             assert_eq!(budget_core::stats().in_use, 3);
             budget_core::scope_with(4, |s| assert_eq!(s.width(), 1));
-            // The window: 2^28 cycles at 2 GHz, ~134 ms; wait well past it.
-            std::thread::sleep(std::time::Duration::from_millis(600));
+            // The window: 2^30 cycles at 2 GHz, ~0.5 s; then the tokens come back.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while budget_native::spin_leased() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             assert_eq!(budget_native::spin_leased(), 0, "returned after the window");
             assert_eq!(budget_core::stats().in_use, 0);
         },
@@ -243,7 +317,7 @@ fn openblas_openmp_call_uses_the_limit() {
         "openblas_openmp_call_uses_the_limit",
         &["BUDGET_NATIVE_OPENBLAS_OPENMP"],
         |l| {
-            let dgemm = common::Dgemm::of(&l[0], false, "cblas_dgemm");
+            let dgemm = Dgemm::of(&l[0], false, "cblas_dgemm");
             let n = 128;
             let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
             let mut seen = Vec::new();
@@ -254,6 +328,128 @@ fn openblas_openmp_call_uses_the_limit() {
             }
             println!("openblas_get_num_threads after calls under limit(1, 2, 1, 3, 2): {seen:?}");
             assert_eq!([seen[1], seen[3], seen[4]], [2, 3, 2], "{seen:?}");
+        },
+    );
+}
+
+/// Three guards dropped in each of the six orders: after every drop the count is that
+/// of the newest live guard (per-thread) or the smallest live width (process-wide),
+/// and the count found before the first guard once all are gone.
+fn any_drop_order(read: &dyn Fn() -> c_int, rule: Rule) {
+    let before = read();
+    let widths = [3usize, 1, 2];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let mut guards: Vec<Option<budget_native::Limit>> =
+            widths.iter().map(|&w| Some(limit(w))).collect();
+        for (step, &i) in order.iter().enumerate() {
+            drop(guards[i].take());
+            let live: Vec<usize> = (0..3).filter(|&j| guards[j].is_some()).collect();
+            let want = match live.last() {
+                None => before,
+                Some(_) if rule == Rule::ProcessWide => {
+                    live.iter().map(|&j| widths[j]).min().unwrap() as c_int
+                }
+                Some(&newest) => widths[newest] as c_int,
+            };
+            assert_eq!(
+                read(),
+                want,
+                "drop order {order:?}, after step {step} (live guards {live:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn libgomp_guards_dropped_in_any_order() {
+    in_child(
+        "libgomp_guards_dropped_in_any_order",
+        &["BUDGET_NATIVE_GOMP"],
+        |l| any_drop_order(&omp(&l[0]), Rule::PerThread),
+    );
+}
+
+#[test]
+fn openblas_pthreads_guards_dropped_in_any_order() {
+    in_child(
+        "openblas_pthreads_guards_dropped_in_any_order",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| {
+            any_drop_order(
+                &|| l[0].get_int("openblas_get_num_threads"),
+                Rule::ProcessWide,
+            )
+        },
+    );
+}
+
+/// OpenBLAS's spinning workers are counted once. While the region that made the wide
+/// call is open, its own tokens cover them: another thread's region gets what is free.
+/// After it closes, the pool's lease holds them (regions elsewhere see them busy).
+#[test]
+fn openblas_spin_covered_by_the_open_region() {
+    in_child_env(
+        "openblas_spin_covered_by_the_open_region",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        LONG_WINDOW,
+        |l| {
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 4);
+            budget_core::scope_with(2, |s| {
+                assert_eq!(s.width(), 2);
+                s.native(|| dgemm.run(n, &a, &a, &mut c));
+                // Give the reaper time to act (it tops leases up every 2 ms).
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                assert_eq!(budget_core::stats().in_use, 2, "the region's 2 tokens only");
+                let other = std::thread::spawn(|| budget_core::scope(|o| o.width()))
+                    .join()
+                    .unwrap();
+                assert_eq!(other, 2, "another thread's region gets the 2 free tokens");
+            });
+            assert!(
+                soon(|| budget_native::spin_leased() == 1),
+                "after the region the spinning thread is leased: {}",
+                budget_native::spin_leased()
+            );
+            assert_eq!(budget_core::stats().in_use, 1);
+        },
+    );
+}
+
+/// Back-to-back width-2 regions on an idle budget of 2, each making one BLAS call:
+/// the previous call's spinning worker is the very thread the next call runs on, so
+/// the next call is not narrowed by it (it takes over the lease's token).
+#[test]
+fn openblas_back_to_back_calls_keep_their_width() {
+    in_child_env(
+        "openblas_back_to_back_calls_keep_their_width",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        &[],
+        |l| {
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 2);
+            let widths: Vec<c_int> = (0..40)
+                .map(|_| {
+                    let w = budget_core::scope_with(2, |s| {
+                        s.native(|| {
+                            dgemm.run(n, &a, &a, &mut c);
+                            l[0].get_int("openblas_get_num_threads")
+                        })
+                    });
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    w
+                })
+                .collect();
+            let wide = widths.iter().filter(|&&w| w == 2).count();
+            println!("call widths: {widths:?}");
+            assert!(wide >= 36, "{wide} of 40 calls at width 2: {widths:?}");
+            assert!(widths.iter().all(|&w| w <= 2));
         },
     );
 }

@@ -1,0 +1,106 @@
+//! A test body in a child process of its own: the test binary again, with only that
+//! test selected, after the child loaded the libraries it needs. Libraries of
+//! different families never meet, and a hang is killed by the parent's watchdog.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::libs::{require_path, Lib};
+
+/// The variable that marks a child process, holding the test's name.
+const CHILD: &str = "BUDGET_TESTKIT_CHILD";
+
+/// How long the parent waits for a child before killing it and failing: generous,
+/// for a loaded 2-core machine (the longest child, 400 racing BLAS runs, takes
+/// about 3 minutes there).
+pub const CHILD_TIMEOUT: Duration = Duration::from_secs(480);
+
+/// Runs `body` in a child process after the child loaded the libraries named by
+/// `keys` (in order; see [`require_path`]). The parent fails if the child fails,
+/// hangs past [`CHILD_TIMEOUT`], or did not run exactly that one test. `test` is the
+/// test function's name.
+///
+/// # Examples
+///
+/// ```no_run
+/// #[test]
+/// fn libgomp_is_there() {
+///     budget_testkit::in_child("libgomp_is_there", &["BUDGET_NATIVE_GOMP"], |libs| {
+///         assert!(libs[0].get_int("omp_get_max_threads") >= 1);
+///     });
+/// }
+/// ```
+pub fn in_child(test: &str, keys: &[&str], body: impl FnOnce(&[Lib])) {
+    in_child_env(test, keys, &[], body)
+}
+
+/// [`in_child`] with extra environment variables for the child.
+///
+/// # Examples
+///
+/// ```no_run
+/// budget_testkit::in_child_env("passive", &[], &[("OMP_WAIT_POLICY", "passive")], |_| {
+///     assert_eq!(std::env::var("OMP_WAIT_POLICY").unwrap(), "passive");
+/// });
+/// ```
+pub fn in_child_env(test: &str, keys: &[&str], env: &[(&str, &str)], body: impl FnOnce(&[Lib])) {
+    if std::env::var(CHILD).as_deref() == Ok(test) {
+        let loaded: Vec<Lib> = keys.iter().map(|k| Lib::load(k)).collect();
+        body(&loaded);
+        return;
+    }
+    for k in keys {
+        require_path(k); // a clear message in the parent if a library is missing
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, test)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("cannot start the child test process");
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().expect("piped")));
+    let err = read(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    let Some(status) = status else {
+        panic!(
+            "child for {test} hung for {CHILD_TIMEOUT:?} and was killed:\n--- stdout\n{stdout}\n\
+             --- stderr\n{stderr}"
+        );
+    };
+    assert!(
+        status.success(),
+        "child for {test} failed ({status}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "child for {test} did not run the test:\n{stdout}\n{stderr}"
+    );
+    print!("{stdout}");
+}

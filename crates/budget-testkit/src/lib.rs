@@ -1,0 +1,25 @@
+//! Test support for the `budget` workspace (`publish = false`), shared by the tests,
+//! the benchmarks and the demo instead of `#[path]` includes:
+//!
+//! - [`libs`]: where `scripts/setup-native.sh` put the real OpenBLAS / BLIS / MKL /
+//!   OpenMP libraries, and a `dlopen` handle to load one by path ([`Lib`]);
+//! - [`blas`]: the BLAS/LAPACK prototypes and calls the tests, benches and demo use;
+//! - [`child`]: running a test body in a child process of its own (the test binary
+//!   again), with a watchdog, so that libraries of different families never meet;
+//! - [`budget`]: an exact-size budget shared by the tests of one binary, polling with
+//!   a deadline, and a watchdog for code that could deadlock.
+//!
+//! # Examples
+//!
+//! ```
+//! let env = budget_testkit::libs::libs_env();
+//! assert!(env.ends_with(".cache/native/libs.env"));
+//! ```
+
+pub mod blas;
+pub mod budget;
+pub mod child;
+pub mod libs;
+
+pub use child::{in_child, in_child_env};
+pub use libs::Lib;
