@@ -14,8 +14,9 @@
 //! - the cgroup parser (to say *that* a quota set the total and what it is), tested
 //!   on made-up cgroup files.
 //!
-//! It also reports, without acting on them, the thread-count variables a scheduler
-//! or a user may have set (`OMP_NUM_THREADS` and its kin): see `docs/clusters.md`.
+//! It also reports the thread-count variables a scheduler or a user may have set
+//! (`OMP_NUM_THREADS` and its kin). They do not change the total; budget-native reads
+//! them as caps for the libraries they name (see `docs/clusters.md`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -158,8 +159,9 @@ pub struct Detected {
     pub budget_num_threads: Option<String>,
     /// Thread-count variables of other runtimes that are set, by name, in this
     /// order: `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`,
-    /// `BLIS_NUM_THREADS`, `GOTO_NUM_THREADS`, `RAYON_NUM_THREADS`. Reported only:
-    /// they do not change the total.
+    /// `BLIS_NUM_THREADS`, `GOTO_NUM_THREADS`, `RAYON_NUM_THREADS`. They do not
+    /// change the total; the BLAS/OpenMP ones cap `s.native` for the libraries they
+    /// name (budget-native).
     pub thread_variables: Vec<(&'static str, String)>,
 }
 
@@ -241,11 +243,12 @@ impl fmt::Display for Detected {
         };
         write!(f, "BUDGET_NUM_THREADS:     {own}")?;
         for (name, value) in &self.thread_variables {
-            write!(
-                f,
-                "\n{:<23} {value:?} (not read by budget)",
-                format!("{name}:")
-            )?;
+            let role = if *name == "RAYON_NUM_THREADS" {
+                "rayon's global pool; budget's pools ignore it"
+            } else {
+                "caps s.native for its libraries"
+            };
+            write!(f, "\n{:<23} {value:?} ({role})", format!("{name}:"))?;
         }
         Ok(())
     }

@@ -41,6 +41,11 @@ enum Undo {
 ///   of their widths. See the crate's README for the protocol.
 /// - OpenBLAS built on OpenMP follows its OpenMP runtime's per-thread count.
 ///
+/// No library is set above the count its own environment variables asked for at
+/// start (`OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, ... as Ray,
+/// Spark and Dask's nanny set them per worker): each gets `min(n, cap)`.
+/// `BUDGET_NATIVE_ENV_CAP=off` lifts the caps. See `docs/clusters.md`.
+///
 /// With no such library loaded, this is a cheap no-op (a loader-generation check).
 /// Libraries loaded after the guard was made are not affected by it.
 ///
@@ -63,8 +68,10 @@ pub fn limit(n: usize) -> Limit {
     let width = n.max(1);
     let entries = scan::entries();
     let mut undo = Vec::new();
-    let n = c_int::try_from(width).unwrap_or(c_int::MAX);
     for entry in entries.iter() {
+        // Never wider than the environment asked of this library (see `envcap`).
+        let width = crate::envcap::capped(entry.family, width);
+        let n = c_int::try_from(width).unwrap_or(c_int::MAX);
         match entry.control {
             Control::OpenMp {
                 get,
