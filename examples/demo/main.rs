@@ -1,8 +1,8 @@
 //! The main demo of `budget`: one parallelism budget for the whole process.
 //!
-//! Run: `cargo run --release --example demo` (about two minutes on 2 cores;
-//! `BUDGET_NUM_THREADS=N` changes the budget). Options: `--quick` (a reduced run, about
-//! 30 s), `--json PATH` (the results, schema `budget-demo/2`), `--svg PATH` (a bar
+//! Run: `cargo run --release --example demo` (about a minute on 2 idle cores: each
+//! strategy runs 10 times; `BUDGET_NUM_THREADS=N` changes the budget). Options:
+//! `--quick` (a reduced run, about 20 s), `--json PATH` (the results, schema `budget-demo/2`), `--svg PATH` (a bar
 //! chart; docs/demo.svg is one), `--scale X` (work scale, 1 = full), `--reps N` (timed
 //! rounds, 9 by default, 5 with `--quick`).
 //!
