@@ -6,8 +6,8 @@
 //! chart; docs/demo.svg is one), `--scale X` (work scale, 1 = full), `--reps N` (timed
 //! rounds, 9 by default, 5 with `--quick`).
 //!
-//! Every strategy of a scenario runs once per round, interleaved (A B C, B C A, …),
-//! after one untimed warm-up round; the tables give the median, the spread (fastest
+//! Every strategy of a scenario runs once per round, interleaved (in a Williams order:
+//! each follows each other one equally often), after one untimed warm-up round; the tables give the median, the spread (fastest
 //! and slowest round) and, for budget against the best static setting, the range of
 //! the per-round ratios and a call: a winner only when every round agrees (at least
 //! 5 rounds), "too close to call" otherwise.

@@ -1,11 +1,15 @@
-//! Timing: strategies interleaved round by round (A B C, B C A, C A B, …), every
-//! sample kept; and the peak number of busy threads, sampled from
-//! `/proc/self/task/*/stat` every ~1 ms by a sampler thread (Linux) during an untimed
-//! warm-up round.
+//! Timing: strategies interleaved round by round, every sample kept; and the peak
+//! number of busy threads, sampled from `/proc/self/task/*/stat` every ~1 ms by a
+//! sampler thread (Linux) during an untimed warm-up round.
 //!
 //! Interleaving puts every strategy under the same drift (another process starting,
-//! a frequency change, OpenBLAS threads still spinning from the call before), so
-//! the medians compare like with like and the per-round ratios cancel slow drift.
+//! a frequency change), so the medians compare like with like and the per-round
+//! ratios cancel slow drift. The order within a round follows a Williams design, so
+//! that what a strategy leaves behind (OpenBLAS threads still spinning from a wide
+//! call, a warm cache) falls on every other strategy alike: over a full cycle of
+//! rounds (`n` rounds for an even number `n` of strategies, `2n` for an odd one) each
+//! strategy runs right after each other one equally often. A plain rotation
+//! (A B C, B C A, …) would not: B would always follow A.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -73,11 +77,35 @@ impl<'a> Strategy<'a> {
     }
 }
 
+/// The order of the `n` strategies in round `round`: row `round` of a Williams
+/// design. The first row is `0, 1, n-1, 2, n-2, …`; row `k` adds `k` to each entry
+/// (mod `n`); for odd `n`, rows `n..2n` are the first `n` reversed.
+pub(crate) fn order(round: usize, n: usize) -> Vec<usize> {
+    let mut base = Vec::with_capacity(n);
+    let (mut low, mut high) = (1, n);
+    for j in 0..n {
+        if j == 0 {
+            base.push(0);
+        } else if j % 2 == 1 {
+            base.push(low);
+            low += 1;
+        } else {
+            high -= 1;
+            base.push(high);
+        }
+    }
+    let cycle = if n % 2 == 0 { n } else { 2 * n };
+    let k = round % cycle.max(1);
+    if k >= n {
+        base.reverse();
+    }
+    base.into_iter().map(|x| (x + k) % n).collect()
+}
+
 /// Runs every strategy once untimed (the warm-up, sampling busy threads), then
-/// `rounds` timed rounds; round `r` starts at strategy `r mod n` and goes round the
-/// list, so each strategy runs after each other one equally often. `progress` gets
-/// the round (0 = warm-up) and the strategy's label. Returns one [`Measured`] per
-/// strategy, in the order given.
+/// `rounds` timed rounds, each in the order [`order`] gives. `progress` gets the round
+/// (0 = warm-up) and the strategy's label. Returns one [`Measured`] per strategy, in
+/// the order given.
 pub(crate) fn interleave(
     rounds: usize,
     strategies: &mut [Strategy<'_>],
@@ -97,8 +125,7 @@ pub(crate) fn interleave(
         m.peak_busy = sampler.stop();
     }
     for round in 0..rounds.max(1) {
-        for k in 0..n {
-            let i = (round + k) % n;
+        for i in order(round, n) {
             progress(round + 1, &strategies[i].label);
             let start = Instant::now();
             (strategies[i].run)();
@@ -171,7 +198,7 @@ mod tests {
     use std::cell::RefCell;
 
     #[test]
-    fn rounds_interleave_and_rotate_after_a_warm_up() {
+    fn rounds_interleave_after_a_warm_up() {
         let log = RefCell::new(String::new());
         let mut strategies: Vec<Strategy<'_>> = ["A", "B", "C"]
             .into_iter()
@@ -182,13 +209,40 @@ mod tests {
             seen.borrow_mut().push((round, label.to_owned()))
         });
         drop(strategies);
-        // Warm-up in order, then each round starts one further along.
+        // Warm-up in order, then each round in the design's order.
         assert_eq!(log.into_inner(), "ABC".to_owned() + "ABC" + "BCA" + "CAB");
         assert_eq!(seen.borrow()[0], (0, "A".to_owned()));
         assert_eq!(seen.borrow()[3], (1, "A".to_owned()));
         assert_eq!(seen.borrow()[6], (2, "B".to_owned()));
         assert_eq!(measured.len(), 3);
         assert!(measured.iter().all(|m| m.samples.len() == 3));
+    }
+
+    #[test]
+    fn each_strategy_follows_each_other_equally_often() {
+        for n in 2..=7 {
+            let cycle = if n % 2 == 0 { n } else { 2 * n };
+            let mut follows = vec![vec![0; n]; n];
+            for round in 0..cycle {
+                let row = order(round, n);
+                let mut sorted = row.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
+                for pair in row.windows(2) {
+                    follows[pair[0]][pair[1]] += 1;
+                }
+            }
+            let want = cycle * (n - 1) / (n * (n - 1));
+            for (a, row) in follows.iter().enumerate() {
+                for (b, &count) in row.iter().enumerate() {
+                    if a != b {
+                        assert_eq!(count, want, "n = {n}: {b} after {a}");
+                    }
+                }
+            }
+        }
+        // Every round of the five-strategy scenarios is a permutation, also past a cycle.
+        assert_eq!(order(10, 5), order(0, 5));
     }
 
     #[test]
