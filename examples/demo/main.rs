@@ -207,7 +207,8 @@ fn main() {
     let started = Instant::now();
     let cores = budget::stats().total;
     println!(
-        "budget demo: {cores} cores in the budget (machine: {} available{})\n",
+        "budget demo: {cores} cores in the budget, from {} (machine: {} available{})\n",
+        budget::detect().source,
         thread::available_parallelism().map_or(1, |n| n.get()),
         load_average().map_or(String::new(), |load| format!(
             ", load average {load}: the timings assume an otherwise idle machine"
