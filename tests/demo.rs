@@ -1,5 +1,6 @@
 //! The main demo in quick mode, at a tiny scale: every scenario produces a row per
-//! strategy (or says why it was skipped), and `--json` writes the stable schema.
+//! strategy (or says why it was skipped), every strategy ran once per round (the
+//! rounds interleaved), and `--json` writes the stable schema.
 #![cfg(all(feature = "rayon", feature = "native"))]
 
 #[allow(dead_code)]
@@ -17,7 +18,7 @@ fn quick_json_has_every_scenario_and_strategy() {
             "--scale",
             "0.01",
             "--reps",
-            "1",
+            "2",
             "--no-progress",
             "--json",
             json.to_str().unwrap(),
@@ -32,9 +33,11 @@ fn quick_json_has_every_scenario_and_strategy() {
 
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
-    assert_eq!(doc["schema"], "budget-demo/1");
+    assert_eq!(doc["schema"], "budget-demo/2");
     assert_eq!(doc["cores"], cores);
     assert_eq!(doc["quick"], true);
+    assert_eq!(doc["reps"], 2);
+    assert_eq!(doc["interleaved"], true);
     let json_rows = doc["rows"].as_array().expect("rows");
     assert_eq!(json_rows.len(), rows.len());
 
@@ -59,8 +62,14 @@ fn quick_json_has_every_scenario_and_strategy() {
                 "strategy",
                 "setting",
                 "seconds",
+                "seconds_min",
+                "seconds_max",
+                "samples",
                 "ratio_to_ideal",
                 "ratio_to_best_static",
+                "round_ratio_min",
+                "round_ratio_max",
+                "call",
                 "cores",
                 "peak_busy_threads",
                 "skipped",
@@ -74,6 +83,27 @@ fn quick_json_has_every_scenario_and_strategy() {
             } else {
                 let seconds = row["seconds"].as_f64().expect("seconds");
                 assert!(seconds > 0.0, "{scenario} / {strategy}: {seconds}");
+                // One sample per round; the median lies within the spread.
+                let samples: Vec<f64> = row["samples"]
+                    .as_array()
+                    .expect("samples")
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                assert_eq!(samples.len(), 2, "{scenario} / {strategy}: {samples:?}");
+                let (lo, hi) = (
+                    row["seconds_min"].as_f64().unwrap(),
+                    row["seconds_max"].as_f64().unwrap(),
+                );
+                assert!(lo <= seconds && seconds <= hi, "{lo} {seconds} {hi}");
+                assert_eq!(lo, samples.iter().copied().fold(f64::INFINITY, f64::min));
+                assert!(row["round_ratio_min"].as_f64().unwrap() > 0.0);
+                // Two rounds are too few to call a winner.
+                if strategy == "budget" {
+                    assert_eq!(row["call"], "too_few_rounds", "{scenario}");
+                } else {
+                    assert!(row["call"].is_null());
+                }
                 assert!(row["ratio_to_ideal"].as_f64().unwrap() > 0.0);
                 assert!(row["ratio_to_best_static"].as_f64().unwrap() > 0.0);
             }

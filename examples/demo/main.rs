@@ -1,10 +1,16 @@
 //! The main demo of `budget`: one parallelism budget for the whole process.
 //!
-//! Run: `cargo run --release --example demo` (under a minute on 2 cores;
-//! `BUDGET_NUM_THREADS=N` changes the budget). Options: `--quick` (a reduced run, under
-//! 15 s), `--json PATH` (the results, schema `budget-demo/1`), `--svg PATH` (a bar
-//! chart; docs/demo.svg is one), `--scale X` (work scale, 1 = full), `--reps N` (best
-//! of N).
+//! Run: `cargo run --release --example demo` (about a minute on 2 idle cores: each
+//! strategy runs 10 times; `BUDGET_NUM_THREADS=N` changes the budget). Options:
+//! `--quick` (a reduced run, about 20 s), `--json PATH` (the results, schema `budget-demo/2`), `--svg PATH` (a bar
+//! chart; docs/demo.svg is one), `--scale X` (work scale, 1 = full), `--reps N` (timed
+//! rounds, 9 by default, 5 with `--quick`).
+//!
+//! Every strategy of a scenario runs once per round, interleaved (in a Williams order:
+//! each follows each other one equally often), after one untimed warm-up round; the tables give the median, the spread (fastest
+//! and slowest round) and, for budget against the best static setting, the range of
+//! the per-round ratios and a call: a winner only when every round agrees (at least
+//! 5 rounds), "too close to call" otherwise.
 //!
 //! It shows, on whatever machine it runs:
 //!
@@ -20,7 +26,7 @@
 //!    many small ones), each run with every layer at all cores, the best static
 //!    setting (several measured, the fastest kept) and budget, against the ideal
 //!    `serial / cores`, with the peak number of busy threads seen (sampled from
-//!    /proc). Rows that need OpenBLAS or OpenMP say what to install where they are
+//!    /proc during the warm-up round). Rows that need OpenBLAS or OpenMP say what to install where they are
 //!    missing.
 //!
 //! It ends with `budget::stats()`.
@@ -46,11 +52,12 @@ use workloads::spin;
 /// What to run and where to write the results.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Options {
-    /// A reduced run (scale 0.5, best of 3).
+    /// A reduced run (scale 0.5, 5 rounds).
     pub(crate) quick: bool,
     /// Work scale (1 = full); overrides the one `quick` implies.
     pub(crate) scale: Option<f64>,
-    /// Runs per strategy (best of); overrides the default (5, or 3 with `quick`).
+    /// Timed rounds (each runs every strategy once); overrides the default (9, or 5
+    /// with `quick`).
     pub(crate) reps: Option<usize>,
     /// Where to write the JSON results.
     pub(crate) json: Option<PathBuf>,
@@ -114,40 +121,72 @@ pub(crate) fn run(opts: &Options) -> std::io::Result<Vec<Row>> {
     let plan = scenarios::Plan {
         cores,
         scale: opts.scale.unwrap_or(if opts.quick { 0.5 } else { 1.0 }),
-        reps: opts.reps.unwrap_or(if opts.quick { 3 } else { 5 }),
+        reps: opts.reps.unwrap_or(if opts.quick { 5 } else { 9 }),
     };
     let names = scenarios::NAMES;
     let mut rows = Vec::new();
     let tty = std::io::stderr().is_terminal();
+    if opts.progress {
+        eprintln!(
+            "3. timing {} scenarios: a warm-up round, then {} rounds of every strategy, \
+             interleaved{}",
+            names.len(),
+            plan.reps,
+            if tty { "" } else { " (one line per scenario)" }
+        );
+    }
     for (i, name) in names.iter().enumerate() {
-        let progress = |what: &str| {
+        let started = Instant::now();
+        let progress = |round: usize, what: &str| {
             if !opts.progress {
                 return;
             }
             let mut err = std::io::stderr().lock();
             if tty {
-                let _ = write!(err, "\r\x1b[2K[{}/{}] {name}: {what} …", i + 1, names.len());
+                let round = match round {
+                    0 => "warm-up".to_owned(),
+                    r => format!("round {r}/{}", plan.reps),
+                };
+                let _ = write!(
+                    err,
+                    "\r\x1b[2K[{}/{}] {name}: {round}: {what} …",
+                    i + 1,
+                    names.len()
+                );
                 let _ = err.flush();
-            } else if what == "serial" {
-                let _ = writeln!(err, "[{}/{}] {name} …", i + 1, names.len());
             }
         };
         let outcome = scenarios::run(i, &plan, &progress);
+        if opts.progress && !tty {
+            let status = match &outcome {
+                Ok(_) => format!("{:.1} s", started.elapsed().as_secs_f64()),
+                Err(_) => "skipped".to_owned(),
+            };
+            eprintln!("[{}/{}] {name}: {status}", i + 1, names.len());
+        }
         rows.extend(report::rows(name, &outcome, cores));
     }
     if opts.progress && tty {
         eprint!("\r\x1b[2K");
     }
     println!(
-        "3. The problem and the fix: time of each strategy (best of {}, scale {}), ratio to \
-         the ideal serial / {cores},\n   and the peak busy threads seen (all cores / best \
-         static / budget)\n",
+        "3. The problem and the fix: median time of each strategy over {} interleaved rounds \
+         (scale {}), ratio to\n   the ideal serial / {cores}, and the peak busy threads seen \
+         (all cores / best static / budget)\n",
         plan.reps, plan.scale
     );
     println!("{}", report::table(&names, &rows, cores));
+    println!(
+        "   Spread over the rounds, and budget against the best static setting round by \
+         round\n   (a call needs every round to agree; ranges that straddle 1 are noise):\n"
+    );
+    println!("{}", report::spread(&names, &rows, plan.reps));
     println!("{}", report::verdict(&names, &rows));
     if let Some(path) = &opts.json {
-        std::fs::write(path, report::json(&rows, cores, opts.quick, plan.scale))?;
+        std::fs::write(
+            path,
+            report::json(&rows, cores, opts.quick, plan.scale, plan.reps),
+        )?;
         println!("results written to {}", path.display());
     }
     if let Some(path) = &opts.svg {
@@ -168,7 +207,8 @@ fn main() {
     let started = Instant::now();
     let cores = budget::stats().total;
     println!(
-        "budget demo: {cores} cores in the budget (machine: {} available{})\n",
+        "budget demo: {cores} cores in the budget, from {} (machine: {} available{})\n",
+        budget::detect().source,
         thread::available_parallelism().map_or(1, |n| n.get()),
         load_average().map_or(String::new(), |load| format!(
             ", load average {load}: the timings assume an otherwise idle machine"

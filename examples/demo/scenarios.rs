@@ -1,6 +1,7 @@
 //! The five scenarios, each run four ways: serially (for the ideal, serial / cores),
 //! every layer at all cores, the best static setting (several candidates measured,
-//! the fastest kept), and budget.
+//! the one with the lowest median kept), and budget. Every strategy of a scenario,
+//! static candidates included, runs once per round, interleaved (see `probe`).
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use budget::prelude::*;
 use rayon::prelude::*;
 
 use super::native::{Blas, Omp};
-use super::probe::{measure, Measured};
+use super::probe::{interleave, Measured, Strategy};
 use super::workloads::*;
 
 /// The scenarios' names, in the order they run and print.
@@ -28,7 +29,7 @@ pub(crate) struct Plan {
     pub(crate) cores: usize,
     /// Work scale: 1 for the full demo.
     pub(crate) scale: f64,
-    /// Runs per strategy (best of).
+    /// Timed rounds; each runs every strategy once.
     pub(crate) reps: usize,
 }
 
@@ -45,14 +46,18 @@ pub(crate) struct Outcome {
     pub(crate) serial: Measured,
     /// Every layer at its default: all cores.
     pub(crate) all_cores: Measured,
-    /// The best fixed setting among the candidates, and its name.
+    /// The static setting with the lowest median among the candidates, and its name.
     pub(crate) best_static: (String, Measured),
     /// Every layer in a budget region.
     pub(crate) budget: Measured,
 }
 
+/// What a scenario's strategies report while they run: the round (0 = the warm-up)
+/// and the strategy's label.
+pub(crate) type Progress<'a> = &'a dyn Fn(usize, &str);
+
 /// Runs scenario `index` of [`NAMES`]; `Err` says why it was skipped (what to install).
-pub(crate) fn run(index: usize, plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
+pub(crate) fn run(index: usize, plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
     match index {
         0 => qr(plan, progress),
         1 => omp(plan, progress),
@@ -69,24 +74,39 @@ fn pool(threads: usize) -> rayon::ThreadPool {
         .expect("a rayon pool")
 }
 
-/// A static setting to try: its name and the run.
-type Candidate<'a> = (&'a str, Box<dyn FnMut() + 'a>);
-
-/// Measures each candidate and keeps the fastest.
-fn best_of(
+/// Times `serial`, `all_cores`, every static candidate and `budget`, interleaved
+/// round by round, and keeps the candidate with the lowest median as the best static
+/// setting.
+fn timed<'a>(
     plan: &Plan,
-    progress: &dyn Fn(&str),
-    candidates: Vec<Candidate<'_>>,
-) -> (String, Measured) {
+    progress: Progress<'_>,
+    serial: Strategy<'a>,
+    all_cores: Strategy<'a>,
+    statics: Vec<Strategy<'a>>,
+    budget: Strategy<'a>,
+) -> Outcome {
+    let candidates = statics.len();
+    assert!(candidates > 0, "at least one static candidate");
+    let mut all = vec![serial, all_cores];
+    all.extend(statics);
+    all.push(budget);
+    let labels: Vec<String> = all.iter().map(|s| s.label.clone()).collect();
+    let mut measured = interleave(plan.reps, &mut all, progress).into_iter();
+    let serial = measured.next().expect("serial");
+    let all_cores = measured.next().expect("all cores");
     let mut best: Option<(String, Measured)> = None;
-    for (name, mut f) in candidates {
-        progress(&format!("static: {name}"));
-        let m = measure(plan.reps, &mut *f);
-        if best.as_ref().map_or(true, |(_, b)| m.seconds < b.seconds) {
-            best = Some((name.to_string(), m));
+    for (label, m) in labels[2..2 + candidates].iter().zip(measured.by_ref()) {
+        if best.as_ref().map_or(true, |(_, b)| m.median() < b.median()) {
+            best = Some((label.clone(), m));
         }
     }
-    best.expect("at least one candidate")
+    let budget = measured.next().expect("budget");
+    Outcome {
+        serial,
+        all_cores,
+        best_static: best.expect("a candidate"),
+        budget,
+    }
 }
 
 fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
@@ -102,47 +122,34 @@ fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
 const QR_N: usize = 256;
 
 /// A rayon loop over 128 `dgeqrf` of 256×256.
-fn qr(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
+fn qr(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
     let blas = Blas::load()?;
     let mats = matrices(plan.count(128, 4), QR_N);
     let outer = pool(plan.cores);
     let default = blas.default_threads;
     let par = || outer.install(|| mats.par_iter().for_each(|m| blas.qr(m, QR_N)));
     let seq = || mats.iter().for_each(|m| blas.qr(m, QR_N));
-
-    progress("serial");
-    blas.set_threads(1);
-    let serial = measure(plan.reps, seq);
-    blas.set_threads(default);
-    progress("all cores");
-    let all_cores = measure(plan.reps, par);
-    let best_static = best_of(
+    let (blas, par, seq, mats) = (&blas, &par, &seq, &mats);
+    let at = move |threads: usize, f: &dyn Fn()| {
+        blas.set_threads(threads);
+        f();
+        blas.set_threads(default);
+    };
+    Ok(timed(
         plan,
         progress,
+        Strategy::new("serial", move || at(1, seq)),
+        Strategy::new("all cores", move || at(default, par)),
         vec![
-            (
-                "rayon loop, BLAS = 1",
-                Box::new(|| {
-                    blas.set_threads(1);
-                    par();
-                    blas.set_threads(default);
-                }),
-            ),
-            ("serial loop, BLAS = all", Box::new(seq)),
+            Strategy::new("rayon loop, BLAS = 1", move || at(1, par)),
+            Strategy::new("serial loop, BLAS = all", move || at(default, seq)),
         ],
-    );
-    progress("budget");
-    let budget = measure(plan.reps, || budget_qr_loop(&blas, &mats));
-    Ok(Outcome {
-        serial,
-        all_cores,
-        best_static,
-        budget,
-    })
+        Strategy::new("budget", move || budget_qr_loop(blas, mats)),
+    ))
 }
 
 /// A rayon loop over 2,000 calls of an OpenMP kernel of ~25 µs single-threaded.
-fn omp(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
+fn omp(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
     let omp = Omp::load()?;
     let len = 4096;
     let inputs: Vec<Mutex<Vec<f64>>> = (0..plan.count(2000, 20))
@@ -150,137 +157,110 @@ fn omp(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
         .collect();
     let call = |x: &Mutex<Vec<f64>>| omp.call(&mut x.lock().unwrap());
     let outer = pool(plan.cores);
+    let cores = plan.cores;
+    // OpenMP counts are per thread: the rayon workers' own, and this thread's.
     let outer_threads = |k: usize| outer.broadcast(|_| omp.set_threads(k));
     let par = || outer.install(|| inputs.par_iter().for_each(call));
     let seq = || inputs.iter().for_each(call);
-
-    progress("serial");
-    omp.set_threads(1);
-    let serial = measure(plan.reps, seq);
-    omp.set_threads(plan.cores);
-    progress("all cores");
-    outer_threads(plan.cores);
-    let all_cores = measure(plan.reps, par);
-    let best_static = best_of(
+    let (omp, par, seq, outer_threads, call, inputs) =
+        (&omp, &par, &seq, &outer_threads, &call, &inputs);
+    Ok(timed(
         plan,
         progress,
+        Strategy::new("serial", move || {
+            omp.set_threads(1);
+            seq();
+            omp.set_threads(cores);
+        }),
+        Strategy::new("all cores", move || {
+            outer_threads(cores);
+            par();
+        }),
         vec![
-            (
-                "rayon loop, OpenMP = 1",
-                Box::new(|| {
-                    outer_threads(1);
-                    par();
-                    outer_threads(plan.cores);
-                }),
-            ),
-            ("serial loop, OpenMP = all", Box::new(seq)),
+            Strategy::new("rayon loop, OpenMP = 1", move || {
+                outer_threads(1);
+                par();
+                outer_threads(cores);
+            }),
+            Strategy::new("serial loop, OpenMP = all", move || {
+                omp.set_threads(cores);
+                seq();
+            }),
         ],
-    );
-    progress("budget");
-    let budget = measure(plan.reps, || {
-        budget::scope(|s| {
-            s.install(|| {
-                inputs
-                    .par_iter()
-                    .for_each(|x| budget::scope(|i| i.native(|| call(x))))
+        Strategy::new("budget", move || {
+            budget::scope(|s| {
+                s.install(|| {
+                    inputs
+                        .par_iter()
+                        .for_each(|x| budget::scope(|i| i.native(|| call(x))))
+                })
             })
-        })
-    });
-    Ok(Outcome {
-        serial,
-        all_cores,
-        best_static,
-        budget,
-    })
+        }),
+    ))
 }
 
 /// 8 outer tasks × 20,000 inner parallel sums of 2,000 elements. The static settings
 /// are pool sizes (the knob a library with its own pool has): "inner = 1" runs each
 /// inner sum on a 1-thread pool of its outer task.
-fn nested(plan: &Plan, progress: &dyn Fn(&str)) -> Outcome {
+fn nested(plan: &Plan, progress: Progress<'_>) -> Outcome {
     let regions = plan.count(INNER_REGIONS, 10);
     let shared = pool(plan.cores);
     let own: Vec<rayon::ThreadPool> = (0..OUTER).map(|_| pool(plan.cores)).collect();
     let ones: Vec<rayon::ThreadPool> = (0..OUTER).map(|_| pool(1)).collect();
-
-    progress("serial");
-    let serial = measure(plan.reps, || {
-        for _ in 0..OUTER * regions {
-            black_box(inner_sum_seq(ELEMENTS));
-        }
-    });
-    progress("all cores");
-    let all_cores = measure(plan.reps, || {
+    let (shared, own, ones) = (&shared, &own, &ones);
+    let per_task_pools = move |pools: &[rayon::ThreadPool]| {
         shared.install(|| {
-            own.par_iter().for_each(|mine| {
+            pools.par_iter().for_each(|mine| {
                 for _ in 0..regions {
                     black_box(mine.install(|| inner_sum(ELEMENTS)));
                 }
             })
         })
-    });
-    let best_static = best_of(
+    };
+    timed(
         plan,
         progress,
+        Strategy::new("serial", move || {
+            for _ in 0..OUTER * regions {
+                black_box(inner_sum_seq(ELEMENTS));
+            }
+        }),
+        Strategy::new("all cores", move || per_task_pools(own)),
         vec![
-            (
-                "outer = all, inner = 1",
-                Box::new(|| {
-                    shared.install(|| {
-                        ones.par_iter().for_each(|mine| {
-                            for _ in 0..regions {
-                                black_box(mine.install(|| inner_sum(ELEMENTS)));
-                            }
-                        })
-                    })
-                }),
-            ),
-            (
-                "outer = 1, inner = all",
-                Box::new(|| {
-                    shared.install(|| {
-                        for _ in 0..OUTER * regions {
+            Strategy::new("outer = all, inner = 1", move || per_task_pools(ones)),
+            Strategy::new("outer = 1, inner = all", move || {
+                shared.install(|| {
+                    for _ in 0..OUTER * regions {
+                        black_box(inner_sum(ELEMENTS));
+                    }
+                })
+            }),
+            Strategy::new("one rayon pool, nested", move || {
+                shared.install(|| {
+                    (0..OUTER).into_par_iter().for_each(|_| {
+                        for _ in 0..regions {
                             black_box(inner_sum(ELEMENTS));
                         }
                     })
-                }),
-            ),
-            (
-                "one rayon pool, nested",
-                Box::new(|| {
-                    shared.install(|| {
-                        (0..OUTER).into_par_iter().for_each(|_| {
-                            for _ in 0..regions {
-                                black_box(inner_sum(ELEMENTS));
-                            }
-                        })
-                    })
-                }),
-            ),
+                })
+            }),
         ],
-    );
-    progress("budget");
-    let budget = measure(plan.reps, || {
-        budget::scope(|s| {
-            s.install(|| {
-                (0..OUTER).into_par_iter().for_each(|_| {
-                    for _ in 0..regions {
-                        black_box(budget::scope(|inner| inner.install(|| inner_sum(ELEMENTS))));
-                    }
+        Strategy::new("budget", move || {
+            budget::scope(|s| {
+                s.install(|| {
+                    (0..OUTER).into_par_iter().for_each(|_| {
+                        for _ in 0..regions {
+                            black_box(budget::scope(|inner| inner.install(|| inner_sum(ELEMENTS))));
+                        }
+                    })
                 })
             })
-        })
-    });
-    Outcome {
-        serial,
-        all_cores,
-        best_static,
-        budget,
-    }
+        }),
+    )
 }
 
 /// One task of weight 24 and eight of weight 1, each an inner parallel region.
-fn imbalanced(plan: &Plan, progress: &dyn Fn(&str)) -> Outcome {
+fn imbalanced(plan: &Plan, progress: Progress<'_>) -> Outcome {
     let per_unit = ((UNIT_ITERATIONS as f64 * plan.scale).round() as u64).max(10);
     let outer = pool(plan.cores);
     let inner_all: Vec<rayon::ThreadPool> = (0..WEIGHTS.len()).map(|_| pool(plan.cores)).collect();
@@ -288,7 +268,7 @@ fn imbalanced(plan: &Plan, progress: &dyn Fn(&str)) -> Outcome {
     let half = plan.cores.div_ceil(2);
     let outer_half = pool(half);
     let inner_half: Vec<rayon::ThreadPool> = (0..WEIGHTS.len()).map(|_| pool(half)).collect();
-    let nested_on = |outer: &rayon::ThreadPool, inner: &[rayon::ThreadPool]| {
+    let nested_on = move |outer: &rayon::ThreadPool, inner: &[rayon::ThreadPool]| {
         outer.install(|| {
             WEIGHTS
                 .par_iter()
@@ -297,72 +277,57 @@ fn imbalanced(plan: &Plan, progress: &dyn Fn(&str)) -> Outcome {
                 .reduce(|| 0, u64::wrapping_add)
         })
     };
-
-    progress("serial");
-    let serial = measure(plan.reps, || {
-        black_box(
-            WEIGHTS
-                .iter()
-                .map(|&w| weighted_serial(w, per_unit))
-                .fold(0, u64::wrapping_add),
-        );
-    });
-    progress("all cores");
-    let all_cores = measure(plan.reps, || {
-        black_box(nested_on(&outer, &inner_all));
-    });
-    let best_static = best_of(
+    let (outer, inner_all, inner_one, outer_half, inner_half) =
+        (&outer, &inner_all, &inner_one, &outer_half, &inner_half);
+    timed(
         plan,
         progress,
-        vec![
-            (
-                "outer = all, inner = 1",
-                Box::new(|| {
-                    black_box(nested_on(&outer, &inner_one));
-                }),
-            ),
-            (
-                "outer = 1, inner = all",
-                Box::new(|| {
-                    black_box(
-                        WEIGHTS
-                            .iter()
-                            .map(|&w| weighted_region(w, per_unit, |f| outer.install(f)))
-                            .fold(0, u64::wrapping_add),
-                    );
-                }),
-            ),
-            (
-                "outer = half, inner = half",
-                Box::new(|| {
-                    black_box(nested_on(&outer_half, &inner_half));
-                }),
-            ),
-        ],
-    );
-    progress("budget");
-    let budget = measure(plan.reps, || {
-        black_box(budget::scope(|s| {
-            s.install(|| {
+        Strategy::new("serial", move || {
+            black_box(
                 WEIGHTS
-                    .par_iter()
-                    .map(|&w| {
-                        weighted_region(w, per_unit, |f| budget::scope(|inner| inner.install(f)))
-                    })
-                    .reduce(|| 0, u64::wrapping_add)
-            })
-        }));
-    });
-    Outcome {
-        serial,
-        all_cores,
-        best_static,
-        budget,
-    }
+                    .iter()
+                    .map(|&w| weighted_serial(w, per_unit))
+                    .fold(0, u64::wrapping_add),
+            );
+        }),
+        Strategy::new("all cores", move || {
+            black_box(nested_on(outer, inner_all));
+        }),
+        vec![
+            Strategy::new("outer = all, inner = 1", move || {
+                black_box(nested_on(outer, inner_one));
+            }),
+            Strategy::new("outer = 1, inner = all", move || {
+                black_box(
+                    WEIGHTS
+                        .iter()
+                        .map(|&w| weighted_region(w, per_unit, |f| outer.install(f)))
+                        .fold(0, u64::wrapping_add),
+                );
+            }),
+            Strategy::new("outer = half, inner = half", move || {
+                black_box(nested_on(outer_half, inner_half));
+            }),
+        ],
+        Strategy::new("budget", move || {
+            black_box(budget::scope(|s| {
+                s.install(|| {
+                    WEIGHTS
+                        .par_iter()
+                        .map(|&w| {
+                            weighted_region(w, per_unit, |f| {
+                                budget::scope(|inner| inner.install(f))
+                            })
+                        })
+                        .reduce(|| 0, u64::wrapping_add)
+                })
+            }));
+        }),
+    )
 }
 
 /// One `dgemm` of 2048² followed by a rayon loop over 128 QR of 256².
-fn mixed(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
+fn mixed(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
     let blas = Blas::load()?;
     let default = blas.default_threads;
     let big = (((2048.0 * plan.scale.cbrt()) as usize / 64) * 64).max(128);
@@ -372,55 +337,34 @@ fn mixed(plan: &Plan, progress: &dyn Fn(&str)) -> Result<Outcome, String> {
     let mats = matrices(plan.count(128, 4), QR_N);
     let outer = pool(plan.cores);
     let small_par = || outer.install(|| mats.par_iter().for_each(|m| blas.qr(m, QR_N)));
-
-    progress("serial");
-    blas.set_threads(1);
-    let serial = measure(plan.reps, || {
+    let (blas, gemm, small_par, mats) = (&blas, &gemm, &small_par, &mats);
+    // Each strategy sets the counts it runs at and leaves OpenBLAS at its default.
+    let big_then_small = move |big_threads: usize, small_threads: usize| {
+        blas.set_threads(big_threads);
         gemm();
-        mats.iter().for_each(|m| blas.qr(m, QR_N));
-    });
-    blas.set_threads(default);
-    progress("all cores");
-    let all_cores = measure(plan.reps, || {
-        gemm();
+        blas.set_threads(small_threads);
         small_par();
-    });
-    let best_static = best_of(
+        blas.set_threads(default);
+    };
+    Ok(timed(
         plan,
         progress,
+        Strategy::new("serial", move || {
+            blas.set_threads(1);
+            gemm();
+            mats.iter().for_each(|m| blas.qr(m, QR_N));
+            blas.set_threads(default);
+        }),
+        Strategy::new("all cores", move || big_then_small(default, default)),
         vec![
-            (
-                "BLAS = 1 everywhere",
-                Box::new(|| {
-                    blas.set_threads(1);
-                    gemm();
-                    small_par();
-                    blas.set_threads(default);
-                }),
-            ),
-            (
-                "big at all, small at 1",
-                Box::new(|| {
-                    blas.set_threads(default);
-                    gemm();
-                    blas.set_threads(1);
-                    small_par();
-                    blas.set_threads(default);
-                }),
-            ),
+            Strategy::new("BLAS = 1 everywhere", move || big_then_small(1, 1)),
+            Strategy::new("big at all, small at 1", move || big_then_small(default, 1)),
         ],
-    );
-    progress("budget");
-    let budget = measure(plan.reps, || {
-        budget::scope(|s| s.native(gemm));
-        budget_qr_loop(&blas, &mats);
-    });
-    Ok(Outcome {
-        serial,
-        all_cores,
-        best_static,
-        budget,
-    })
+        Strategy::new("budget", move || {
+            budget::scope(|s| s.native(gemm));
+            budget_qr_loop(blas, mats);
+        }),
+    ))
 }
 
 /// The small-QR loop with a budget region at both levels: rayon outside, each QR in

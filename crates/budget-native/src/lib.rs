@@ -40,6 +40,7 @@
 
 mod control;
 mod dl;
+mod envcap;
 mod fork;
 mod library;
 mod limit;

@@ -38,6 +38,11 @@ struct ProcessWide {
 ///   OpenMP count is set to that call's count if `n` allows, else to 1; so OpenMP code
 ///   under the guard may run narrower than `n`, never wider.
 ///
+/// No library is set above the count its own environment variables asked for at
+/// start (`OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, ... as Ray,
+/// Spark and Dask's nanny set them per worker): each gets `min(n, cap)`.
+/// `BUDGET_NATIVE_ENV_CAP=off` lifts the caps. See `docs/clusters.md`.
+///
 /// With no such library loaded, this is a cheap no-op (a loader-generation check).
 /// Libraries loaded after the guard was made are not affected by it.
 ///
@@ -75,12 +80,14 @@ fn limit_call(call: pool::Call) -> Limit {
     } else {
         width
     };
-    let omp_n = c_int::try_from(omp_width).unwrap_or(c_int::MAX);
     let frame = stack::push();
     let mut process_wide = Vec::new();
     // Per-thread settings first: a process-wide OpenBLAS on OpenMP may then narrow
     // the OpenMP count it runs at.
     for entry in entries.iter() {
+        // Never wider than the environment asked of this library (see `envcap`).
+        let omp_n =
+            c_int::try_from(crate::envcap::capped(entry.family, omp_width)).unwrap_or(c_int::MAX);
         match entry.control {
             Control::OpenMp {
                 get,
@@ -117,11 +124,16 @@ fn limit_call(call: pool::Call) -> Limit {
         }
     }
     for entry in entries.iter() {
+        // Never wider than the environment asked of this library (see `envcap`).
+        let capped = |width| pool::Call {
+            width: crate::envcap::capped(entry.family, width),
+            ..call
+        };
         match entry.control {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
                 process_wide.push(ProcessWide {
                     entry: Arc::clone(entry),
-                    ticket: pool::enter(entry, call),
+                    ticket: pool::enter(entry, capped(width)),
                 });
             }
             Control::OpenBlasOpenMp {
@@ -129,10 +141,7 @@ fn limit_call(call: pool::Call) -> Limit {
             } => {
                 // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
                 stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
-                let call = pool::Call {
-                    width: omp_width,
-                    ..call
-                };
+                let call = capped(omp_width);
                 let ticket = pool::enter(entry, call);
                 // SAFETY: as above; the OpenMP count this call may run at.
                 unsafe { omp_set(c_int::try_from(ticket.used).unwrap_or(c_int::MAX)) };

@@ -3,8 +3,6 @@
 //! never exceed the budget. Real libgomp, in a child process with
 //! `BUDGET_NUM_THREADS=4`. Before the fix each of four tasks got 4 threads (16).
 
-
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
