@@ -15,6 +15,10 @@
 //!
 //! - **Leases** ([`Lease`]): tokens held directly by code that runs its own threads
 //!   (a native library's pool), so it counts against the same budget.
+//! - **Beyond one process** ([`joined`], [`held_tokens`], [`node`]): a process
+//!   finding GNU make's jobserver, or a node budget (`BUDGET_NODE`, `budget run`),
+//!   holds only its implicit token and takes the others from there while its regions
+//!   want them (`src/external/README.md`).
 //!
 //! The token protocol and the argument for why it loses no token and no wake-up are
 //! in `src/token/README.md`.
@@ -43,6 +47,7 @@ mod builder;
 mod context;
 mod detect;
 mod event;
+mod external;
 mod items;
 mod lease;
 mod region;
@@ -56,6 +61,7 @@ mod token;
 pub use builder::{BuildError, Builder};
 pub use context::RegionThread;
 pub use detect::{available_cores, ENV_NUM_THREADS, MAX_THREADS};
+pub use external::{held_tokens, joined, node, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG};
 pub use items::ForEachInput;
 pub use lease::Lease;
 pub use scope::{scope, scope_with, Scope};
