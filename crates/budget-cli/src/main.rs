@@ -96,18 +96,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// This machine's budget: `BUDGET_NUM_THREADS` when valid, the detected cores else.
-fn machine_budget() -> (usize, &'static str) {
-    match std::env::var(budget_core::ENV_NUM_THREADS)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        Some(n) if (1..=budget_core::MAX_THREADS).contains(&n) => (n, "BUDGET_NUM_THREADS"),
-        _ => (
-            budget_core::available_cores(),
-            "affinity mask and cgroup quota",
-        ),
-    }
+/// This machine's budget and what set it (`budget_core::detect`).
+fn machine_budget() -> budget_core::Detected {
+    budget_core::detect()
 }
 
 /// The pid of the command `budget run` waits for, for the signal handler.
@@ -137,7 +128,7 @@ fn install_forwarding() {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let tokens = args.jobs.unwrap_or_else(|| machine_budget().0);
+    let tokens = args.jobs.unwrap_or_else(|| machine_budget().total);
     let path = match make_node(tokens) {
         Ok(path) => path,
         Err(error) => {
@@ -259,15 +250,20 @@ fn client_fds(client: &jobserver::Client) -> std::io::Result<(i32, i32)> {
 }
 
 fn info(json: bool) -> ExitCode {
-    let (total, total_from) = machine_budget();
-    let detected = budget_core::available_cores();
-    let env_threads = std::env::var(budget_core::ENV_NUM_THREADS).ok();
+    let report = machine_budget();
     // The jobserver of this environment, looked at as a budget-enabled child would.
     // SAFETY: called first thing in this short-lived process; the crate checks the
     // descriptors are pipes.
     let found = unsafe { jobserver::Client::from_env_ext(true) };
+    let absent = found.client.as_ref().err().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            jobserver::FromEnvErrorKind::NoEnvVar | jobserver::FromEnvErrorKind::NoJobserver
+        )
+    });
     let jobserver = match (&found.var, &found.client) {
         (None, _) => serde_json::Value::Null,
+        _ if absent => serde_json::Value::Null,
         (Some((var, value)), client) => serde_json::json!({
             "variable": var,
             "value": value.to_string_lossy(),
@@ -297,11 +293,19 @@ fn info(json: bool) -> ExitCode {
         })
         .collect();
     let value = serde_json::json!({
-        "budget": total,
-        "budget_from": total_from,
-        "detected_cores": detected,
-        "detected_from": "affinity mask, lowered to the cgroup CPU quota",
-        "BUDGET_NUM_THREADS": env_threads,
+        "budget": report.total,
+        "budget_from": report.source.key(),
+        "affinity": report.affinity,
+        "online": report.online,
+        "cgroup_quota": report.cgroup_quota,
+        "available_parallelism": report.available_parallelism,
+        "SLURM_CPUS_PER_TASK": report.slurm_cpus_per_task,
+        "BUDGET_NUM_THREADS": report.budget_num_threads,
+        "thread_variables": report
+            .thread_variables
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
+            .collect::<serde_json::Map<_, _>>(),
         "jobserver": jobserver,
         "BUDGET_NODE": node_env,
         "node_budgets": reports,
@@ -313,11 +317,7 @@ fn info(json: bool) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    println!("budget: {total} token(s), from {total_from}");
-    println!("  detected cores: {detected} (affinity mask, lowered to the cgroup CPU quota)");
-    if let Some(v) = &value["BUDGET_NUM_THREADS"].as_str() {
-        println!("  BUDGET_NUM_THREADS={v}");
-    }
+    println!("{report}");
     match &value["jobserver"] {
         serde_json::Value::Null => println!("jobserver: none in the environment"),
         j => println!(
