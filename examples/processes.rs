@@ -97,7 +97,9 @@ fn makespan(strategy: &str, loops: usize, dir: &Path) -> f64 {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let go = dir.join("go");
-    let readies: Vec<PathBuf> = (0..PROCESSES).map(|i| dir.join(format!("ready{i}"))).collect();
+    let readies: Vec<PathBuf> = (0..PROCESSES)
+        .map(|i| dir.join(format!("ready{i}")))
+        .collect();
     let worker_args = |i: usize| {
         vec![
             "--worker".to_owned(),
@@ -109,7 +111,8 @@ fn makespan(strategy: &str, loops: usize, dir: &Path) -> f64 {
     };
     let mut children: Vec<Child> = Vec::new();
     if strategy == "budget" {
-        let budget = budget_binary().expect("build the budget binary first: cargo build --release -p budget-cli");
+        let budget = budget_binary()
+            .expect("build the budget binary first: cargo build --release -p budget-cli");
         let script = (0..PROCESSES)
             .map(|i| format!("'{}' {} &", exe.display(), worker_args(i).join(" ")))
             .collect::<Vec<_>>()

@@ -32,6 +32,7 @@ pub fn clean_env(cmd: &mut Command) {
         "MFLAGS",
         "BUDGET_NODE",
         "BUDGET_TOKEN_LOG",
+        "BUDGET_JOBSERVER",
     ] {
         cmd.env_remove(var);
     }

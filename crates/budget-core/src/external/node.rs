@@ -74,7 +74,7 @@ pub fn directory() -> io::Result<PathBuf> {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::directory().unwrap().join("doc-example.node");
+/// let path = budget_core::node::directory().unwrap().join(format!("doc-example-{}.node", std::process::id()));
 /// assert_eq!(budget_core::node::create(&path, 3).unwrap(), 3);
 /// assert_eq!(budget_core::node::create(&path, 5).unwrap(), 3); // already there
 /// # std::fs::remove_file(&path).unwrap();
@@ -209,7 +209,7 @@ fn affinity_key() -> String {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::directory().unwrap().join("doc-member.node");
+/// let path = budget_core::node::directory().unwrap().join(format!("doc-member-{}.node", std::process::id()));
 /// budget_core::node::create(&path, 2).unwrap();
 /// let member = budget_core::node::Member::open(&path).unwrap();
 /// assert_eq!(member.try_take(5), 2); // both tokens, no more
@@ -378,7 +378,7 @@ pub struct Report {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::directory().unwrap().join("doc-inspect.node");
+/// let path = budget_core::node::directory().unwrap().join(format!("doc-inspect-{}.node", std::process::id()));
 /// budget_core::node::create(&path, 2).unwrap();
 /// let report = budget_core::node::inspect(&path).unwrap();
 /// assert_eq!(report.tokens, 2);
