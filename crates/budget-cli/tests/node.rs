@@ -131,8 +131,9 @@ fn busy_threads(pids: &[u32]) -> usize {
 /// their busy threads from the moment all of them run until the first ends, after
 /// a settling time of 300 ms (a region's width is fixed while it runs, so a
 /// process that grew before the others started keeps its width until its region
-/// ends; regions here last 16–32 ms). Returns (samples, peak).
-fn sample_tree(processes: usize, under_run: bool) -> (usize, usize) {
+/// ends; regions here last 16–32 ms). Returns the histogram: samples per count of
+/// busy threads.
+fn sample_tree(processes: usize, under_run: bool) -> [usize; 16] {
     let dir = temp_dir(&format!("tree-{processes}-{under_run}"));
     let log = dir.join("log");
     let one = format!("{} regions 60 16 2000 {}", probe_path(), log.display());
@@ -158,16 +159,11 @@ fn sample_tree(processes: usize, under_run: bool) -> (usize, usize) {
     wait_until(60, "every probe to start", || starts().len() == processes);
     let pids = starts();
     std::thread::sleep(Duration::from_millis(300));
-    let (mut samples, mut peak) = (0, 0);
     let mut histogram = [0usize; 16];
     while !read_log(&log).iter().any(|l| l.words[0] == "done") {
-        let busy = busy_threads(&pids);
-        histogram[busy.min(15)] += 1;
-        peak = peak.max(busy);
-        samples += 1;
+        histogram[busy_threads(&pids).min(15)] += 1;
         std::thread::sleep(Duration::from_millis(3));
     }
-    println!("busy threads: samples per count {:?}", &histogram[..8]);
     assert!(wait_for(&mut child, 120, "the probes").success());
     if under_run {
         let lines = read_log(&log);
@@ -175,27 +171,46 @@ fn sample_tree(processes: usize, under_run: bool) -> (usize, usize) {
         let ext = peak_sum(&lines, "ext");
         assert!(ext <= 2, "node tokens held at once: {ext}");
     }
-    (samples, peak)
+    histogram
 }
 
+/// (samples, samples above `bound`).
+fn above(histogram: &[usize; 16], bound: usize) -> (usize, usize) {
+    (histogram.iter().sum(), histogram[bound + 1..].iter().sum())
+}
+
+/// The bound is checked on the share of samples, not on every one: a worker that
+/// handed its token back is still in state R until it blocks, and on a loaded
+/// machine it may wait milliseconds for a CPU to do so. The exact check is on
+/// tokens (`ext` sums from the logs, in `sample_tree`); the control run without
+/// `budget run` shows what the sampling sees when processes do oversubscribe.
 #[test]
 fn budget_run_keeps_busy_threads_at_max_of_n_and_processes() {
     watchdog(240);
     for processes in [2, 3] {
-        let (samples, peak) = sample_tree(processes, true);
+        let histogram = sample_tree(processes, true);
         let bound = processes.max(2);
+        let (samples, over) = above(&histogram, bound);
         println!(
-            "budget run -j 2, {processes} processes: peak {peak} busy threads in {samples} samples"
+            "budget run -j 2, {processes} processes: samples per busy-thread count {:?}",
+            &histogram[..8]
         );
         assert!(samples >= 20, "too few samples: {samples}");
-        assert!(peak <= bound, "{peak} busy threads > max(2, {processes})");
+        assert!(
+            over * 20 <= samples,
+            "{over} of {samples} samples above max(2, {processes}) busy threads: {histogram:?}"
+        );
     }
     // The same tree without budget run: each process believes it has 2 cores.
-    let (samples, peak) = sample_tree(2, false);
-    println!("without budget run, 2 processes: peak {peak} busy threads in {samples} samples");
+    let histogram = sample_tree(2, false);
+    let (samples, over) = above(&histogram, 2);
+    println!(
+        "without budget run, 2 processes: samples per busy-thread count {:?}",
+        &histogram[..8]
+    );
     assert!(
-        peak > 2,
-        "the sampling sees oversubscription when there is some"
+        over * 2 > samples,
+        "the sampling sees oversubscription when there is some: {histogram:?}"
     );
 }
 
