@@ -18,6 +18,10 @@
 //!   (`with_demand`, `runs_body`), [`RegionThread`] and [`Lease`] (tokens held
 //!   directly by code that runs its own threads, such as a native library's pool), for
 //!   budget-rayon, budget-native and other integrations; apart from the user API.
+//! - **Beyond one process** ([`joined`], [`held_tokens`], [`node`]): a process
+//!   finding GNU make's jobserver, or a node budget (`BUDGET_NODE`, `budget run`),
+//!   holds only its implicit token and takes the others from there while its regions
+//!   want them (`src/external/README.md`).
 //!
 //! The design note, with a glossary (token, width, requested, grant, grower, demand,
 //! lease, overcommit) and the map of the modules, is `README.md` beside `Cargo.toml`;
@@ -48,6 +52,7 @@ mod builder;
 mod context;
 mod detect;
 mod event;
+mod external;
 pub mod integration;
 mod items;
 mod job;
@@ -65,6 +70,7 @@ mod tree;
 pub use builder::{BuildError, Builder};
 pub use context::RegionThread;
 pub use detect::{available_cores, detect, Detected, Source, ENV_NUM_THREADS, MAX_THREADS};
+pub use external::{held_tokens, joined, node, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG};
 pub use items::ForEachInput;
 pub use lease::Lease;
 pub use scope::{scope, scope_with, Scope};

@@ -295,7 +295,7 @@ impl<'scope> Scope<'scope> {
     /// 1 and no token is free to grow it. A hint, read without ordering: `join` and
     /// `for_each` check it again at their next call or chunk.
     fn alone(&self) -> bool {
-        self.width() == 1 && self.registry.tokens.free_hint() == 0 && !self.tree_can_help()
+        self.width() == 1 && !self.registry.tokens.may_grow() && !self.tree_can_help()
     }
 
     /// Whether an idle thread of this region's tree could run a queued task now: a
