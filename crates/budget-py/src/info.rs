@@ -42,7 +42,8 @@ pub(crate) fn _libraries(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 /// region widths in force, or `None`).
 #[pyfunction]
 pub(crate) fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let s = budget_core::stats();
+    // `spin_leased` takes budget-native's process-wide lock: not while holding the GIL.
+    let (s, spin_leased) = py.detach(|| (budget_core::stats(), budget_native::spin_leased()));
     let d = PyDict::new(py);
     d.set_item("total", s.total)?;
     d.set_item("in_use", s.in_use)?;
@@ -58,7 +59,7 @@ pub(crate) fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         s.overcommit + cap::OVERCOMMIT.load(Ordering::Relaxed),
     )?;
     d.set_item("worker_threads", s.worker_threads)?;
-    d.set_item("spin_leased", budget_native::spin_leased())?;
+    d.set_item("spin_leased", spin_leased)?;
     d.set_item("cap", cap::get())?;
     Ok(d)
 }
