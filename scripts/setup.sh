@@ -6,6 +6,7 @@ set -euo pipefail
 need_apt=()
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v make >/dev/null 2>&1 || need_apt+=(make)   # the jobserver tests run under GNU make
 
 . "$(dirname "$0")/apt.sh"
 apt_install setup ${need_apt[@]+"${need_apt[@]}"}

@@ -36,6 +36,10 @@
 //! - `BUDGET_NUM_THREADS=N` sets the budget's total (1 to 4096); a bad value prints
 //!   one warning and the detected count is used.
 //! - [`Builder`] sets it from code, before first use.
+//! - Without either, the total is the affinity mask lowered to the cgroup CPU quota
+//!   (as `std::thread::available_parallelism` counts), lowered to Slurm's
+//!   `SLURM_CPUS_PER_TASK` when the job has no cpuset. [`detect()`] reports which
+//!   source set it; `docs/clusters.md` covers Slurm, Kubernetes, Ray, Dask and Spark.
 //!
 //! # Features
 //!
@@ -47,8 +51,8 @@
 //!   From the `budget-native` crate.
 
 pub use budget_core::{
-    available_cores, scope, scope_with, stats, BuildError, Builder, ForEachInput, Lease,
-    RegionThread, Scope, Stats, ENV_NUM_THREADS, MAX_THREADS,
+    available_cores, detect, scope, scope_with, stats, BuildError, Builder, Detected, ForEachInput,
+    Lease, RegionThread, Scope, Source, Stats, ENV_NUM_THREADS, MAX_THREADS,
 };
 
 /// rayon regions sized by the budget: [`RayonExt::install`](rayon::RayonExt::install).

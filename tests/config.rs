@@ -1,6 +1,7 @@
 //! Configuration of the budget's total, each case in a child process of its own (a
 //! process has one budget, fixed at first use): `BUDGET_NUM_THREADS` (good and bad
-//! values), the affinity mask (`taskset`), and the `Builder`'s errors.
+//! values), the affinity mask (`taskset`), Slurm's `SLURM_CPUS_PER_TASK`, the
+//! `Builder`'s errors, and `budget::detect()`'s report of which source set the total.
 //!
 //! The parent re-runs this test binary as `<exe> --exact child --nocapture` with
 //! `BUDGET_CONFIG_CHILD=<mode>`; the `child` test does what the mode says, prints
@@ -13,6 +14,7 @@ use std::sync::{Arc, Barrier};
 
 const MODE: &str = "BUDGET_CONFIG_CHILD";
 const ENV: &str = "BUDGET_NUM_THREADS";
+const SLURM: &str = "SLURM_CPUS_PER_TASK";
 
 /// What a child printed and how it ended.
 struct Child {
@@ -43,6 +45,20 @@ impl Child {
             .unwrap_or_else(|_| panic!("bad {marker} value in {after:?}"))
     }
 
+    /// The word the child printed after `KEY=` (letters, digits and `_`).
+    fn word(&self, key: &str) -> String {
+        let marker = format!("{key}=");
+        let stdout = self.stdout();
+        let after = stdout
+            .split_once(&marker)
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("the child printed no {marker}\n{}", self.describe()));
+        after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    }
+
     /// stderr lines that name the variable: the warnings.
     fn warnings(&self) -> Vec<String> {
         self.stderr()
@@ -65,6 +81,12 @@ impl Child {
 /// Runs the `child` test of this binary in `mode`; `env` is `BUDGET_NUM_THREADS`
 /// (`None`: unset); `wrap` is a command (and its arguments) to run it under.
 fn run_child(mode: &str, env: Option<&str>, wrap: &[&str]) -> Child {
+    run_child_with(mode, env, wrap, &[])
+}
+
+/// [`run_child`] with more variables set in the child (`SLURM_CPUS_PER_TASK` is
+/// removed unless given, so a test run inside a Slurm job still tests the cases).
+fn run_child_with(mode: &str, env: Option<&str>, wrap: &[&str], vars: &[(&str, &str)]) -> Child {
     let exe = std::env::current_exe().expect("the path of this test binary");
     let mut command = match wrap.split_first() {
         Some((program, args)) => {
@@ -77,7 +99,9 @@ fn run_child(mode: &str, env: Option<&str>, wrap: &[&str]) -> Child {
     command
         .args(["--exact", "child", "--nocapture", "--test-threads=1"])
         .env(MODE, mode)
-        .env_remove(ENV);
+        .env_remove(ENV)
+        .env_remove(SLURM)
+        .envs(vars.iter().copied());
     if let Some(value) = env {
         command.env(ENV, value);
     }
@@ -125,6 +149,11 @@ fn child() {
             assert!(totals.windows(2).all(|w| w[0] == w[1]), "{totals:?}");
             println!("TOTAL={}", budget::stats().total);
             println!("CORES={}", budget::available_cores());
+            // The report names the running budget's total and its source.
+            let report = budget::detect();
+            assert_eq!(report.total, budget::stats().total, "{report}");
+            println!("SOURCE={}", report.source.key());
+            println!("REPORT_BEGIN\n{report}\nREPORT_END");
         }
         "builder" => {
             use budget::{BuildError, Builder};
@@ -137,8 +166,12 @@ fn child() {
                 Err(BuildError::InvalidThreads { requested: 4097 })
             );
             // Rejected settings do not start the budget: a good one still can.
+            // Rejected builds record nothing.
+            assert_ne!(budget::detect().source, budget::Source::Builder);
             assert_eq!(Builder::new().num_threads(3).build_global(), Ok(()));
             assert_eq!(budget::stats().total, 3);
+            let report = budget::detect();
+            assert_eq!((report.total, report.source), (3, budget::Source::Builder));
             assert_eq!(
                 Builder::new().num_threads(5).build_global(),
                 Err(BuildError::AlreadyRunning { total: 3 })
@@ -168,6 +201,7 @@ fn child() {
             // No num_threads: the configured total (the variable, when valid).
             assert_eq!(budget::Builder::new().build_global(), Ok(()));
             println!("TOTAL={}", budget::stats().total);
+            println!("SOURCE={}", budget::detect().source.key());
         }
         "builder_overrides_env" => {
             assert_eq!(budget::Builder::new().num_threads(5).build_global(), Ok(()));
@@ -279,4 +313,104 @@ fn builder_without_a_count_reads_the_variable_and_with_one_overrides_it() {
     assert_eq!(child.warnings().len(), 1, "{}", child.describe());
     let child = run_child("builder_overrides_env", Some("6"), &[]);
     assert_eq!(child.value("TOTAL"), 5);
+}
+
+/// The parent's own report (detection only: it does not start the budget here).
+fn parent_report() -> budget::Detected {
+    let report = budget::detect();
+    assert!(report.total >= 1, "{report}");
+    report
+}
+
+#[test]
+fn the_report_names_the_source_of_the_running_total() {
+    let machine = parent_report();
+    // Whatever the machine's own source is, the child reports the same total and
+    // source as this process detects (no Slurm variable in either: run_child removes it).
+    if std::env::var_os(SLURM).is_none() && std::env::var_os(ENV).is_none() {
+        let child = run_child("report", None, &[]);
+        assert_eq!(child.value("TOTAL"), machine.total, "{}", child.describe());
+        assert_eq!(
+            child.word("SOURCE"),
+            machine.source.key(),
+            "{}",
+            child.describe()
+        );
+    }
+    let child = run_child("report", Some("3"), &[]);
+    assert_eq!(child.word("SOURCE"), "budget_num_threads");
+    assert!(
+        child.stdout().contains("BUDGET_NUM_THREADS:     3"),
+        "{}",
+        child.describe()
+    );
+    // A bad value: the machine's source, and the report says the value was ignored.
+    let child = run_child("report", Some("abc"), &[]);
+    assert_ne!(child.word("SOURCE"), "budget_num_threads");
+    assert!(
+        child.stdout().contains("(not valid: ignored)"),
+        "{}",
+        child.describe()
+    );
+    let child = run_child("builder_default", Some("6"), &[]);
+    assert_eq!(child.word("SOURCE"), "budget_num_threads");
+    // Thread-count variables of other runtimes are listed, and change nothing.
+    let child = run_child_with("report", None, &[], &[("OMP_NUM_THREADS", "1")]);
+    assert_eq!(child.value("TOTAL"), machine.total, "{}", child.describe());
+    assert!(
+        child.stdout().contains("OMP_NUM_THREADS:"),
+        "{}",
+        child.describe()
+    );
+}
+
+#[test]
+fn slurm_cpus_per_task_lowers_a_whole_machine_total() {
+    let machine = parent_report();
+    let child = run_child_with("report", None, &[], &[(SLURM, "1")]);
+    assert_eq!(child.value("TOTAL"), 1, "{}", child.describe());
+    assert_eq!(child.value("CORES"), 1, "{}", child.describe());
+    if machine.whole_machine() && machine.total > 1 {
+        assert_eq!(child.word("SOURCE"), "slurm", "{}", child.describe());
+    } else {
+        // Already 1 without Slurm (or a cpuset): Slurm is not what set it.
+        assert_ne!(child.word("SOURCE"), "slurm", "{}", child.describe());
+    }
+    // Never above the machine, and a bad value is ignored without a warning.
+    for value in ["4096", "0", "two"] {
+        let child = run_child_with("report", None, &[], &[(SLURM, value)]);
+        assert_eq!(
+            child.value("TOTAL"),
+            machine.total,
+            "{value:?}\n{}",
+            child.describe()
+        );
+        assert_ne!(child.word("SOURCE"), "slurm", "{}", child.describe());
+    }
+    // BUDGET_NUM_THREADS still wins.
+    let child = run_child_with("report", Some("2"), &[], &[(SLURM, "1")]);
+    assert_eq!(child.value("TOTAL"), 2, "{}", child.describe());
+    assert_eq!(child.word("SOURCE"), "budget_num_threads");
+}
+
+#[test]
+fn slurm_cpus_per_task_is_not_used_under_a_cpuset() {
+    let taskset = "/usr/bin/taskset";
+    assert!(
+        std::path::Path::new(taskset).exists(),
+        "{taskset} is missing: install util-linux (scripts/setup.sh does)"
+    );
+    let machine = parent_report();
+    let cpu = first_allowed_cpu().to_string();
+    // A mask of one CPU on a machine of more: the mask is the allocation.
+    let child = run_child_with("report", None, &[taskset, "-c", &cpu], &[(SLURM, "1")]);
+    assert_eq!(child.value("TOTAL"), 1, "{}", child.describe());
+    if machine.online.is_some_and(|n| n > 1) {
+        assert_eq!(child.word("SOURCE"), "affinity", "{}", child.describe());
+        assert!(
+            child.stdout().contains("1 (not used"),
+            "{}",
+            child.describe()
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::detect::MAX_THREADS;
+use crate::detect::{Source, MAX_THREADS};
 use crate::registry;
 
 /// Configures the process-wide budget before anything uses it.
@@ -69,14 +69,16 @@ impl Builder {
     /// assert_eq!(error, budget_core::BuildError::InvalidThreads { requested: 0 });
     /// ```
     pub fn build_global(self) -> Result<(), BuildError> {
-        let total = match self.num_threads {
+        let (total, source) = match self.num_threads {
             Some(n) if n == 0 || n > MAX_THREADS => {
                 return Err(BuildError::InvalidThreads { requested: n })
             }
-            Some(n) => n,
-            None => crate::detect::configured_total(),
+            Some(n) => (n, Source::Builder),
+            None => crate::detect::configured_total_and_source(),
         };
-        registry::install(Some(total)).map(|_| ())
+        registry::install(Some(total))?;
+        crate::detect::record_build(total, source);
+        Ok(())
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Use it through the `budget` facade crate; this crate holds the parts:
 //!
-//! - **The budget** ([`stats`], [`Builder`], [`available_cores`]): `total` core
-//!   tokens for the process, detected from the affinity mask and the cgroup CPU
-//!   quota, or set by `BUDGET_NUM_THREADS` or the builder.
+//! - **The budget** ([`stats`], [`Builder`], [`available_cores`], [`detect`]):
+//!   `total` core tokens for the process, detected from the affinity mask, the
+//!   cgroup CPU quota and Slurm's `SLURM_CPUS_PER_TASK`, or set by
+//!   `BUDGET_NUM_THREADS` or the builder; [`detect`] reports which one set it.
 //! - **Regions** ([`scope`], [`scope_with`], [`Scope`]): a region takes
 //!   `1 + min(requested - 1, free)` tokens at entry without ever waiting, so nested
 //!   regions shrink instead of oversubscribing, and grows back when tokens are
@@ -15,6 +16,10 @@
 //!
 //! - **Leases** ([`Lease`]): tokens held directly by code that runs its own threads
 //!   (a native library's pool), so it counts against the same budget.
+//! - **Beyond one process** ([`joined`], [`held_tokens`], [`node`]): a process
+//!   finding GNU make's jobserver, or a node budget (`BUDGET_NODE`, `budget run`),
+//!   holds only its implicit token and takes the others from there while its regions
+//!   want them (`src/external/README.md`).
 //!
 //! The token protocol and the argument for why it loses no token and no wake-up are
 //! in `src/token/README.md`.
@@ -43,6 +48,7 @@ mod builder;
 mod context;
 mod detect;
 mod event;
+mod external;
 mod items;
 mod lease;
 mod region;
@@ -55,7 +61,8 @@ mod token;
 
 pub use builder::{BuildError, Builder};
 pub use context::RegionThread;
-pub use detect::{available_cores, ENV_NUM_THREADS, MAX_THREADS};
+pub use detect::{available_cores, detect, Detected, Source, ENV_NUM_THREADS, MAX_THREADS};
+pub use external::{held_tokens, joined, node, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG};
 pub use items::ForEachInput;
 pub use lease::Lease;
 pub use scope::{scope, scope_with, Scope};

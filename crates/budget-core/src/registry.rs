@@ -82,8 +82,12 @@ pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildEr
     let fresh = Box::into_raw(Box::new(Registry::new(total, generation)));
     loop {
         match GLOBAL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
-            // SAFETY: `fresh` came from Box::into_raw just above and is now leaked.
-            Ok(_) => return Ok(unsafe { &*fresh }),
+            Ok(_) => {
+                // SAFETY: `fresh` came from Box::into_raw just above and is now leaked.
+                let installed: &'static Registry = unsafe { &*fresh };
+                installed.tokens.start();
+                return Ok(installed);
+            }
             Err(seen) => {
                 current = seen;
                 if let Some(running) = live(seen, generation) {
@@ -138,7 +142,7 @@ fn register_fork_handler() {}
 impl Registry {
     fn new(total: usize, fork_generation: usize) -> Self {
         Registry {
-            tokens: Tokens::new(total),
+            tokens: crate::external::tokens(total),
             fork_generation,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -155,7 +159,7 @@ impl Registry {
     pub(crate) fn stats(&self) -> Stats {
         self.tokens.counters.snapshot(
             self.tokens.total(),
-            self.tokens.free(),
+            self.tokens.unused(),
             self.threads.load(Ordering::Relaxed),
         )
     }

@@ -264,7 +264,7 @@ impl<'scope> Scope<'scope> {
     /// 1 and no token is free to grow it. A hint, read without ordering: `join` and
     /// `for_each` check it again at their next call or chunk.
     fn alone(&self) -> bool {
-        self.width() == 1 && self.registry.tokens.free_hint() == 0
+        self.width() == 1 && !self.registry.tokens.may_grow()
     }
 
     fn shared(&self) -> &Arc<Shared> {

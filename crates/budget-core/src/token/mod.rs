@@ -25,7 +25,18 @@ pub(crate) trait Grower: Send + Sync {
     fn grant(&self, n: usize);
 }
 
-/// The budget's tokens: `free` plus the tokens every holder has equals `total`.
+/// Where a process that joined an outside budget (a jobserver, a node budget) gets
+/// the tokens beyond those it holds; see `external/README.md`.
+pub(crate) trait Supplier: Send + Sync {
+    /// Called once the `Tokens` it serves is installed for good.
+    fn start(&'static self, tokens: &'static Tokens);
+    /// A registered region wants tokens and none is free: fetch some (asynchronously:
+    /// this runs on a releasing or pushing thread and must not block).
+    fn short(&self);
+}
+
+/// The budget's tokens: `free` plus the tokens every holder has equals the tokens the
+/// process holds, `total - outside`.
 pub(crate) struct Tokens {
     total: usize,
     /// Free tokens. Taken by compare-and-swap, returned by `fetch_add`. On a cache
@@ -37,6 +48,12 @@ pub(crate) struct Tokens {
     /// Regions waiting to grow, oldest first.
     growers: Mutex<Vec<Arc<dyn Grower>>>,
     pub(crate) counters: Counters,
+    /// Tokens of `total` the process does not hold: always 0 without a supplier.
+    /// Written only by the supplier (`deposit`, `withdraw`); not part of the hand-off
+    /// protocol, so a plain std atomic even under loom.
+    outside: std::sync::atomic::AtomicUsize,
+    /// The outside budget this process joined, if any.
+    supplier: Option<Box<dyn Supplier>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -58,6 +75,29 @@ impl Tokens {
             growers_len: AtomicUsize::new(0),
             growers: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            outside: std::sync::atomic::AtomicUsize::new(0),
+            supplier: None,
+        }
+    }
+
+    /// A budget of `total` tokens of which the process holds one (its implicit
+    /// token); `supplier` brings the others when regions want them.
+    pub(crate) fn joined(total: usize, supplier: Box<dyn Supplier>) -> Self {
+        let tokens = Tokens::new(total);
+        tokens.free.store(1, Ordering::SeqCst);
+        tokens
+            .outside
+            .store(total - 1, std::sync::atomic::Ordering::SeqCst);
+        Tokens {
+            supplier: Some(supplier),
+            ..tokens
+        }
+    }
+
+    /// Starts the supplier, once this value is installed for good.
+    pub(crate) fn start(&'static self) {
+        if let Some(supplier) = &self.supplier {
+            supplier.start(self);
         }
     }
 
@@ -74,6 +114,12 @@ impl Tokens {
     /// through it).
     pub(crate) fn free_hint(&self) -> usize {
         self.free.load(Ordering::Relaxed)
+    }
+
+    /// Whether a region at width 1 could still grow: a token is free, or a supplier
+    /// may bring one (a hint, as `free_hint`).
+    pub(crate) fn may_grow(&self) -> bool {
+        self.free_hint() > 0 || self.supplier.is_some()
     }
 
     /// Takes up to `max` free tokens without ever waiting; returns how many it took.
@@ -97,7 +143,10 @@ impl Tokens {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    self.counters.note_in_use(self.total - (current - take));
+                    // Relaxed: a statistic, read next to `free`'s line.
+                    let outside = self.outside.load(std::sync::atomic::Ordering::Relaxed);
+                    let in_use = self.total.saturating_sub(outside + current - take);
+                    self.counters.note_in_use(in_use);
                     return take;
                 }
                 Err(seen) => current = seen,
@@ -145,6 +194,8 @@ impl Tokens {
         fence(Ordering::SeqCst);
         if self.free.load(Ordering::SeqCst) > 0 {
             self.rebalance();
+        } else if let Some(supplier) = &self.supplier {
+            supplier.short();
         }
     }
 
@@ -159,11 +210,73 @@ impl Tokens {
                 }
                 let got = self.try_acquire(wants);
                 if got == 0 {
+                    if let Some(supplier) = &self.supplier {
+                        supplier.short();
+                    }
                     return;
                 }
                 self.counters.note_regrown(got);
                 grower.grant(got);
             }
         }
+    }
+}
+
+/// The supplier's side: tokens entering and leaving the process. Conservation:
+/// `free + held by regions == held()` at every step, since `deposit` and
+/// `withdraw` move tokens between `free` and `outside` only.
+impl Tokens {
+    /// Tokens the process holds now: its implicit one plus those its supplier got.
+    pub(crate) fn held(&self) -> usize {
+        self.total - self.outside.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Tokens no region holds: free ones and those the process does not hold.
+    pub(crate) fn unused(&self) -> usize {
+        self.free() + self.outside.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Adds `n` tokens the supplier got to `free` and hands them to growers.
+    pub(crate) fn deposit(&self, n: usize) {
+        self.outside
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        self.release(n);
+    }
+
+    /// Takes up to `max` free tokens out of the process (for the supplier to give
+    /// back); returns how many.
+    pub(crate) fn withdraw(&self, max: usize) -> usize {
+        let mut current = self.free.load(Ordering::SeqCst);
+        loop {
+            let take = current.min(max);
+            if take == 0 {
+                return 0;
+            }
+            match self.free.compare_exchange_weak(
+                current,
+                current - take,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    self.outside
+                        .fetch_add(take, std::sync::atomic::Ordering::SeqCst);
+                    return take;
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Moves `n` tokens that a grant handed to the supplier's reclaim grower out of
+    /// the process (they left `free` through `rebalance`).
+    pub(crate) fn reclaimed(&self, n: usize) {
+        self.outside
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What registered regions want beyond what they hold.
+    pub(crate) fn demand(&self) -> usize {
+        self.growers.lock().iter().map(|g| g.wants()).sum()
     }
 }

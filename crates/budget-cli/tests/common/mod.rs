@@ -1,0 +1,152 @@
+//! Shared pieces of the process tests: the probe and `budget` binaries, a
+//! watchdog, children with deadlines, and the probe logs.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub fn probe() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_budget-probe"));
+    clean_env(&mut cmd);
+    cmd
+}
+
+pub fn budget() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_budget"));
+    clean_env(&mut cmd);
+    cmd
+}
+
+pub fn probe_path() -> &'static str {
+    env!("CARGO_BIN_EXE_budget-probe")
+}
+
+/// No inherited jobserver or node budget: each test sets what it tests.
+pub fn clean_env(cmd: &mut Command) {
+    for var in [
+        "MAKEFLAGS",
+        "CARGO_MAKEFLAGS",
+        "MFLAGS",
+        "BUDGET_NODE",
+        "BUDGET_TOKEN_LOG",
+        "BUDGET_JOBSERVER",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("BUDGET_NUM_THREADS", "2");
+}
+
+/// Exits the whole test binary, with a message, if it runs longer than `secs`.
+pub fn watchdog(secs: u64) {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            eprintln!("watchdog: the process tests ran over {secs} s; giving up");
+            std::process::exit(1);
+        });
+    });
+}
+
+/// Waits for `child`, killing it and panicking after `secs`.
+pub fn wait_for(child: &mut Child, secs: u64, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn now_ns() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A fresh directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("budget-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// One line of a probe log: `<ns> <pid> <what...>`.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub ns: u64,
+    pub pid: u32,
+    pub words: Vec<String>,
+}
+
+pub fn read_log(path: &Path) -> Vec<Line> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines: Vec<Line> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let ns = w.next()?.parse().ok()?;
+            let pid = w.next()?.parse().ok()?;
+            Some(Line {
+                ns,
+                pid,
+                words: w.map(str::to_owned).collect(),
+            })
+        })
+        .collect();
+    lines.sort_by_key(|l| l.ns);
+    lines
+}
+
+/// The value after `key` in a line (`held 2` → 2).
+pub fn field(line: &Line, key: &str) -> Option<usize> {
+    let i = line.words.iter().position(|w| w == key)?;
+    line.words.get(i + 1)?.parse().ok()
+}
+
+/// The most of `key` (from `held`/`ext` lines) held at once across processes,
+/// each process counted from its first such line to its `done` (or `exit`) line.
+pub fn peak_sum(lines: &[Line], key: &str) -> usize {
+    let mut now: HashMap<u32, usize> = HashMap::new();
+    let mut peak = 0;
+    for line in lines {
+        let first = line.words.first().map(String::as_str);
+        if first == Some("done") || first == Some("exit") {
+            now.remove(&line.pid);
+        } else if first == Some("held") {
+            if let Some(v) = field(line, key) {
+                now.insert(line.pid, v);
+            }
+        }
+        peak = peak.max(now.values().sum());
+    }
+    peak
+}
+
+/// The `done` lines: (pid, widest, held, in_use).
+pub fn dones(lines: &[Line]) -> Vec<(u32, usize, usize, usize)> {
+    lines
+        .iter()
+        .filter(|l| l.words.first().map(String::as_str) == Some("done"))
+        .map(|l| {
+            (
+                l.pid,
+                field(l, "widest").unwrap_or(0),
+                field(l, "held").unwrap_or(0),
+                field(l, "in_use").unwrap_or(usize::MAX),
+            )
+        })
+        .collect()
+}

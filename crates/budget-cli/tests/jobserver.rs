@@ -1,0 +1,270 @@
+//! GNU make's jobserver, joined by budget-enabled processes: under real make 4.3
+//! (pipe form), a fifo jobserver the test makes itself (make 4.4's form), and a
+//! pipe made with the `jobserver` crate; tokens come back when regions end, after a
+//! panic and at exit.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn make_available() {
+    let ok = Command::new("make")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "GNU make is missing: run scripts/setup.sh (it installs the Debian package `make`)"
+    );
+}
+
+#[test]
+fn make_j2_runs_three_plus_recipes_on_two_tokens() {
+    watchdog(240);
+    make_available();
+    let dir = temp_dir("make-pipe");
+    let log = dir.join("log");
+    let probe = probe_path();
+    // a and b run side by side; c, longer, starts when one of them ends and then
+    // runs alone: it must grow to both tokens.
+    let makefile = format!(
+        "all: a b c\n\
+         a b:\n\t+{probe} regions 6 16 2000 {log} > $@.out\n\
+         c:\n\t+{probe} regions 40 16 2000 {log} > $@.out\n",
+        log = log.display()
+    );
+    std::fs::write(dir.join("Makefile"), makefile).unwrap();
+    let mut cmd = Command::new("make");
+    clean_env(&mut cmd);
+    cmd.env("BUDGET_TOKEN_LOG", &log)
+        .args(["-s", "-j2", "-C"])
+        .arg(&dir)
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("make");
+    let status = wait_for(&mut child, 120, "make -j2");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "make failed: {stderr}");
+    assert!(!stderr.contains("jobserver"), "make complained: {stderr}");
+    let lines = read_log(&log);
+    let starts: Vec<_> = lines
+        .iter()
+        .filter(|l| l.words.first().map(String::as_str) == Some("start"))
+        .collect();
+    assert_eq!(starts.len(), 3, "{lines:#?}");
+    assert!(
+        starts
+            .iter()
+            .all(|l| l.words.join(" ").contains("Jobserver")),
+        "every recipe joins make's jobserver: {starts:#?}"
+    );
+    let peak = peak_sum(&lines, "held");
+    assert!(
+        peak <= 2,
+        "more than make's 2 tokens held at once: {peak}\n{lines:#?}"
+    );
+    let dones = dones(&lines);
+    assert_eq!(dones.len(), 3);
+    for (pid, _, held, in_use) in &dones {
+        assert_eq!(
+            (*held, *in_use),
+            (1, 0),
+            "pid {pid} kept tokens after its regions ended: {lines:#?}"
+        );
+    }
+    let c_pid = starts[2].pid;
+    let c = dones.iter().find(|d| d.0 == c_pid).unwrap();
+    assert_eq!(c.1, 2, "the recipe running alone grew to 2: {lines:#?}");
+}
+
+/// Makes a fifo jobserver holding `bytes` tokens, as make 4.4 does.
+struct Fifo {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Fifo {
+    fn new(dir: &std::path::Path, bytes: usize) -> Fifo {
+        let path = dir.join("jobserver.fifo");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        file.write_all(&vec![b'+'; bytes]).unwrap();
+        Fifo { path, file }
+    }
+
+    fn available(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int into `n`, on our open fifo.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0);
+        n as usize
+    }
+
+    fn makeflags(&self) -> String {
+        format!("-j3 --jobserver-auth=fifo:{}", self.path.display())
+    }
+}
+
+fn run_probe(env: &[(&str, String)], mode: &str, log: &std::path::Path) -> String {
+    let mut cmd = probe();
+    cmd.env("BUDGET_NUM_THREADS", "3")
+        .env("BUDGET_TOKEN_LOG", log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let log_s = log.display().to_string();
+    cmd.args(["regions", "12", "24", "2000", &log_s, mode])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let status = wait_for(&mut child, 60, "probe");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "probe {mode} failed");
+    out
+}
+
+#[test]
+fn fifo_jobserver_tokens_come_back_after_regions_panic_and_exit() {
+    watchdog(240);
+    let dir = temp_dir("fifo");
+    let fifo = Fifo::new(&dir, 2);
+    let env = [("MAKEFLAGS", fifo.makeflags())];
+    for mode in ["", "panic", "exit"] {
+        let log = dir.join(format!("log-{mode}"));
+        run_probe(&env, mode, &log);
+        let lines = read_log(&log);
+        assert!(
+            lines[0].words.join(" ").contains("fifo:"),
+            "joined the fifo jobserver: {lines:#?}"
+        );
+        let widest = lines.iter().filter_map(|l| field(l, "held")).max().unwrap();
+        assert_eq!(
+            widest, 3,
+            "alone, the probe took both fifo tokens ({mode}): {lines:#?}"
+        );
+        assert_eq!(
+            fifo.available(),
+            2,
+            "both tokens back in the fifo after {mode:?}"
+        );
+        if mode == "exit" {
+            assert!(lines.iter().any(|l| l.words[0] == "exit"), "{lines:#?}");
+        } else {
+            let d = dones(&lines);
+            assert_eq!((d[0].2, d[0].3), (1, 0), "{mode}: {lines:#?}");
+        }
+    }
+}
+
+#[test]
+fn fifo_jobserver_two_processes_share_three_tokens() {
+    watchdog(240);
+    let dir = temp_dir("fifo-two");
+    let fifo = Fifo::new(&dir, 2);
+    // As make would: the second process runs on a token the "make" (we) took.
+    let mut byte = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut &fifo.file, &mut byte).unwrap(), 1);
+    let log = dir.join("log");
+    let env = [("MAKEFLAGS", fifo.makeflags())];
+    std::thread::scope(|s| {
+        let a = s.spawn(|| run_probe(&env, "", &log));
+        let b = s.spawn(|| run_probe(&env, "", &log));
+        a.join().unwrap();
+        b.join().unwrap();
+    });
+    let lines = read_log(&log);
+    let peak = peak_sum(&lines, "held");
+    assert!(peak <= 3, "3 tokens, {peak} held at once: {lines:#?}");
+    assert!(peak >= 2, "both processes ran: {lines:#?}");
+    assert_eq!(fifo.available(), 1, "the free token is back");
+    (&fifo.file).write_all(&byte).unwrap();
+}
+
+#[test]
+fn pipe_jobserver_tokens_come_back_after_panic_and_exit() {
+    watchdog(240);
+    let dir = temp_dir("pipe");
+    let client = jobserver::Client::new(2).unwrap();
+    let mut probe_env = Command::new("true");
+    client.configure_make(&mut probe_env);
+    let env: Vec<(&str, String)> = probe_env
+        .get_envs()
+        .filter(|(k, _)| *k == "MAKEFLAGS")
+        .map(|(_, v)| ("MAKEFLAGS", v.unwrap().to_string_lossy().into_owned()))
+        .collect();
+    for mode in ["panic", "exit", ""] {
+        let log = dir.join(format!("log-{mode}"));
+        // The fds must be inherited: configure() clears CLOEXEC in the child.
+        let mut cmd = probe();
+        client.configure_make(&mut cmd);
+        cmd.env("BUDGET_NUM_THREADS", "3")
+            .env("BUDGET_TOKEN_LOG", &log);
+        let log_s = log.display().to_string();
+        cmd.args(["regions", "12", "24", "2000", &log_s, mode]);
+        let mut child = cmd.spawn().unwrap();
+        assert!(wait_for(&mut child, 60, "probe").success());
+        let lines = read_log(&log);
+        assert!(
+            lines[0].words.join(" ").contains("Jobserver"),
+            "{lines:#?} {env:?}"
+        );
+        let widest = lines.iter().filter_map(|l| field(l, "held")).max().unwrap();
+        assert_eq!(widest, 3, "{mode}: {lines:#?}");
+        assert_eq!(client.available().unwrap(), 2, "tokens back after {mode:?}");
+    }
+}
+
+#[test]
+fn a_jobserver_variable_that_points_nowhere_warns_once_and_falls_back() {
+    watchdog(240);
+    let dir = temp_dir("bad-js");
+    let log = dir.join("log");
+    let log_s = log.display().to_string();
+    let out = probe()
+        .env("MAKEFLAGS", "-j4 --jobserver-auth=97,98")
+        .args(["regions", "4", "16", "1000", &log_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("ignoring the jobserver").count(),
+        1,
+        "one warning: {stderr}"
+    );
+    let lines = read_log(&log);
+    assert!(lines[0].words.join(" ").contains("Local"), "{lines:#?}");
+    assert_eq!(dones(&lines)[0].1, 2, "the local budget: width 2");
+}
+
+#[test]
+fn budget_jobserver_0_turns_joining_off() {
+    watchdog(240);
+    let dir = temp_dir("js-off");
+    let fifo = Fifo::new(&dir, 2);
+    let log = dir.join("log");
+    let log_s = log.display().to_string();
+    let out = probe()
+        .env("MAKEFLAGS", fifo.makeflags())
+        .env("BUDGET_JOBSERVER", "0")
+        .args(["regions", "2", "8", "500", &log_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines = read_log(&log);
+    assert!(lines[0].words.join(" ").contains("Local"), "{lines:#?}");
+    assert_eq!(fifo.available(), 2);
+}

@@ -1,0 +1,229 @@
+//! GNU make's jobserver, joined through the `jobserver` crate.
+//!
+//! The variables (`CARGO_MAKEFLAGS`, `MAKEFLAGS`, `MFLAGS`) are read when the
+//! program is loaded, from an `.init_array` constructor, before `main` or any other
+//! code can open a file and be handed a descriptor number that make passed down
+//! but that was closed on the way (a recipe not marked `+`): a reused number would
+//! make us read and write a stranger's file. The crate also checks that both
+//! descriptors are pipes (or the fifo of make 4.4).
+//!
+//! Tokens are read in blocking mode by the crate's helper thread
+//! (`into_helper_thread`); each arrives as an `Acquired` that writes its byte back
+//! when dropped. They are kept in [`HELD`] and dropped when no region wants them,
+//! and all of them at exit (an `atexit` handler), also after a panic in `main`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use jobserver::{Acquired, Client, HelperThread};
+use parking_lot::Mutex;
+
+use super::{is_off, ENV_JOBSERVER};
+use crate::token::Tokens;
+
+/// A jobserver found in the environment at load.
+struct Found {
+    var: String,
+    auth: String,
+    client: Client,
+}
+
+/// What the load-time look found: `None` when there is no jobserver (or it is
+/// switched off), `Some(Err)` when a variable names one that cannot be used.
+static CAPTURED: OnceLock<Option<Result<Found, String>>> = OnceLock::new();
+
+// Runs `captured` when the program (or the shared object holding this crate) is
+// loaded, before `main`: see the module docs for why.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static CAPTURE_AT_LOAD: extern "C" fn() = capture_at_load;
+
+#[cfg(target_os = "linux")]
+extern "C" fn capture_at_load() {
+    let _ = captured();
+}
+
+fn captured() -> &'static Option<Result<Found, String>> {
+    CAPTURED.get_or_init(|| {
+        if std::env::var(ENV_JOBSERVER).is_ok_and(|v| is_off(&v) && !v.trim().is_empty()) {
+            return None;
+        }
+        // SAFETY: this runs at load (or at the latest on the budget's first use),
+        // before the descriptors make passed could be reused by this program; the
+        // crate checks they are pipes, and only duplicates them (`/dev/fd/N`).
+        let found = unsafe { Client::from_env_ext(true) };
+        let (var, value) = found.var?;
+        let value = value.to_string_lossy().into_owned();
+        let auth = value
+            .split_whitespace()
+            .find_map(|w| {
+                w.strip_prefix("--jobserver-auth=")
+                    .or_else(|| w.strip_prefix("--jobserver-fds="))
+            })
+            .unwrap_or("")
+            .to_owned();
+        match found.client {
+            Ok(client) => Some(Ok(Found {
+                var: var.to_owned(),
+                auth,
+                client,
+            })),
+            Err(error) => match error.kind() {
+                jobserver::FromEnvErrorKind::NoEnvVar
+                | jobserver::FromEnvErrorKind::NoJobserver => None,
+                _ => Some(Err(format!(
+                    "budget: ignoring the jobserver in {var} ({auth}): {error}; using this \
+                     process's own budget. Under make 4.3 only recipes marked `+` (or running \
+                     $(MAKE)) get the jobserver; set {ENV_JOBSERVER}=0 to silence this."
+                ))),
+            },
+        }
+    })
+}
+
+/// Prints `message` once per process (the first caller's).
+pub(crate) fn warn_once(message: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("{message}");
+        eprintln!("{message}");
+    }
+}
+
+/// The jobserver this process joined, for the driver.
+pub(crate) struct Source {
+    pub(crate) var: String,
+    pub(crate) auth: String,
+    client: Client,
+    helper: OnceLock<HelperThread>,
+    /// Tokens asked of the helper thread and not delivered yet.
+    pending: std::sync::Arc<AtomicUsize>,
+}
+
+/// The jobserver tokens this process holds, with the pid they belong to: a forked
+/// child inherits the parent's list but not its tokens, and forgets them.
+struct Held {
+    pid: u32,
+    tokens: Vec<Acquired>,
+}
+
+static HELD: Mutex<Held> = Mutex::new(Held {
+    pid: 0,
+    tokens: Vec::new(),
+});
+
+/// Set at exit: a token the helper thread delivers after that goes straight back.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+fn held_here() -> parking_lot::MutexGuard<'static, Held> {
+    let mut held = HELD.lock();
+    let pid = std::process::id();
+    if held.pid != pid {
+        // Not ours (a forked child's copy of the parent's list): never write back.
+        for token in held.tokens.drain(..) {
+            token.drop_without_releasing();
+        }
+        held.pid = pid;
+    }
+    held
+}
+
+extern "C" fn give_back_at_exit() {
+    EXITING.store(true, Ordering::SeqCst);
+    // try_lock: never hang the exit on a thread that died holding the lock.
+    if let Some(mut held) = HELD.try_lock() {
+        if held.pid == std::process::id() {
+            held.tokens.clear(); // each drop writes its byte back
+        }
+    }
+}
+
+/// The jobserver of the environment, if there is one that works; a variable that
+/// names one that does not prints one warning.
+pub(crate) fn from_env() -> Option<Source> {
+    match captured() {
+        None => None,
+        Some(Err(message)) => {
+            warn_once(message);
+            None
+        }
+        Some(Ok(found)) => {
+            static AT_EXIT: std::sync::Once = std::sync::Once::new();
+            AT_EXIT.call_once(|| {
+                // SAFETY: a plain `extern "C" fn()` that lives for the whole program.
+                unsafe { libc::atexit(give_back_at_exit) };
+            });
+            drop(held_here());
+            Some(Source {
+                var: found.var.clone(),
+                auth: found.auth.clone(),
+                client: found.client.clone(),
+                helper: OnceLock::new(),
+                pending: std::sync::Arc::new(AtomicUsize::new(0)),
+            })
+        }
+    }
+}
+
+impl Source {
+    /// Starts the helper thread that delivers tokens to `tokens`.
+    pub(crate) fn start(&self, tokens: &'static Tokens) {
+        let pending = self.pending.clone();
+        let helper = self.client.clone().into_helper_thread(move |token| {
+            pending.fetch_sub(1, Ordering::SeqCst);
+            match token {
+                Ok(token) if EXITING.load(Ordering::SeqCst) => drop(token),
+                Ok(token) => {
+                    let ext = {
+                        let mut held = held_here();
+                        held.tokens.push(token);
+                        held.tokens.len()
+                    };
+                    tokens.deposit(1);
+                    super::note(tokens.held(), ext);
+                }
+                Err(error) => warn_once(&format!(
+                    "budget: reading a jobserver token failed: {error}; regions stay at the \
+                     tokens they hold"
+                )),
+            }
+        });
+        match helper {
+            Ok(helper) => {
+                let _ = self.helper.set(helper);
+            }
+            Err(error) => warn_once(&format!(
+                "budget: no jobserver helper thread ({error}); regions stay at one token"
+            )),
+        }
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        held_here().tokens.len()
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Asks for tokens until `more` are held or on their way.
+    pub(crate) fn request(&self, more: usize, _tokens: &Tokens) {
+        let Some(helper) = self.helper.get() else {
+            return;
+        };
+        let pending = self.pending.load(Ordering::SeqCst);
+        for _ in pending..more {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+            helper.request_token();
+        }
+    }
+
+    /// Writes `n` held tokens back to the jobserver.
+    pub(crate) fn give_back(&self, n: usize) {
+        let mut held = held_here();
+        for _ in 0..n {
+            drop(held.tokens.pop());
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Budgets beyond one process: GNU make's jobserver and the crash-safe node budget.
+//!
+//! A process that joins an outside budget starts with only the token it holds
+//! anyway (its implicit one) and a *supplier* thread that fetches more while its
+//! regions want them and gives back those no region uses. The in-process counter in
+//! `token/` stays the fast path: a region whose tokens the process already holds
+//! makes no system call. The protocol, the lock kinds and the linger are argued in
+//! `README.md` beside this file.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::token::{Grower, Supplier, Tokens};
+
+pub(crate) mod jobserver;
+pub mod node;
+
+/// The environment variable that turns joining make's jobserver off: `0` (or
+/// `false`, `no`, `off`). On by default.
+pub const ENV_JOBSERVER: &str = "BUDGET_JOBSERVER";
+
+/// The environment variable that joins a node budget: `1` joins the one of this
+/// user and this CPU set; a path joins that node budget file (as `budget run` sets
+/// it); unset, empty or `0` stays out.
+pub const ENV_NODE: &str = "BUDGET_NODE";
+
+/// How often the supplier looks again while the process holds outside tokens or
+/// wants some: the poll period for node tokens freed by others (so a killed
+/// holder's tokens reach a waiting region within about one tick) and the unit of
+/// the linger (a token is given back once it was unused at two ticks in a row).
+pub(crate) const TICK: Duration = Duration::from_millis(2);
+
+/// The outside budget this process takes its tokens from, from [`joined`].
+///
+/// # Examples
+///
+/// ```
+/// match budget_core::joined() {
+///     budget_core::Joined::Local => println!("this process's budget only"),
+///     other => println!("sharing: {other:?}"),
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Joined {
+    /// No outside budget: the process holds all its tokens.
+    Local,
+    /// GNU make's jobserver, from the named variable (`MAKEFLAGS`, ...).
+    Jobserver {
+        /// The variable that named it.
+        var: String,
+        /// The `--jobserver-auth` value (`R,W` or `fifo:PATH`).
+        auth: String,
+    },
+    /// A node budget file shared by the processes of this user.
+    Node {
+        /// The node budget file.
+        path: std::path::PathBuf,
+        /// The tokens it shares.
+        tokens: usize,
+    },
+}
+
+static JOINED: OnceLock<Joined> = OnceLock::new();
+
+/// The outside budget this process joined (decided when the budget starts, which
+/// this call does if nothing did yet).
+///
+/// # Examples
+///
+/// ```
+/// let joined = budget_core::joined();
+/// assert_eq!(joined, budget_core::joined());
+/// ```
+pub fn joined() -> Joined {
+    let _ = crate::registry::global();
+    JOINED.get().cloned().unwrap_or(Joined::Local)
+}
+
+/// Tokens this process holds now: all of the budget when it shares none, else its
+/// implicit token plus those it got from the jobserver or node budget.
+///
+/// # Examples
+///
+/// ```
+/// assert!(budget_core::held_tokens() >= 1);
+/// ```
+pub fn held_tokens() -> usize {
+    crate::registry::global().tokens.held()
+}
+
+/// The environment variable naming a file where each process appends a line
+/// `<CLOCK_MONOTONIC ns> <pid> held <tokens held> ext <outside tokens held>` each
+/// time what it holds changes (after a token arrived, before one leaves), for tests
+/// and for looking into a tree of processes. Unset: nothing is written.
+pub const ENV_TOKEN_LOG: &str = "BUDGET_TOKEN_LOG";
+
+/// Appends a line to the `BUDGET_TOKEN_LOG` file, if one is named.
+pub(crate) fn note(held: usize, ext: usize) {
+    static LOG: OnceLock<Option<std::fs::File>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var_os(ENV_TOKEN_LOG)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    if let Some(mut file) = log.as_ref() {
+        // SAFETY: timespec is plain data; clock_gettime fills it.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid clock id and a writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let line = format!("{ns} {} held {held} ext {ext}\n", std::process::id());
+        // One write of one line with O_APPEND: lines of processes never interleave.
+        let _ = std::io::Write::write_all(&mut file, line.as_bytes());
+    }
+}
+
+/// Whether an environment value switches something off.
+pub(crate) fn is_off(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "0" | "false" | "no" | "off"
+    )
+}
+
+/// The tokens of a new registry: joined to the node budget (first) or the jobserver
+/// when the environment offers one, the process's own otherwise.
+pub(crate) fn tokens(total: usize) -> Tokens {
+    if let Some((member, tokens)) = node::from_env() {
+        let path = member.path().to_path_buf();
+        let _ = JOINED.set(Joined::Node { path, tokens });
+        return Tokens::joined(total, Box::new(Driver::new(Backend::Node(member), total)));
+    }
+    if let Some(source) = jobserver::from_env() {
+        let _ = JOINED.set(Joined::Jobserver {
+            var: source.var.clone(),
+            auth: source.auth.clone(),
+        });
+        return Tokens::joined(
+            total,
+            Box::new(Driver::new(Backend::Jobserver(source), total)),
+        );
+    }
+    Tokens::new(total)
+}
+
+/// Where outside tokens come from.
+enum Backend {
+    Node(node::Member),
+    Jobserver(jobserver::Source),
+}
+
+impl Backend {
+    /// Outside tokens held now.
+    fn held(&self) -> usize {
+        match self {
+            Backend::Node(m) => m.held(),
+            Backend::Jobserver(j) => j.held(),
+        }
+    }
+
+    /// The tokens the process holds when it holds `ext` outside ones. A node
+    /// member's own thread runs even with no node token (max(1, ext)); a jobserver
+    /// client always has its implicit token besides (1 + ext).
+    fn capacity(&self, ext: usize) -> usize {
+        match self {
+            Backend::Node(_) => ext.max(1),
+            Backend::Jobserver(_) => 1 + ext,
+        }
+    }
+
+    /// Outside tokens wanted for `using` tokens of work (0 when nothing runs).
+    fn target(&self, using: usize) -> usize {
+        match self {
+            Backend::Node(_) => using,
+            Backend::Jobserver(_) => using.saturating_sub(1),
+        }
+    }
+}
+
+/// The supplier: a thread of its own that takes outside tokens while regions want
+/// them and gives back those unused for a linger of one tick (at once, and also
+/// those in use as soon as their region ends, while another process waits).
+struct Driver {
+    backend: Backend,
+    total: usize,
+    tokens: OnceLock<&'static Tokens>,
+    /// Set by `short` (regions wait), cleared by the thread when it looks.
+    wanted: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+    /// A grower of its own, registered while other processes wait: the existing
+    /// hand-off gives it tokens the moment a region releases them, and the driver
+    /// gives them back to the node budget.
+    reclaim: OnceLock<Arc<Reclaim>>,
+}
+
+/// The driver's grower (see `Driver::reclaim`).
+struct Reclaim {
+    driver: &'static Driver,
+    /// Tokens still to take back from the process's regions.
+    want: AtomicUsize,
+    /// Tokens granted and not yet given back by the driver.
+    got: AtomicUsize,
+    registered: AtomicBool,
+}
+
+impl Grower for Reclaim {
+    fn wants(&self) -> usize {
+        self.want.load(Ordering::SeqCst)
+    }
+
+    fn grant(&self, n: usize) {
+        self.want.fetch_sub(n.min(self.wants()), Ordering::SeqCst);
+        self.got.fetch_add(n, Ordering::SeqCst);
+        self.driver.short();
+    }
+}
+
+impl Driver {
+    fn new(backend: Backend, total: usize) -> Self {
+        Driver {
+            backend,
+            total,
+            tokens: OnceLock::new(),
+            wanted: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            reclaim: OnceLock::new(),
+        }
+    }
+
+    fn run(&'static self, tokens: &'static Tokens) {
+        let reclaim = self.reclaim.get_or_init(|| {
+            Arc::new(Reclaim {
+                driver: self,
+                want: AtomicUsize::new(0),
+                got: AtomicUsize::new(0),
+                registered: AtomicBool::new(false),
+            })
+        });
+        // Tokens counted as surplus at the previous tick (the linger).
+        let mut lingering = 0;
+        loop {
+            {
+                let mut guard = self.lock.lock();
+                // SeqCst pairs with `short`: its store before its notify under the lock.
+                if !self.wanted.load(Ordering::SeqCst) {
+                    let busy = self.backend.held() > 0
+                        || tokens.free() < tokens.held()
+                        || self.pending() > 0;
+                    if busy {
+                        self.wake.wait_for(&mut guard, TICK);
+                    } else {
+                        self.wake.wait(&mut guard);
+                    }
+                }
+            }
+            self.wanted.store(false, Ordering::SeqCst);
+            lingering = self.step(tokens, reclaim, lingering);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        match &self.backend {
+            Backend::Jobserver(j) => j.pending(),
+            Backend::Node(_) => 0,
+        }
+    }
+
+    /// Gives back outside tokens until the process's capacity fell by `drop`
+    /// tokens (already taken out of `free`), or while no capacity is lost.
+    fn give_back(&self, mut drop: usize, max: usize) -> usize {
+        let mut given = 0;
+        let mut ext = self.backend.held();
+        while given < max && ext > 0 {
+            let lost = self.backend.capacity(ext) - self.backend.capacity(ext - 1);
+            if lost > drop {
+                break;
+            }
+            drop -= lost;
+            // Logged before the token leaves: a logged holding never outlasts the real one.
+            note(self.tokens.get().map_or(0, |t| t.held()), ext - 1);
+            match &self.backend {
+                Backend::Node(member) => member.give_back(1),
+                Backend::Jobserver(source) => source.give_back(1),
+            }
+            ext -= 1;
+            given += 1;
+        }
+        given
+    }
+
+    /// One look: take what regions want, give back what stayed unused.
+    fn step(&self, tokens: &'static Tokens, reclaim: &Arc<Reclaim>, lingering: usize) -> usize {
+        // Tokens the reclaim grower got: out of the process, back to the node.
+        let got = reclaim.got.swap(0, Ordering::SeqCst);
+        if got > 0 {
+            tokens.reclaimed(got);
+            self.give_back(got, got);
+        }
+        let held = tokens.held();
+        let in_use = held.saturating_sub(tokens.free());
+        let demand = tokens.demand().saturating_sub(reclaim.wants());
+        let using = (in_use + demand).min(self.total);
+        let ext = self.backend.held();
+        let wanted = self.backend.target(using);
+        // While another process waits, hold at most the token of the own thread.
+        let others = match &self.backend {
+            Backend::Node(member) => member.others_waiting(),
+            Backend::Jobserver(_) => false,
+        };
+        let target = if others {
+            wanted.min(self.backend.target(1))
+        } else {
+            wanted
+        };
+        let mut ext_now = ext;
+        if target > ext {
+            match &self.backend {
+                Backend::Node(member) => {
+                    let got = member.try_take(target - ext);
+                    let added = self.backend.capacity(ext + got) - self.backend.capacity(ext);
+                    if added > 0 {
+                        tokens.deposit(added);
+                    }
+                    ext_now = ext + got;
+                    if got > 0 {
+                        note(tokens.held(), ext_now);
+                    }
+                }
+                Backend::Jobserver(source) => source.request(target - ext, tokens),
+            }
+        }
+        if let Backend::Node(member) = &self.backend {
+            member.set_waiting(ext_now < wanted);
+        }
+        let surplus = ext_now.saturating_sub(target);
+        // The token of the own thread lingers even while others wait: between two
+        // regions nothing is in use for a moment, and giving it back then would let
+        // another process widen while this one's next region runs unpaid.
+        let own = usize::from(target == 0 && matches!(self.backend, Backend::Node(_)));
+        let give = if others {
+            surplus.saturating_sub(own).max(surplus.min(lingering))
+        } else {
+            surplus.min(lingering)
+        };
+        if give > 0 {
+            let drop = self.backend.capacity(ext_now) - self.backend.capacity(ext_now - give);
+            let taken = tokens.withdraw(drop);
+            let given = self.give_back(taken, give);
+            ext_now -= given;
+        }
+        // What is still above the target while others wait is in use: take it back
+        // as soon as a region releases it.
+        let still = if others {
+            self.backend.capacity(ext_now) - self.backend.capacity(ext_now.min(target))
+        } else {
+            0
+        };
+        reclaim.want.store(still, Ordering::SeqCst);
+        let grower: Arc<dyn Grower> = reclaim.clone();
+        if still > 0 && !reclaim.registered.swap(true, Ordering::SeqCst) {
+            tokens.register(grower);
+        } else if still == 0 && reclaim.registered.swap(false, Ordering::SeqCst) {
+            tokens.unregister(&grower);
+            // A grant may have landed between the swap and the unregister.
+            let late = reclaim.got.swap(0, Ordering::SeqCst);
+            if late > 0 {
+                tokens.reclaimed(late);
+                self.give_back(late, late);
+            }
+        }
+        surplus
+    }
+}
+
+impl Supplier for Driver {
+    fn start(&'static self, tokens: &'static Tokens) {
+        let me: &'static Driver = self;
+        if self.tokens.set(tokens).is_err() {
+            return;
+        }
+        if let Backend::Jobserver(source) = &self.backend {
+            source.start(tokens);
+        }
+        note(tokens.held(), self.backend.held());
+        let spawned = std::thread::Builder::new()
+            .name("budget-supplier".into())
+            .spawn(move || me.run(tokens));
+        if let Err(error) = spawned {
+            tracing::warn!("budget: no supplier thread ({error}); regions stay at their tokens");
+        }
+    }
+
+    fn short(&self) {
+        // A load first: a region that pushes task after task while short costs one
+        // read, not a write to a shared line per push.
+        if !self.wanted.load(Ordering::Relaxed) && !self.wanted.swap(true, Ordering::SeqCst) {
+            let _guard = self.lock.lock();
+            self.wake.notify_one();
+        }
+    }
+}

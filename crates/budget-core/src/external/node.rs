@@ -1,0 +1,478 @@
+//! The node budget: tokens shared by the processes of one user on one machine, as
+//! classic POSIX byte-range locks (`fcntl` `F_SETLK`) on one file, one byte per
+//! token. The kernel drops a process's locks when it dies, so a crash leaks no
+//! token; `F_GETLK` names the holder's pid, so `budget info` can list who holds
+//! what. Why this lock kind and not `flock` or open-file-description locks is in
+//! `README.md` beside this file.
+//!
+//! One rule comes with it: a process's POSIX locks on a file all go when the process
+//! closes *any* descriptor of that file. So each file is opened once per process,
+//! with `O_CLOEXEC`, and that descriptor is never closed ([`Member::open`] and
+//! [`inspect`] share it).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{is_off, ENV_NODE};
+
+/// The byte where token `i` is locked: `SLOTS_AT + i`, past the text header.
+const SLOTS_AT: i64 = 4096;
+/// The byte on which a process that waits for tokens holds a shared (read) lock, so
+/// holders see that someone waits and give surplus back at once.
+const WAIT_AT: i64 = SLOTS_AT - 1;
+
+/// The directory of this user's node budget files: `$XDG_RUNTIME_DIR/budget`, else
+/// `/dev/shm/budget-$UID` (or the temp directory's), made with mode 0700.
+///
+/// # Errors
+///
+/// When it cannot be made, or exists but belongs to another user.
+///
+/// # Examples
+///
+/// ```
+/// let dir = budget_core::node::directory().unwrap();
+/// assert!(dir.is_dir());
+/// ```
+pub fn directory() -> io::Result<PathBuf> {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(xdg) if xdg.is_absolute() && xdg.is_dir() => xdg.join("budget"),
+        _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/budget-{uid}")),
+        _ => std::env::temp_dir().join(format!("budget-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory of this user", dir.display()),
+        ));
+    }
+    Ok(dir)
+}
+
+/// Makes a node budget file of `tokens` tokens at `path` unless one exists (made
+/// atomically: written aside, then linked into place). Returns the tokens of the
+/// file now at `path` (another process may have made it first).
+///
+/// # Errors
+///
+/// I/O errors, or a file at `path` that is not a node budget file.
+///
+/// # Examples
+///
+/// ```
+/// let path = budget_core::node::directory().unwrap().join(format!("doc-example-{}.node", std::process::id()));
+/// assert_eq!(budget_core::node::create(&path, 3).unwrap(), 3);
+/// assert_eq!(budget_core::node::create(&path, 5).unwrap(), 3); // already there
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn create(path: &Path, tokens: usize) -> io::Result<usize> {
+    if !path.exists() {
+        let aside = path.with_extension(format!("tmp{}", std::process::id()));
+        {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&aside)?;
+            write!(
+                file,
+                "budget-node 1\ntokens {tokens}\ncreator {}\n",
+                std::process::id()
+            )?;
+        }
+        let linked = std::fs::hard_link(&aside, path);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    header(path).map(|(tokens, _)| tokens)
+}
+
+/// Reads a node file's header: its tokens and the pid that made it.
+fn header(path: &Path) -> io::Result<(usize, Option<u32>)> {
+    let file = shared_file(path)?;
+    let mut text = vec![0u8; 256];
+    // SAFETY: `text` is a writable buffer of the length passed; pread does not move
+    // the shared file offset (nobody else uses it either).
+    let n = unsafe { libc::pread(file.as_raw_fd(), text.as_mut_ptr().cast(), text.len(), 0) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    let text = String::from_utf8_lossy(&text[..n]);
+    let mut lines = text.lines();
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a budget node file", path.display()),
+        )
+    };
+    if lines.next() != Some("budget-node 1") {
+        return Err(bad());
+    }
+    let mut tokens = None;
+    let mut creator = None;
+    for line in lines {
+        match line.split_once(' ') {
+            Some(("tokens", n)) => tokens = n.parse::<usize>().ok(),
+            Some(("creator", n)) => creator = n.parse::<u32>().ok(),
+            _ => {}
+        }
+    }
+    match tokens {
+        Some(t) if (1..=crate::MAX_THREADS).contains(&t) => Ok((t, creator)),
+        _ => Err(bad()),
+    }
+}
+
+/// The one descriptor of each node file this process ever opens (see the module
+/// docs: closing a second one would drop this process's locks). Leaked on purpose.
+fn shared_file(path: &Path) -> io::Result<&'static File> {
+    static FILES: Mutex<Vec<(PathBuf, &'static File)>> = Mutex::new(Vec::new());
+    let mut files = FILES.lock();
+    if let Some((_, file)) = files.iter().find(|(p, _)| p == path) {
+        return Ok(file);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    let file: &'static File = Box::leak(Box::new(file));
+    files.push((path.to_path_buf(), file));
+    Ok(file)
+}
+
+/// The node file of this user and this process's CPU set (made if missing, with
+/// this process's core count), keyed by the affinity mask: disjoint cpusets (two
+/// Slurm jobs) get different files.
+///
+/// # Errors
+///
+/// As [`directory`] and [`create`].
+///
+/// # Examples
+///
+/// ```
+/// let path = budget_core::node::for_this_cpu_set().unwrap();
+/// assert!(path.file_name().unwrap().to_string_lossy().starts_with("cpus-"));
+/// ```
+pub fn for_this_cpu_set() -> io::Result<PathBuf> {
+    let path = directory()?.join(format!("cpus-{}.node", affinity_key()));
+    create(&path, crate::available_cores())?;
+    Ok(path)
+}
+
+/// The affinity mask as hex, lowest CPU first, trailing zero bytes dropped.
+fn affinity_key() -> String {
+    // SAFETY: cpu_set_t is a plain bit array; all-zeroes is a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is writable and we pass its exact size; pid 0 is this thread.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return "all".to_owned();
+    }
+    let mut bytes: Vec<u8> = (0..libc::CPU_SETSIZE as usize / 8)
+        .map(|byte| {
+            (0..8).fold(0u8, |acc, bit| {
+                // SAFETY: the index is below CPU_SETSIZE; `set` is initialised.
+                let on = unsafe { libc::CPU_ISSET(byte * 8 + bit, &set) };
+                acc | (u8::from(on) << bit)
+            })
+        })
+        .collect();
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This process's membership in a node budget: the node tokens it holds, as locks.
+///
+/// # Examples
+///
+/// ```
+/// let path = budget_core::node::directory().unwrap().join(format!("doc-member-{}.node", std::process::id()));
+/// budget_core::node::create(&path, 2).unwrap();
+/// let member = budget_core::node::Member::open(&path).unwrap();
+/// assert_eq!(member.try_take(5), 2); // both tokens, no more
+/// assert_eq!(member.held(), 2);
+/// member.give_back(2);
+/// assert_eq!(member.held(), 0);
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Member {
+    file: &'static File,
+    path: PathBuf,
+    tokens: usize,
+    /// The slots this process holds locks on.
+    slots: Mutex<Vec<usize>>,
+    /// Whether this process holds its read lock on the wait byte.
+    waiting: AtomicBool,
+}
+
+impl Member {
+    /// Joins the node budget at `path` (holding nothing yet).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or is not a node budget file.
+    pub fn open(path: &Path) -> io::Result<Member> {
+        let file = shared_file(path)?;
+        let (tokens, _) = header(path)?;
+        Ok(Member {
+            file,
+            path: path.to_path_buf(),
+            tokens,
+            slots: Mutex::new(Vec::new()),
+            waiting: AtomicBool::new(false),
+        })
+    }
+
+    /// The node budget file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tokens the node budget shares.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Node tokens this process holds through this member.
+    pub fn held(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// Takes up to `n` free node tokens without waiting; returns how many.
+    pub fn try_take(&self, n: usize) -> usize {
+        let mut slots = self.slots.lock();
+        let mut got = 0;
+        for slot in 0..self.tokens {
+            if got == n {
+                break;
+            }
+            if slots.contains(&slot) {
+                continue;
+            }
+            if lock(self.file, libc::F_WRLCK, SLOTS_AT + slot as i64).is_ok() {
+                slots.push(slot);
+                got += 1;
+            }
+        }
+        got
+    }
+
+    /// Gives back up to `n` node tokens (the last taken first).
+    pub fn give_back(&self, n: usize) {
+        let mut slots = self.slots.lock();
+        for _ in 0..n {
+            let Some(slot) = slots.pop() else { break };
+            // Unlocking a byte we hold cannot fail but for a bad descriptor.
+            let _ = lock(self.file, libc::F_UNLCK, SLOTS_AT + slot as i64);
+        }
+    }
+
+    /// Says (or stops saying) that this process waits for node tokens: holders then
+    /// give their surplus back without a linger.
+    pub fn set_waiting(&self, waiting: bool) {
+        if self.waiting.swap(waiting, Ordering::Relaxed) != waiting {
+            let kind = if waiting {
+                libc::F_RDLCK
+            } else {
+                libc::F_UNLCK
+            };
+            let _ = lock(self.file, kind, WAIT_AT);
+        }
+    }
+
+    /// Whether another process waits for node tokens.
+    pub fn others_waiting(&self) -> bool {
+        holder(self.file, WAIT_AT).is_some()
+    }
+}
+
+/// `fcntl(F_SETLK)` of one byte: never waits.
+fn lock(file: &File, kind: i32, at: i64) -> io::Result<()> {
+    // SAFETY: flock is plain data; all-zeroes is valid and we set every field used.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = at as libc::off_t;
+    fl.l_len = 1;
+    // SAFETY: the descriptor is open (leaked, never closed) and `fl` is a valid flock.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The pid of another process holding a lock on byte `at`, by `F_GETLK`.
+fn holder(file: &File, at: i64) -> Option<u32> {
+    // SAFETY: as in `lock`.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = at as libc::off_t;
+    fl.l_len = 1;
+    // SAFETY: as in `lock`; F_GETLK writes the conflicting lock into `fl`.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid as u32)
+}
+
+/// A process holding node tokens, from [`inspect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holder {
+    /// Its process id.
+    pub pid: u32,
+    /// Its command line (from `/proc/<pid>/cmdline`), empty if unreadable.
+    pub command: String,
+    /// The node tokens it holds.
+    pub tokens: usize,
+}
+
+/// What a node budget file holds now, from [`inspect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// The file.
+    pub path: PathBuf,
+    /// The tokens it shares.
+    pub tokens: usize,
+    /// The pid that made it.
+    pub creator: Option<u32>,
+    /// The processes holding its tokens, most tokens first.
+    pub holders: Vec<Holder>,
+    /// A process waiting for tokens, if any (one of them).
+    pub waiting: Option<u32>,
+}
+
+/// Who holds the tokens of the node budget at `path` (other processes: a process's
+/// own locks never conflict with itself).
+///
+/// # Errors
+///
+/// When the file cannot be read or is not a node budget file.
+///
+/// # Examples
+///
+/// ```
+/// let path = budget_core::node::directory().unwrap().join(format!("doc-inspect-{}.node", std::process::id()));
+/// budget_core::node::create(&path, 2).unwrap();
+/// let report = budget_core::node::inspect(&path).unwrap();
+/// assert_eq!(report.tokens, 2);
+/// assert!(report.holders.is_empty());
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn inspect(path: &Path) -> io::Result<Report> {
+    let file = shared_file(path)?;
+    let (tokens, creator) = header(path)?;
+    let mut holders: Vec<Holder> = Vec::new();
+    for slot in 0..tokens {
+        if let Some(pid) = holder(file, SLOTS_AT + slot as i64) {
+            match holders.iter_mut().find(|h| h.pid == pid) {
+                Some(h) => h.tokens += 1,
+                None => holders.push(Holder {
+                    pid,
+                    command: command_of(pid),
+                    tokens: 1,
+                }),
+            }
+        }
+    }
+    holders.sort_by(|a, b| b.tokens.cmp(&a.tokens).then(a.pid.cmp(&b.pid)));
+    Ok(Report {
+        path: path.to_path_buf(),
+        tokens,
+        creator,
+        holders,
+        waiting: holder(file, WAIT_AT),
+    })
+}
+
+/// The node budget files in [`directory`].
+///
+/// # Examples
+///
+/// ```
+/// for path in budget_core::node::list() {
+///     println!("{}", path.display());
+/// }
+/// ```
+pub fn list() -> Vec<PathBuf> {
+    let Ok(dir) = directory() else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "node"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn command_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// The node budget named by `BUDGET_NODE`, joined; `None` (with one warning when the
+/// value names nothing usable) otherwise.
+pub(crate) fn from_env() -> Option<(Member, usize)> {
+    let value = std::env::var_os(ENV_NODE)?;
+    let text = value.to_string_lossy().into_owned();
+    if is_off(&text) {
+        return None;
+    }
+    let path = if matches!(
+        text.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    ) {
+        for_this_cpu_set()
+    } else {
+        Ok(PathBuf::from(&text))
+    };
+    match path.and_then(|p| Member::open(&p)) {
+        Ok(member) => {
+            let tokens = member.tokens();
+            Some((member, tokens))
+        }
+        Err(error) => {
+            super::jobserver::warn_once(&format!(
+                "budget: ignoring {ENV_NODE}={text:?}: {error}; using this process's own budget"
+            ));
+            None
+        }
+    }
+}
