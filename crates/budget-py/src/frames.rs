@@ -70,7 +70,8 @@ pub(crate) struct Grant {
 
 /// Opens a region of at most `requested` (≥ 1) threads on this thread: takes the
 /// thread's own token if this is its first open region (overcommitted when none is
-/// free), up to `requested - 1` extra tokens without waiting, and sets every loaded
+/// free), up to `requested - 1` extra tokens without waiting (in a process sharing an
+/// outside budget, waiting at most `node::WAIT` for them), and sets every loaded
 /// OpenMP/BLAS library to the width.
 ///
 /// # Blocking
@@ -87,7 +88,13 @@ pub(crate) fn open_region(requested: usize) -> Grant {
             frames.marked = Some(RegionThread::enter());
         }
         frames.regions += 1;
-        let extra = Lease::try_new(requested.max(1) - 1);
+        let want = requested.max(1) - 1;
+        let mut extra = Lease::try_new(want);
+        if extra.count() < want && crate::node::joined() {
+            // Sharing a node budget or a jobserver: ask it for the rest (bounded wait).
+            crate::node::fetch(want - extra.count());
+            extra.try_grow(want - extra.count());
+        }
         let width = 1 + extra.count();
         let id = frames.push(width, Kind::Region { extra });
         Grant {

@@ -36,7 +36,7 @@ from . import _budget
 from ._budget import Limit, Region
 from ._info import threadpool_info
 
-__all__ = ["Limit", "Region", "limit", "region", "stats", "threadpool_info"]
+__all__ = ["Limit", "Region", "joined", "limit", "region", "share_node", "stats", "threadpool_info"]
 __version__ = "0.1.0"
 
 
@@ -99,6 +99,37 @@ def stats() -> dict:
     True
     """
     return _budget.stats()
+
+
+def joined() -> dict:
+    """The outside budget this process shares: ``{"kind": "local"}``,
+    ``{"kind": "node", "path": ..., "tokens": N}`` (``BUDGET_NODE``, ``budget run``,
+    :func:`share_node`) or ``{"kind": "jobserver", ...}`` (GNU make), with ``held``,
+    the tokens it holds now. Starts the budget if nothing did yet.
+
+    >>> import budget
+    >>> budget.joined()["kind"] in ("local", "node", "jobserver")
+    True
+    """
+    return _budget.joined()
+
+
+def share_node(tokens: int | None = None, path: str | None = None) -> str:
+    """Makes a node budget of ``tokens`` (default: the CPUs this process may use) and
+    sets ``BUDGET_NODE`` to it, so that processes started from now on that use budget
+    (multiprocessing and joblib/loky workers, subprocesses) share those tokens, and
+    this process too if its budget has not started yet (call it before any region).
+    Returns the node file's path. Tokens are byte-range locks on that file: a worker
+    that dies, however it dies, gives its tokens back.
+
+    In a process sharing a node budget, a region that finds too few tokens asks the
+    node for the rest and waits for them at most a few milliseconds.
+    """
+    if tokens is None:
+        tokens = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
+    node_path, _ = _budget.create_node(tokens, path)
+    _os.environ["BUDGET_NODE"] = node_path
+    return node_path
 
 
 def _after_fork_in_child() -> None:
