@@ -19,8 +19,8 @@ OMP_WAIT_POLICY=passive is set before it loads; spinning threads hold cores the 
 has handed to others (and any other load on the machine makes a spinning team crawl),
 so this script sets OMP_WAIT_POLICY=passive for every strategy unless it is set
 already (--active-wait leaves it unset). budget documents the same setting for users.
-The processes row needs the node budget (budget shared between processes) to do
-better than each worker sizing itself to the whole machine; without it the row says so.
+The processes row makes a node budget (budget.share_node) that the loky workers
+share; a build without it says so in the row.
 """
 
 from __future__ import annotations
@@ -145,6 +145,16 @@ def processes_x_blas(scale):
         with threadpoolctl.threadpool_limits(1):
             worker_svds(per_task * tasks, 0, False)
 
+    note = None
+    if hasattr(budget, "share_node"):
+        # The workers (started from now on) share one node budget of `cores` tokens;
+        # this process's own budget has started already and stays its own.
+        import atexit
+
+        node = budget.share_node(cores)
+        atexit.register(lambda: os.path.exists(node) and os.remove(node))
+    else:
+        note = "process budgets only (no node budget in this build)"
     # Start the workers once, so that no strategy pays for it.
     run(None, False)
     return {
@@ -155,12 +165,8 @@ def processes_x_blas(scale):
             f"workers BLAS={cores}": lambda: run(cores, False),
         },
         "budget": lambda: run(cores, True),
-        "note": None if _node_budget() else "process budgets only (no node budget in this build)",
+        "note": note,
     }
-
-
-def _node_budget():
-    return hasattr(budget, "node") or hasattr(budget, "join_node")
 
 
 # ---- scenario 4: scikit-learn's OpenMP estimators on two threads -------------------------

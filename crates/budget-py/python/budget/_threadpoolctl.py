@@ -43,5 +43,5 @@ if threadpoolctl is not None and hasattr(threadpoolctl, "register"):
 
             return __version__
 
-    if not any(getattr(c, "internal_api", None) == "budget" for c in threadpoolctl._ALL_CONTROLLERS):
+    if not any(getattr(c, "internal_api", None) == "budget" for c in getattr(threadpoolctl, "_ALL_CONTROLLERS", ())):
         threadpoolctl.register(BudgetController)
