@@ -94,13 +94,21 @@ def threadpool_info() -> list[dict]:
 
 def _gomp_single_thread() -> bool:
     """In a forked child: set every loaded libgomp to one thread on this (the only)
-    thread; True if there was one."""
+    thread; True if there was one.
+
+    Reads /proc/self/maps rather than budget-native's scan: another thread of the
+    parent may have held the scan's cache lock at the fork, and nothing here may wait
+    on a lock the child's only thread cannot release."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    paths = {line.split(None, 5)[-1] for line in maps.splitlines() if "/libgomp" in line and len(line.split(None, 5)) == 6}
     found = False
-    for lib in _budget._libraries():
-        name = os.path.basename(lib["path"])
-        if lib["family"] == "openmp" and name.startswith("libgomp"):
-            setter = _symbol(lib["path"], "", "omp_set_num_threads", "")
-            if setter is not None:
-                setter(1)
-                found = True
+    for path in paths:
+        setter = _symbol(path, "", "omp_set_num_threads", "")
+        if setter is not None:
+            setter(1)
+            found = True
     return found
