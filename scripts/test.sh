@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it:
-#   setup, formatting, clippy, unit + integration + doc tests, loom models, docs.
-# Ends with one summary line "N passed, M failed" over every cargo test binary.
+#   setup, formatting, clippy, unit + integration + doc tests, loom models, docs,
+#   and the Python module (crates/budget-py, its own workspace): fmt, clippy, pytest.
+# Ends with one summary line "N passed, M failed" over every cargo test binary and
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/setup-native.sh   # the real OpenBLAS / BLIS / MKL / OpenMP libraries
+scripts/setup-python.sh   # .venv: NumPy, SciPy, scikit-learn wheels + budget's module
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -29,11 +33,36 @@ RUSTFLAGS="--cfg budget_loom" CARGO_TARGET_DIR=target/loom \
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+step "budget-py (the Python module, its own workspace): cargo fmt and clippy"
+cargo fmt --manifest-path crates/budget-py/Cargo.toml -- --check
+cargo clippy --manifest-path crates/budget-py/Cargo.toml --all-targets -- -D warnings
+
+step "pytest: tests/python and the budget package's doctests"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/python crates/budget-py/python/budget \
+  --doctest-modules 2>&1 | tee "$pylog"
+pyrc=${PIPESTATUS[0]}
+set -e
+# pytest's closing line: "3 failed, 20 passed, 1 error in 5.1s" (any order, any subset).
+pysummary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?)' "$pylog" | tail -n 1 || true)
+py_passed=$(echo "$pysummary" | { grep -Eo '[0-9]+ passed' || true; } | awk '{s+=$1} END {print s+0}')
+py_failed=$(echo "$pysummary" | { grep -Eo '[0-9]+ (failed|errors?)' || true; } | awk '{s+=$1} END {print s+0}')
+if [ "$pyrc" -ne 0 ] && [ "$py_failed" -eq 0 ]; then
+  echo "pytest exited with status $pyrc without a failure count (crash, no test collected, or interrupted): counted as one failure" >&2
+  py_failed=1
+fi
+if [ "$py_passed" -eq 0 ]; then
+  echo "pytest ran no test: that is a failure" >&2
+  py_failed=$((py_failed > 0 ? py_failed : 1))
+fi
+
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 if [ "$passed" -eq 0 ]; then
   echo "no test ran: that is a failure" >&2
   exit 1
 fi
+passed=$((passed + py_passed))
+failed=$((failed + py_failed))
 printf '\n%s passed, %s failed\n' "$passed" "$failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,181 @@
+//! The per-thread stack of open frames (regions and limits) and the guards they own.
+//!
+//! A Python `with` block is not a Rust closure: `__enter__` and `__exit__` are two
+//! calls, and blocks opened by generators or coroutines on one thread may exit in any
+//! order. The guards of budget-core and budget-native are per-thread (`!Send`) and
+//! restore per-thread settings in last-in-first-out order, so they never leave the
+//! thread that made them: they live here, in a thread-local stack, and the Python
+//! objects only hold a frame id and the thread's id.
+//!
+//! Exiting a frame that is not the innermost one (a generator closed before a later
+//! one) undoes the native settings of every frame above it, innermost first, drops the
+//! frame, and applies the settings of the frames above it again, in entry order. Each
+//! `budget_native::limit` guard therefore restores exactly what it found, and the
+//! innermost open frame's width is in force afterwards.
+//!
+//! Tokens are not ordered: each region's extra tokens are a [`Lease`] dropped with its
+//! frame, and the thread's own token is held by the thread state from the first region
+//! opened until the last one closes, whichever that is.
+
+use std::cell::RefCell;
+
+use budget_core::{Lease, RegionThread};
+
+/// What kind of frame, with what it holds beyond the native settings.
+enum Kind {
+    /// `budget.region()`: the tokens beyond the thread's own.
+    Region { extra: Lease },
+    /// `budget.limit(n)`: native settings only, no tokens.
+    Limit,
+}
+
+/// One open `with` block on this thread.
+struct Frame {
+    id: u64,
+    width: usize,
+    kind: Kind,
+    /// The native settings; `None` only while they are being re-applied.
+    native: Option<budget_native::Limit>,
+}
+
+/// This thread's open frames, in entry order, and the state shared by its regions.
+#[derive(Default)]
+struct Frames {
+    stack: Vec<Frame>,
+    /// Regions open on this thread (limits not counted).
+    regions: usize,
+    /// The thread's own token (a lease of 0 or 1), held while any region is open.
+    own: Option<Lease>,
+    /// Marks the thread as inside a region for budget-core while any region is open,
+    /// so a Rust `budget::scope` opened here takes no second token for this thread.
+    marked: Option<RegionThread>,
+    next_id: u64,
+}
+
+thread_local! {
+    static FRAMES: RefCell<Frames> = RefCell::new(Frames::default());
+}
+
+/// How a region was granted, for the statistics and the Python object.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grant {
+    /// The frame's id on this thread.
+    pub(crate) id: u64,
+    /// The region's width: its own thread plus the extra tokens.
+    pub(crate) width: usize,
+    /// The thread entered its first region when no token was free: it runs anyway,
+    /// one thread more than the budget (as budget-core's outside-thread rule).
+    pub(crate) overcommitted: bool,
+}
+
+/// Opens a region of at most `requested` (≥ 1) threads on this thread: takes the
+/// thread's own token if this is its first open region (overcommitted when none is
+/// free), up to `requested - 1` extra tokens without waiting (in a process sharing an
+/// outside budget, waiting at most `node::WAIT` for them), and sets every loaded
+/// OpenMP/BLAS library to the width.
+///
+/// # Blocking
+///
+/// Only on budget-native's process-wide lock: call it with the GIL released.
+pub(crate) fn open_region(requested: usize) -> Grant {
+    FRAMES.with(|cell| {
+        let mut frames = cell.borrow_mut();
+        let mut overcommitted = false;
+        if frames.regions == 0 {
+            let own = Lease::try_new(1);
+            overcommitted = own.count() == 0;
+            frames.own = Some(own);
+            frames.marked = Some(RegionThread::enter());
+        }
+        frames.regions += 1;
+        let want = requested.max(1) - 1;
+        let mut extra = Lease::try_new(want);
+        if extra.count() < want && crate::node::joined() {
+            // Sharing a node budget or a jobserver: ask it for the rest (bounded wait).
+            crate::node::fetch(want - extra.count());
+            extra.try_grow(want - extra.count());
+        }
+        let width = 1 + extra.count();
+        let id = frames.push(width, Kind::Region { extra });
+        Grant {
+            id,
+            width,
+            overcommitted,
+        }
+    })
+}
+
+/// Opens a limit frame: every loaded OpenMP/BLAS library set to `width` (≥ 1), no
+/// tokens taken. Returns the frame id.
+///
+/// # Blocking
+///
+/// As [`open_region`].
+pub(crate) fn open_limit(width: usize) -> u64 {
+    FRAMES.with(|cell| cell.borrow_mut().push(width.max(1), Kind::Limit))
+}
+
+/// Closes the frame `id` of this thread, in whatever order frames are closed, and
+/// returns whether it was open here.
+///
+/// # Blocking
+///
+/// As [`open_region`].
+pub(crate) fn close(id: u64) -> bool {
+    FRAMES.with(|cell| {
+        let mut frames = cell.borrow_mut();
+        let Some(at) = frames.stack.iter().position(|f| f.id == id) else {
+            return false;
+        };
+        // Undo the native settings from the innermost frame down to this one, so each
+        // guard restores exactly the values it found.
+        for frame in frames.stack[at..].iter_mut().rev() {
+            drop(frame.native.take());
+        }
+        let frame = frames.stack.remove(at);
+        // Then apply the settings of the frames that were above it again, outermost
+        // first: the innermost open frame's width is in force again.
+        for frame in frames.stack[at..].iter_mut() {
+            frame.native = Some(budget_native::limit(frame.width));
+        }
+        if let Kind::Region { extra } = frame.kind {
+            drop(extra);
+            frames.regions -= 1;
+            if frames.regions == 0 {
+                frames.marked = None;
+                frames.own = None;
+            }
+        }
+        true
+    })
+}
+
+/// The number of frames open on this thread (regions and limits).
+pub(crate) fn depth() -> usize {
+    FRAMES.with(|cell| cell.borrow().stack.len())
+}
+
+impl Frames {
+    fn push(&mut self, width: usize, kind: Kind) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let native = Some(budget_native::limit(width));
+        self.stack.push(Frame {
+            id,
+            width,
+            kind,
+            native,
+        });
+        id
+    }
+}
+
+impl Drop for Frames {
+    /// A thread that ends with frames still open (a generator never closed) gives
+    /// their tokens back and restores its settings, innermost first.
+    fn drop(&mut self) {
+        while let Some(mut frame) = self.stack.pop() {
+            drop(frame.native.take());
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `budget.region(max_threads=None)`: the [`Region`] context manager.
+
+use std::thread::{self, ThreadId};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::{cap, frames};
+
+/// A budget region for a `with` block on the current Python thread.
+///
+/// At entry it takes a width from the process's budget (`r.width`): the thread's own
+/// token plus up to `max_threads - 1` free ones, never waiting. Every loaded BLAS and
+/// OpenMP library is set to that width for the block, and everything is given back at
+/// exit, also when the block raises. Blocks may exit in any order (generators,
+/// coroutines). A region must be exited on the thread that entered it.
+#[pyclass(module = "budget._budget", name = "Region")]
+pub(crate) struct Region {
+    max_threads: Option<usize>,
+    open: Option<(u64, ThreadId)>,
+    width: Option<usize>,
+    requested: Option<usize>,
+}
+
+#[pymethods]
+impl Region {
+    #[new]
+    #[pyo3(signature = (max_threads=None))]
+    fn new(max_threads: Option<usize>) -> Region {
+        Region {
+            max_threads,
+            open: None,
+            width: None,
+            requested: None,
+        }
+    }
+
+    /// The width granted at entry (`None` before the block is entered).
+    #[getter]
+    fn width(&self) -> Option<usize> {
+        self.width
+    }
+
+    /// The width asked for at entry: `max_threads`, capped by the budget's total and
+    /// by a `threadpoolctl.threadpool_limits` in force (`None` before entry).
+    #[getter]
+    fn requested(&self) -> Option<usize> {
+        self.requested
+    }
+
+    /// The `max_threads` given (`None`: the whole budget).
+    #[getter]
+    fn max_threads(&self) -> Option<usize> {
+        self.max_threads
+    }
+
+    fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
+        if slf.open.is_some() {
+            return Err(PyRuntimeError::new_err(
+                "this budget.region is already open: a region object is entered once at a \
+                 time; make a new budget.region() for a nested block",
+            ));
+        }
+        let total = budget_core::stats().total;
+        let requested = slf
+            .max_threads
+            .unwrap_or(total)
+            .clamp(1, cap::allowed(total));
+        // The native settings may wait on budget-native's process-wide lock: never hold
+        // the GIL meanwhile (another thread holding the lock may be waiting for it).
+        let grant = slf.py().detach(|| frames::open_region(requested));
+        cap::note_region(grant.width < requested, grant.overcommitted);
+        slf.open = Some((grant.id, thread::current().id()));
+        slf.width = Some(grant.width);
+        slf.requested = Some(requested);
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&mut self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        exit(py, &mut self.open, "budget.region")?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.open.is_some() {
+            "open"
+        } else {
+            "closed"
+        };
+        match self.width {
+            Some(w) => format!("<budget.region width={w} ({state})>"),
+            None => format!(
+                "<budget.region max_threads={:?} (not entered)>",
+                self.max_threads
+            ),
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        drop_open(&mut self.open);
+    }
+}
+
+/// Closes the frame `open` on the calling thread: an error that says what to do if
+/// this is another thread or the block is not open.
+pub(crate) fn exit(py: Python<'_>, open: &mut Option<(u64, ThreadId)>, what: &str) -> PyResult<()> {
+    let Some((id, owner)) = *open else {
+        return Err(PyRuntimeError::new_err(format!(
+            "{what} exited without being entered (or exited twice)"
+        )));
+    };
+    if owner != thread::current().id() {
+        return Err(PyRuntimeError::new_err(format!(
+            "{what} must be exited on the thread that entered it: its thread counts and \
+             tokens belong to that thread ({owner:?}), this is {:?}. Enter a new block on \
+             this thread instead (a generator holding a block must be resumed and closed \
+             on the thread that started it)",
+            thread::current().id()
+        )));
+    }
+    *open = None;
+    let closed = py.detach(|| frames::close(id));
+    debug_assert!(closed, "an open frame is on its thread's stack");
+    Ok(())
+}
+
+/// A block object dropped while still open (entered by hand, never exited): closed if
+/// this is its thread; otherwise it stays open until its thread ends, which gives its
+/// tokens back and restores its settings.
+pub(crate) fn drop_open(open: &mut Option<(u64, ThreadId)>) {
+    if let Some((id, owner)) = open.take() {
+        if owner == thread::current().id() {
+            Python::attach(|py| py.detach(|| frames::close(id)));
+        }
+    }
+}
