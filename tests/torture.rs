@@ -108,17 +108,19 @@ impl Outcome {
     }
 }
 
-/// The first 60 and last 20 lines of `text`: a failing child may print hundreds.
+/// The first 60 and last 20 lines of `text` (a failing child may print hundreds), each
+/// behind "| " so that no line of the child's reads as the parent's own (the suite's
+/// summary counts `test result:` lines).
 fn abridged(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<String> = text.lines().map(|l| format!("| {l}\n")).collect();
     if lines.len() <= 80 {
-        return text.to_owned();
+        return lines.concat();
     }
     format!(
-        "{}\n[... {} lines ...]\n{}\n",
-        lines[..60].join("\n"),
+        "{}| [... {} lines ...]\n{}",
+        lines[..60].concat(),
         lines.len() - 80,
-        lines[lines.len() - 20..].join("\n")
+        lines[lines.len() - 20..].concat()
     )
 }
 
