@@ -41,8 +41,11 @@
 //! payloads whose `Drop` panics, while a third task is still running; the payload that
 //! budget must drop (the second) is dropped on the calling thread in one variant and on
 //! a worker thread in the other. The process must finish correctly (the scope resumes a
-//! panic, after every task finished) or abort with a message; it must never return from
-//! the scope while the third task runs, and never hang.
+//! panic, after every task finished, and the budget works after it) or abort with a
+//! message (SIGABRT, "abort" on stderr, as rayon does when a panic escapes a job); it
+//! must never return from the scope while the third task runs (exit code 4), and never
+//! hang. The payload's `Drop` panics only when the thread is not already unwinding:
+//! there Rust itself would abort, whatever budget does.
 //!
 //! A watchdog in each child prints the progress and `budget::stats()` and exits with
 //! code 3 after 120 s (60 s for the small payload cases); the parent also kills a child
