@@ -60,7 +60,7 @@ use std::ffi::{c_int, c_uint, c_void};
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Barrier, Mutex, OnceLock};
@@ -70,8 +70,7 @@ use std::time::{Duration, Instant};
 use budget::prelude::*;
 use rayon::prelude::*;
 
-#[path = "../crates/budget-native/tests/common/ffi.rs"]
-mod ffi;
+use budget_testkit::Lib;
 
 /// Names the child's case; unset in the parent.
 const MODE: &str = "BUDGET_TORTURE_CHILD";
@@ -129,19 +128,7 @@ fn abridged(text: &str) -> String {
 
 /// The path of the real libgomp, from `scripts/setup-native.sh`'s `libs.env`.
 fn gomp_path() -> PathBuf {
-    let libs_env = ffi::libs_env(Path::new(env!("CARGO_MANIFEST_DIR")));
-    let path = ffi::lib_path("BUDGET_NATIVE_GOMP", &libs_env).unwrap_or_else(|| {
-        panic!(
-            "BUDGET_NATIVE_GOMP is not in {} or the environment: run scripts/setup-native.sh",
-            libs_env.display()
-        )
-    });
-    assert!(
-        path.exists(),
-        "{} (BUDGET_NATIVE_GOMP) does not exist: run scripts/setup-native.sh",
-        path.display()
-    );
-    path
+    budget_testkit::libs::require_path("BUDGET_NATIVE_GOMP")
 }
 
 /// Runs the `child` test of this binary in `mode` at budget `total`, killing it after
@@ -364,22 +351,16 @@ static GOMP: OnceLock<Gomp> = OnceLock::new();
 
 fn load_gomp() {
     let path = PathBuf::from(std::env::var("BUDGET_NATIVE_GOMP").expect("set by the parent"));
-    let lib = ffi::Lib::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let lib = Lib::open(&path).unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: the C prototypes of libgomp's `omp_get_max_threads`,
     // `omp_set_num_threads`, `omp_get_num_threads` and `GOMP_parallel` (GOMP_4.0);
     // the handle is never closed.
     let gomp = unsafe {
         Gomp {
-            get_max_threads: lib
-                .func("omp_get_max_threads")
-                .expect("omp_get_max_threads"),
-            set_num_threads: lib
-                .func("omp_set_num_threads")
-                .expect("omp_set_num_threads"),
-            get_num_threads: lib
-                .func("omp_get_num_threads")
-                .expect("omp_get_num_threads"),
-            parallel: lib.func("GOMP_parallel").expect("GOMP_parallel"),
+            get_max_threads: lib.func("omp_get_max_threads"),
+            set_num_threads: lib.func("omp_set_num_threads"),
+            get_num_threads: lib.func("omp_get_num_threads"),
+            parallel: lib.func("GOMP_parallel"),
         }
     };
     assert!(GOMP.set(gomp).is_ok(), "libgomp loaded once");
