@@ -9,8 +9,8 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 
+use crate::sync::plain::Mutex;
 use crossbeam_deque::{Injector, Steal};
-use parking_lot::Mutex;
 
 use crate::context;
 use crate::job::{self, Body};

@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::plain::{Condvar, Mutex};
 
 use crate::builder::BuildError;
 use crate::region::Region;
@@ -220,7 +220,7 @@ impl Registry {
                         break region;
                     }
                     queue.idle += 1;
-                    self.wake.wait(&mut queue);
+                    queue = self.wake.wait(queue);
                     queue.idle -= 1;
                 }
             };

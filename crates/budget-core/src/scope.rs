@@ -525,7 +525,7 @@ impl<'scope> Scope<'scope> {
             return;
         }
         let cursor = AtomicUsize::new(start);
-        let first_panic = parking_lot::Mutex::new(None);
+        let first_panic = crate::sync::plain::Mutex::new(None);
         let drain = || {
             let outcome = catch_unwind(AssertUnwindSafe(|| loop {
                 // Relaxed: the counter only hands out disjoint index ranges; the data

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use budget_core::integration::ScopeHooks;
+
 /// The longest a region entry waits for outside tokens: five supplier ticks (2 ms),
 /// room for the supplier thread to be scheduled on a loaded machine.
 pub(crate) const WAIT: Duration = Duration::from_millis(10);

@@ -15,8 +15,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use crate::sync::plain::Mutex;
 use jobserver::{Acquired, Client, HelperThread};
-use parking_lot::Mutex;
 
 use super::{is_off, ENV_JOBSERVER};
 use crate::token::Tokens;
@@ -116,7 +116,7 @@ static HELD: Mutex<Held> = Mutex::new(Held {
 /// Set at exit: a token the helper thread delivers after that goes straight back.
 static EXITING: AtomicBool = AtomicBool::new(false);
 
-fn held_here() -> parking_lot::MutexGuard<'static, Held> {
+fn held_here() -> crate::sync::plain::MutexGuard<'static, Held> {
     let mut held = HELD.lock();
     let pid = std::process::id();
     if held.pid != pid {

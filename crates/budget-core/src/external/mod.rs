@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::plain::{Condvar, Mutex};
 
 use crate::token::{Grower, Supplier, Tokens};
 
@@ -249,17 +249,17 @@ impl Driver {
         let mut lingering = 0;
         loop {
             {
-                let mut guard = self.lock.lock();
+                let guard = self.lock.lock();
                 // SeqCst pairs with `short`: its store before its notify under the lock.
                 if !self.wanted.load(Ordering::SeqCst) {
                     let busy = self.backend.held() > 0
                         || tokens.free() < tokens.held()
                         || self.pending() > 0;
-                    if busy {
-                        self.wake.wait_for(&mut guard, TICK);
+                    drop(if busy {
+                        self.wake.wait_timeout(guard, TICK)
                     } else {
-                        self.wake.wait(&mut guard);
-                    }
+                        self.wake.wait(guard)
+                    });
                 }
             }
             self.wanted.store(false, Ordering::SeqCst);
