@@ -60,7 +60,8 @@ def region(max_threads: int | None = None) -> Region:
     >>> with budget.region(2) as r:
     ...     1 <= r.width <= 2
     True
-    >>> budget.stats()["in_use"]
+    >>> s = budget.stats()  # tokens back; OpenBLAS's spinning workers may hold some briefly
+    >>> s["in_use"] - s["spin_leased"]
     0
     """
     return Region(max_threads)
