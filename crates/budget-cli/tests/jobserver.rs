@@ -26,6 +26,7 @@ fn make_available() {
 #[test]
 fn make_j2_runs_three_plus_recipes_on_two_tokens() {
     watchdog(240);
+    let _serial = serial();
     make_available();
     let dir = temp_dir("make-pipe");
     let log = dir.join("log");
@@ -139,6 +140,7 @@ fn run_probe(env: &[(&str, String)], mode: &str, log: &std::path::Path) -> Strin
 #[test]
 fn fifo_jobserver_tokens_come_back_after_regions_panic_and_exit() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("fifo");
     let fifo = Fifo::new(&dir, 2);
     let env = [("MAKEFLAGS", fifo.makeflags())];
@@ -172,6 +174,7 @@ fn fifo_jobserver_tokens_come_back_after_regions_panic_and_exit() {
 #[test]
 fn fifo_jobserver_two_processes_share_three_tokens() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("fifo-two");
     let fifo = Fifo::new(&dir, 2);
     // As make would: the second process runs on a token the "make" (we) took.
@@ -196,6 +199,7 @@ fn fifo_jobserver_two_processes_share_three_tokens() {
 #[test]
 fn pipe_jobserver_tokens_come_back_after_panic_and_exit() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("pipe");
     let client = jobserver::Client::new(2).unwrap();
     let mut probe_env = Command::new("true");
@@ -230,6 +234,7 @@ fn pipe_jobserver_tokens_come_back_after_panic_and_exit() {
 #[test]
 fn a_jobserver_variable_that_points_nowhere_warns_once_and_falls_back() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("bad-js");
     let log = dir.join("log");
     let log_s = log.display().to_string();
@@ -253,6 +258,7 @@ fn a_jobserver_variable_that_points_nowhere_warns_once_and_falls_back() {
 #[test]
 fn budget_jobserver_0_turns_joining_off() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("js-off");
     let fifo = Fifo::new(&dir, 2);
     let log = dir.join("log");

@@ -41,6 +41,7 @@ fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_killed_holder_gives_its_node_tokens_back_at_once() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("sigkill");
     let node = NodeFile::new("sigkill", 2);
     let ready = dir.join("ready");
@@ -187,6 +188,7 @@ fn above(histogram: &[usize; 16], bound: usize) -> (usize, usize) {
 #[test]
 fn budget_run_keeps_busy_threads_at_max_of_n_and_processes() {
     watchdog(240);
+    let _serial = serial();
     for processes in [2, 3] {
         let histogram = sample_tree(processes, true);
         let bound = processes.max(2);
@@ -217,6 +219,7 @@ fn budget_run_keeps_busy_threads_at_max_of_n_and_processes() {
 #[test]
 fn node_tokens_go_back_when_regions_end_on_panic_and_at_exit() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("node-back");
     let node = NodeFile::new("back", 2);
     for mode in ["", "panic", "exit"] {
@@ -259,6 +262,7 @@ fn node_tokens_go_back_when_regions_end_on_panic_and_at_exit() {
 #[test]
 fn budget_run_passes_on_exit_status_and_explains_errors() {
     watchdog(240);
+    let _serial = serial();
     let status = |args: &[&str]| budget().args(args).output().unwrap();
     assert_eq!(
         status(&["run", "--", "sh", "-c", "exit 3"]).status.code(),
@@ -303,6 +307,7 @@ fn budget_run_passes_on_exit_status_and_explains_errors() {
 #[test]
 fn budget_run_forwards_sigterm() {
     watchdog(240);
+    let _serial = serial();
     let mut child = budget().args(["run", "--", "sleep", "30"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill with a valid pid and signal.
@@ -314,6 +319,7 @@ fn budget_run_forwards_sigterm() {
 #[test]
 fn make_inside_budget_run_uses_the_node_budget() {
     watchdog(240);
+    let _serial = serial();
     let dir = temp_dir("run-make");
     let log = dir.join("log");
     let makefile = format!(

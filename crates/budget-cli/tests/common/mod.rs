@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::Once;
+use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 pub fn probe() -> Command {
@@ -49,6 +49,14 @@ pub fn watchdog(secs: u64) {
             std::process::exit(1);
         });
     });
+}
+
+/// Runs the tests of one binary one at a time: each starts processes that compute on
+/// both cores and asserts on widths, which tests running beside it would distort.
+#[must_use = "the test runs alone only while the guard lives"]
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Waits for `child`, killing it and panicking after `secs`.
