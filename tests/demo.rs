@@ -1,18 +1,60 @@
 //! The main demo in quick mode, at a tiny scale: every scenario produces a row per
 //! strategy (or says why it was skipped), every strategy ran once per round (the
-//! rounds interleaved), and `--json` writes the stable schema.
+//! rounds interleaved), and `--json` writes the stable schema. The processes
+//! scenario's workers are this test binary again, running only [`demo_worker`].
 #![cfg(all(feature = "rayon", feature = "native"))]
+
+use std::process::Command;
+use std::time::Duration;
 
 #[allow(dead_code)]
 #[path = "../examples/demo/main.rs"]
 mod demo;
 
+/// The variable that hands a worker's arguments to [`demo_worker`].
+const WORKER_ARGS: &str = "BUDGET_DEMO_WORKER_ARGS";
+
+/// Starts a worker of the demo's processes scenario: this test binary, running only
+/// [`demo_worker`] (the demo binary would run itself with `--worker`).
+fn launcher(args: &[String]) -> Command {
+    let exe = std::env::current_exe().expect("the path of this test binary");
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            "demo_worker",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(WORKER_ARGS, args.join(" "));
+    command
+}
+
+/// A worker process of the demo's processes scenario, started by [`launcher`] (not
+/// a check of its own: ignored in a plain test run).
+#[test]
+#[ignore = "a worker process of the demo's processes scenario, started by the demo test"]
+fn demo_worker() {
+    let args = std::env::var(WORKER_ARGS)
+        .unwrap_or_else(|_| panic!("started by the demo test only, with {WORKER_ARGS} set"));
+    let args: Vec<String> = args.split(' ').map(String::from).collect();
+    demo::processes::worker(&args);
+}
+
 #[test]
 fn quick_json_has_every_scenario_and_strategy() {
+    // A watchdog: the demo (and its worker processes) must end; say so if it hangs.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(600));
+        eprintln!("watchdog: the quick demo did not end in 600 s");
+        std::process::exit(1);
+    });
     let dir = std::env::temp_dir().join(format!("budget-demo-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, svg) = (dir.join("demo.json"), dir.join("demo.svg"));
-    let opts = demo::Options::parse(
+    let mut opts = demo::Options::parse(
         [
             "--quick",
             "--scale",
@@ -28,6 +70,7 @@ fn quick_json_has_every_scenario_and_strategy() {
         .map(String::from),
     )
     .unwrap();
+    opts.worker = Some(launcher);
     let rows = demo::run(&opts).unwrap();
     let cores = budget::stats().total;
 
@@ -40,6 +83,7 @@ fn quick_json_has_every_scenario_and_strategy() {
     assert_eq!(doc["interleaved"], true);
     let json_rows = doc["rows"].as_array().expect("rows");
     assert_eq!(json_rows.len(), rows.len());
+    assert_eq!(rows.len(), 6 * 4, "six scenarios × four strategies");
 
     let scenarios = [
         "rayon × OpenBLAS QR",
@@ -47,6 +91,7 @@ fn quick_json_has_every_scenario_and_strategy() {
         "nested rayon",
         "imbalanced nested",
         "mixed big+small BLAS",
+        "3 processes × rayon × QR",
     ];
     let strategies = ["serial", "all_cores", "best_static", "budget"];
     for scenario in scenarios {

@@ -23,16 +23,22 @@
 //!    waiting region is handed them and its queued tasks start on a new thread.
 //! 3. **The problem and the fix.** Five nested scenarios (rayon × OpenBLAS QR,
 //!    rayon × an OpenMP kernel, nested rayon, imbalanced nested, one big BLAS call and
-//!    many small ones), each run with every layer at all cores, the best static
-//!    setting (several measured, the fastest kept) and budget, against the ideal
-//!    `serial / cores`, with the peak number of busy threads seen (sampled from
-//!    /proc during the warm-up round). Rows that need OpenBLAS or OpenMP say what to install where they are
-//!    missing.
+//!    many small ones) and one of processes (three processes at once, each a rayon ×
+//!    OpenBLAS QR loop, budget being a node budget the three share), each run with
+//!    every layer at all cores, the best static setting (several measured, the
+//!    fastest kept) and budget, against the ideal `serial / cores`, with the peak
+//!    number of busy threads seen (sampled from /proc during the warm-up round, the
+//!    worker processes' threads included). Rows that need OpenBLAS or OpenMP say what
+//!    to install where they are missing.
+//!
+//! The processes scenario re-runs this executable as its worker processes, with a
+//! hidden first argument `--worker` that `main` handles before anything else.
 //!
 //! It ends with `budget::stats()`.
 
 mod native;
 mod probe;
+pub(crate) mod processes;
 mod report;
 mod scenarios;
 mod workloads;
@@ -65,6 +71,9 @@ pub(crate) struct Options {
     pub(crate) svg: Option<PathBuf>,
     /// Print a progress line on stderr.
     pub(crate) progress: bool,
+    /// How the processes scenario starts its workers; `None`: this executable with
+    /// `--worker` ([`processes::this_executable`]).
+    pub(crate) worker: Option<processes::Launcher>,
 }
 
 impl Options {
@@ -114,7 +123,7 @@ impl Options {
     }
 }
 
-/// Runs the five scenarios, prints the table, writes the JSON and SVG files asked for,
+/// Runs the six scenarios, prints the table, writes the JSON and SVG files asked for,
 /// and returns the rows.
 pub(crate) fn run(opts: &Options) -> std::io::Result<Vec<Row>> {
     let cores = budget::stats().total;
@@ -122,6 +131,7 @@ pub(crate) fn run(opts: &Options) -> std::io::Result<Vec<Row>> {
         cores,
         scale: opts.scale.unwrap_or(if opts.quick { 0.5 } else { 1.0 }),
         reps: opts.reps.unwrap_or(if opts.quick { 5 } else { 9 }),
+        worker: opts.worker.unwrap_or(processes::this_executable),
     };
     let names = scenarios::NAMES;
     let mut rows = Vec::new();
@@ -197,7 +207,13 @@ pub(crate) fn run(opts: &Options) -> std::io::Result<Vec<Row>> {
 }
 
 fn main() {
-    let opts = match Options::parse(std::env::args().skip(1)) {
+    // A worker process of the processes scenario: nothing else of the demo runs.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--worker") {
+        processes::worker(&args[1..]);
+        return;
+    }
+    let opts = match Options::parse(args) {
         Ok(o) => o,
         Err(message) => {
             eprintln!("{message}");

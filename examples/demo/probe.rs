@@ -1,6 +1,7 @@
 //! Timing: strategies interleaved round by round, every sample kept; and the peak
 //! number of busy threads, sampled from `/proc/self/task/*/stat` every ~1 ms by a
-//! sampler thread (Linux) during an untimed warm-up round.
+//! sampler thread (Linux) during an untimed warm-up round, with the threads of the
+//! worker processes the demo started ([`watch`]) counted too.
 //!
 //! Interleaving puts every strategy under the same drift (another process starting,
 //! a frequency change), so the medians compare like with like and the per-round
@@ -12,7 +13,7 @@
 //! (A B C, B C A, …) would not: B would always follow A.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,9 @@ pub(crate) struct Measured {
     /// Wall time of each timed round, in seconds, in round order (round `i` of every
     /// strategy of a scenario ran back to back).
     pub(crate) samples: Vec<f64>,
-    /// Most threads of this process seen running or runnable at once (`R`), without
-    /// the sampler itself, during the warm-up round; `None` where /proc is not
-    /// readable.
+    /// Most threads of this process and of the watched worker processes seen running
+    /// or runnable at once (`R`), without the sampler itself, during the warm-up
+    /// round; `None` where /proc is not readable.
     pub(crate) peak_busy: Option<usize>,
 }
 
@@ -166,6 +167,22 @@ impl Sampler {
     }
 }
 
+/// Worker processes whose threads the sampler counts with this process's.
+static WATCHED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Counts the threads of process `pid` (a worker the demo started) in the peak.
+pub(crate) fn watch(pid: u32) {
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+/// Stops counting process `pid`.
+pub(crate) fn unwatch(pid: u32) {
+    WATCHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&p| p != pid);
+}
+
 /// The calling thread's id as /proc names it.
 fn own_tid() -> String {
     std::fs::read_link("/proc/thread-self")
@@ -174,10 +191,21 @@ fn own_tid() -> String {
         .unwrap_or_default()
 }
 
-/// Threads of this process in state `R`, except `me`.
+/// Threads of this process in state `R`, except `me`, plus those of the watched
+/// processes.
 fn busy_threads(me: &str) -> Option<usize> {
+    let watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let others = watched
+        .iter()
+        .filter_map(|pid| busy_in(&format!("/proc/{pid}/task"), ""))
+        .sum::<usize>();
+    Some(busy_in("/proc/self/task", me)? + others)
+}
+
+/// Threads in state `R` among the tasks listed in `dir`, except `me`.
+fn busy_in(dir: &str, me: &str) -> Option<usize> {
     let mut busy = 0;
-    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
         if entry.file_name().to_string_lossy() == me {
             continue;
         }

@@ -164,7 +164,7 @@ pub(crate) fn table(names: &[&str], rows: &[Row], cores: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:>9} │ {:>10} {:>7} │ {:>10} {:>7} {:<29}│ {:>10} {:>7} {:>7} │ {:>15}",
+        "{:<24} {:>9} │ {:>10} {:>7} │ {:>10} {:>7} {:<29}│ {:>10} {:>7} {:>7} │ {:>15}",
         "scenario",
         format!("ideal={cores}"),
         "all cores",
@@ -183,14 +183,14 @@ pub(crate) fn table(names: &[&str], rows: &[Row], cores: usize) -> String {
             continue;
         };
         if let Some(reason) = &budget.skipped {
-            let _ = writeln!(out, "{name:<22} {reason}");
+            let _ = writeln!(out, "{name:<24} {reason}");
             continue;
         }
         let (all, stat, serial) = (get("all_cores"), get("best_static"), get("serial"));
         let ideal = serial.and_then(|r| r.seconds).map(|s| s / cores as f64);
         let _ = writeln!(
             out,
-            "{:<22} {:>9} │ {:>10} {:>7} │ {:>10} {:>7} {:<29}│ {:>10} {:>7} {:>7} │ {:>15}",
+            "{:<24} {:>9} │ {:>10} {:>7} │ {:>10} {:>7} {:<29}│ {:>10} {:>7} {:>7} │ {:>15}",
             name,
             ms(ideal),
             ms(all.and_then(|r| r.seconds)),
@@ -220,12 +220,12 @@ pub(crate) fn spread(names: &[&str], rows: &[Row], reps: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:>20} {:>20} {:>20} │ {:>13}  call",
+        "{:<24} {:>20} {:>20} {:>20} │ {:>13}  call",
         "scenario", "all cores min–max", "best static min–max", "budget min–max", "budget/static",
     );
     let _ = writeln!(
         out,
-        "{:<22} {:>20} {:>20} {:>20} │ {:>13}",
+        "{:<24} {:>20} {:>20} {:>20} │ {:>13}",
         "", "", "", "", "by round"
     );
     for name in names {
@@ -243,7 +243,7 @@ pub(crate) fn spread(names: &[&str], rows: &[Row], reps: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<22} {:>20} {:>20} {:>20} │ {:>13}  {call}",
+            "{:<24} {:>20} {:>20} {:>20} │ {:>13}  {call}",
             name,
             span(get("all_cores").and_then(|r| r.range), 1e3, 1, " ms"),
             span(get("best_static").and_then(|r| r.range), 1e3, 1, " ms"),

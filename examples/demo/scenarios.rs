@@ -1,9 +1,12 @@
-//! The five scenarios, each run four ways: serially (for the ideal, serial / cores),
+//! The six scenarios, each run four ways: serially (for the ideal, serial / cores),
 //! every layer at all cores, the best static setting (several candidates measured,
 //! the one with the lowest median kept), and budget. Every strategy of a scenario,
-//! static candidates included, runs once per round, interleaved (see `probe`).
+//! static candidates included, runs once per round, interleaved (see `probe`). The
+//! first five run in this process; the sixth runs three worker processes at once
+//! (see `processes`).
 
 use std::hint::black_box;
+use std::path::Path;
 use std::sync::Mutex;
 
 use budget::prelude::*;
@@ -11,15 +14,17 @@ use rayon::prelude::*;
 
 use super::native::{Blas, Omp};
 use super::probe::{interleave, Measured, Strategy};
+use super::processes::{Group, Launcher, NodeFile, Setting};
 use super::workloads::*;
 
 /// The scenarios' names, in the order they run and print.
-pub(crate) const NAMES: [&str; 5] = [
+pub(crate) const NAMES: [&str; 6] = [
     "rayon × OpenBLAS QR",
     "rayon × OpenMP kernel",
     "nested rayon",
     "imbalanced nested",
     "mixed big+small BLAS",
+    "3 processes × rayon × QR",
 ];
 
 /// How much work and how many runs.
@@ -31,6 +36,8 @@ pub(crate) struct Plan {
     pub(crate) scale: f64,
     /// Timed rounds; each runs every strategy once.
     pub(crate) reps: usize,
+    /// How the processes scenario starts its worker processes.
+    pub(crate) worker: Launcher,
 }
 
 impl Plan {
@@ -63,7 +70,8 @@ pub(crate) fn run(index: usize, plan: &Plan, progress: Progress<'_>) -> Result<O
         1 => omp(plan, progress),
         2 => Ok(nested(plan, progress)),
         3 => Ok(imbalanced(plan, progress)),
-        _ => mixed(plan, progress),
+        4 => mixed(plan, progress),
+        _ => processes(plan, progress),
     }
 }
 
@@ -109,7 +117,8 @@ fn timed<'a>(
     }
 }
 
-fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
+/// `count` n×n matrices, different from each other, well conditioned.
+pub(crate) fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
     (0..count)
         .map(|s| {
             (0..n * n)
@@ -119,7 +128,8 @@ fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-const QR_N: usize = 256;
+/// The side of the QR scenarios' matrices.
+pub(crate) const QR_N: usize = 256;
 
 /// A rayon loop over 128 `dgeqrf` of 256×256.
 fn qr(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
@@ -367,9 +377,67 @@ fn mixed(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
     ))
 }
 
+/// Worker processes run at once in the processes scenario.
+const PROCESSES: usize = 3;
+
+/// Three processes at once, each a rayon loop over 64 `dgeqrf` of 256² (the first
+/// scenario's loop, half as long), as a process pool or `make -j` would run them.
+/// The round's time is the makespan: from telling the three to start until the last
+/// is done (the processes start, and make their matrices, before the rounds).
+///
+/// - serial: the three "rayon = 1, BLAS = 1" processes run one after another, so
+///   the ideal is the three processes' serial work / cores;
+/// - all cores: each process sizes rayon to every core, OpenBLAS at its default;
+/// - static candidates, the same in each process: rayon = 1 and BLAS = 1 (three
+///   single-threaded processes), rayon = all and BLAS = 1;
+/// - budget: the three processes share one node budget of `cores` tokens (a file
+///   made here, named by `BUDGET_NODE` as `budget run` does), each running the
+///   budget QR loop of the first scenario.
+fn processes(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
+    Blas::load()?; // where OpenBLAS is missing, say what to install before starting anything
+    let node = NodeFile::create(plan.cores)?;
+    let count = plan.count(64, 4);
+    let spawn = |setting: Setting, node: Option<&Path>| {
+        progress(
+            0,
+            &format!("starting {PROCESSES} processes: {}", setting_label(setting)),
+        );
+        Group::spawn(plan.worker, setting, PROCESSES, plan.cores, count, node)
+    };
+    // Dropped before `node`: the workers end before their node file goes.
+    let ones = spawn(Setting::RayonOne, None)?;
+    let all = spawn(Setting::AllCores, None)?;
+    let rayon_all = spawn(Setting::RayonAll, None)?;
+    let budget = spawn(Setting::Budget, Some(node.path()))?;
+    let (ones, all, rayon_all, budget) = (&ones, &all, &rayon_all, &budget);
+    Ok(timed(
+        plan,
+        progress,
+        Strategy::new("serial", move || ones.in_turn()),
+        Strategy::new("all cores", move || all.together()),
+        vec![
+            Strategy::new(setting_label(Setting::RayonOne), move || ones.together()),
+            Strategy::new(setting_label(Setting::RayonAll), move || {
+                rayon_all.together()
+            }),
+        ],
+        Strategy::new("budget", move || budget.together()),
+    ))
+}
+
+/// A processes-scenario setting as the table names it.
+fn setting_label(setting: Setting) -> &'static str {
+    match setting {
+        Setting::AllCores => "all cores",
+        Setting::RayonOne => "rayon = 1, BLAS = 1",
+        Setting::RayonAll => "rayon = all, BLAS = 1",
+        Setting::Budget => "budget",
+    }
+}
+
 /// The small-QR loop with a budget region at both levels: rayon outside, each QR in
 /// `s.native` (so at width 1 while the loop holds every core).
-fn budget_qr_loop(blas: &Blas, mats: &[Vec<f64>]) {
+pub(crate) fn budget_qr_loop(blas: &Blas, mats: &[Vec<f64>]) {
     budget::scope(|s| {
         s.install(|| {
             mats.par_iter()
