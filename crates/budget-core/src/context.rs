@@ -19,11 +19,13 @@ thread_local! {
 }
 
 /// Whether the current thread is inside a region.
+#[inline]
 pub(crate) fn in_region() -> bool {
     DEPTH.with(Cell::get) > 0
 }
 
 /// Marks the current thread as inside a region until the guard drops (on unwind too).
+#[inline]
 pub(crate) fn enter() -> Guard {
     DEPTH.with(|d| d.set(d.get() + 1));
     Guard {
@@ -38,6 +40,7 @@ pub(crate) struct Guard {
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
         DEPTH.with(|d| d.set(d.get() - 1));
     }
@@ -65,11 +68,13 @@ impl Frame {
 }
 
 /// The current thread's innermost frame.
+#[inline]
 pub(crate) fn frame() -> Frame {
     FRAME.with(Cell::get)
 }
 
 /// Makes `frame` the current one until the returned guard drops.
+#[inline]
 pub(crate) fn set_frame(frame: Frame) -> FrameGuard {
     FrameGuard {
         previous: FRAME.with(|f| f.replace(frame)),
@@ -83,6 +88,7 @@ pub(crate) struct FrameGuard {
 }
 
 impl Drop for FrameGuard {
+    #[inline]
     fn drop(&mut self) {
         FRAME.with(|f| f.set(self.previous));
     }

@@ -41,6 +41,7 @@ pub(crate) struct OwnToken(AtomicU8);
 impl OwnToken {
     /// The opener's token at entry: inherited inside a region, else one free token
     /// taken now, else owed.
+    #[inline]
     pub(crate) fn take(in_region: bool, tokens: &Tokens) -> OwnToken {
         let state = if in_region {
             INHERITED
@@ -60,12 +61,14 @@ impl OwnToken {
 
     /// Whether the opener runs unpaid now (SeqCst: read by `wants` in the token
     /// protocol's Dekker pairs).
+    #[inline]
     pub(crate) fn owes(&self) -> bool {
         self.0.load(Ordering::SeqCst) == OWED
     }
 
     /// Whether the opener found no token at entry (`Owed` or `Repaid`): counted as
     /// overcommit.
+    #[inline]
     pub(crate) fn overcommitted(&self) -> bool {
         matches!(self.0.load(Ordering::SeqCst), OWED | REPAID)
     }
@@ -79,6 +82,7 @@ impl OwnToken {
     }
 
     /// Tokens the opener's share returns at exit: 1 for `Held` and `Repaid`.
+    #[inline]
     pub(crate) fn returned_at_exit(&self) -> usize {
         usize::from(matches!(self.0.load(Ordering::SeqCst), HELD | REPAID))
     }

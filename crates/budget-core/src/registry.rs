@@ -152,6 +152,7 @@ impl Registry {
 
     /// False in a forked child for the parent's registry: its workers are gone, so it
     /// must not be waited on or locked.
+    #[inline]
     pub(crate) fn is_current(&self) -> bool {
         self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed)
     }

@@ -228,6 +228,7 @@ unsafe impl Sync for RootPtr {}
 
 impl RootPtr {
     /// The root of the tree that the region running `frame` belongs to.
+    #[inline]
     fn of_parent(frame: context::Frame) -> RootPtr {
         if frame.scope == 0 {
             return RootPtr(std::ptr::null());
@@ -261,6 +262,7 @@ impl<'scope> Scope<'scope> {
     /// ```
     /// budget_core::scope(|s| assert!(s.width() >= 1 && s.width() <= s.requested()));
     /// ```
+    #[inline]
     pub fn width(&self) -> usize {
         self.shared
             .get()
@@ -326,6 +328,7 @@ impl<'scope> Scope<'scope> {
     }
 
     /// This region's frame: its body (`task == false`) or one of its tasks.
+    #[inline]
     fn frame(&self, task: bool) -> context::Frame {
         context::Frame {
             scope: self as *const Scope<'_> as usize,
@@ -337,12 +340,14 @@ impl<'scope> Scope<'scope> {
     /// opened it, not inside one of its tasks (`spawn`, `join`'s and `for_each`'s
     /// closures) nor inside a region nested in it. See
     /// [`integration::ScopeHooks::runs_body`](crate::integration::ScopeHooks::runs_body).
+    #[inline]
     pub(crate) fn runs_body_hook(&self) -> bool {
         context::frame() == self.frame(false)
     }
 
     /// How the region's own thread is paid for (`own.rs`): the shared state's once
     /// it exists (grants change it there), else the state taken at entry.
+    #[inline]
     fn own(&self) -> &OwnToken {
         self.shared.get().map_or(&self.own, |shared| &shared.own)
     }

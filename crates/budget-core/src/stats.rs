@@ -78,6 +78,7 @@ impl Counters {
         }
     }
 
+    #[inline]
     pub(crate) fn note_region(&self, narrowed: bool, overcommitted: bool) {
         tally::bump(Kind::Regions);
         if narrowed {

@@ -101,6 +101,7 @@ impl Tokens {
         }
     }
 
+    #[inline]
     pub(crate) fn total(&self) -> usize {
         self.total
     }
@@ -112,6 +113,7 @@ impl Tokens {
 
     /// `free()` for heuristics that order nothing (Relaxed: no write is published
     /// through it).
+    #[inline]
     pub(crate) fn free_hint(&self) -> usize {
         self.free.load(Ordering::Relaxed)
     }
@@ -123,6 +125,7 @@ impl Tokens {
     }
 
     /// Takes up to `max` free tokens without ever waiting; returns how many it took.
+    #[inline]
     pub(crate) fn try_acquire(&self, max: usize) -> usize {
         if max == 0 {
             return 0;
@@ -155,6 +158,7 @@ impl Tokens {
     }
 
     /// Returns `n` tokens and hands them on to waiting regions, oldest first.
+    #[inline]
     pub(crate) fn release(&self, n: usize) {
         if n == 0 {
             return;
