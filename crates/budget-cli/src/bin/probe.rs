@@ -96,8 +96,15 @@ fn main() {
                     Err(_) => log_line(log, &format!("{} {pid} panicked", now_ns())),
                 }
             }
-            // Let the linger pass, then say what the process holds.
+            // Let the linger pass, then say what the process holds. A token asked for
+            // while the regions ran may still arrive just after they ended (a jobserver
+            // request cannot be withdrawn): it goes back after the linger, so wait for
+            // that, up to 5 s (the test then sees the tokens still held).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
             std::thread::sleep(Duration::from_millis(50));
+            while budget_core::held_tokens() > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let widest = widths.iter().max().copied().unwrap_or(0);
             log_line(
                 log,

@@ -96,7 +96,6 @@ pub(crate) struct Source {
     pub(crate) var: String,
     pub(crate) auth: String,
     client: Client,
-    helper: OnceLock<HelperThread>,
     /// Tokens asked of the helper thread and not delivered yet.
     pending: std::sync::Arc<AtomicUsize>,
 }
@@ -113,8 +112,17 @@ static HELD: Mutex<Held> = Mutex::new(Held {
     tokens: Vec::new(),
 });
 
-/// Set at exit: a token the helper thread delivers after that goes straight back.
+/// Set at exit, under the `HELD` lock: a token the helper thread delivers after that
+/// goes straight back. Read by the helper's callback under the same lock, so a token
+/// is either in `HELD` when the exit handler empties it, or written back by the
+/// callback itself: never lost (a recipe that lost one made make 4.3 report "INTERNAL:
+/// Exiting with 1 jobserver tokens available; should be 2").
 static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// The jobserver crate's helper thread, taken and joined by the exit handler: a byte
+/// it has read but not delivered yet then reaches the callback (and goes back)
+/// before the process ends.
+static HELPER: Mutex<Option<HelperThread>> = Mutex::new(None);
 
 fn held_here() -> crate::sync::plain::MutexGuard<'static, Held> {
     let mut held = HELD.lock();
@@ -130,12 +138,22 @@ fn held_here() -> crate::sync::plain::MutexGuard<'static, Held> {
 }
 
 extern "C" fn give_back_at_exit() {
-    EXITING.store(true, Ordering::SeqCst);
-    // try_lock: never hang the exit on a thread that died holding the lock.
-    if let Some(mut held) = HELD.try_lock() {
-        if held.pid == std::process::id() {
-            held.tokens.clear(); // each drop writes its byte back
+    // 1. Stop the helper thread: dropping it interrupts a blocked read and waits for
+    //    the thread, so any byte it read has been handed to the callback.
+    let helper = HELPER.lock().take();
+    {
+        // Under the lock: the callback sees EXITING or its token is cleared below.
+        let _held = HELD.lock();
+        EXITING.store(true, Ordering::SeqCst);
+    }
+    drop(helper);
+    // 2. Write back every token still held (each `Acquired`'s drop writes its byte).
+    let mut held = HELD.lock();
+    if held.pid == std::process::id() {
+        if !held.tokens.is_empty() {
+            super::note_exit(); // before the bytes leave, as every log line
         }
+        held.tokens.clear();
     }
 }
 
@@ -159,7 +177,6 @@ pub(crate) fn from_env() -> Option<Source> {
                 var: found.var.clone(),
                 auth: found.auth.clone(),
                 client: found.client.clone(),
-                helper: OnceLock::new(),
                 pending: std::sync::Arc::new(AtomicUsize::new(0)),
             })
         }
@@ -173,10 +190,13 @@ impl Source {
         let helper = self.client.clone().into_helper_thread(move |token| {
             pending.fetch_sub(1, Ordering::SeqCst);
             match token {
-                Ok(token) if EXITING.load(Ordering::SeqCst) => drop(token),
                 Ok(token) => {
                     let ext = {
                         let mut held = held_here();
+                        if EXITING.load(Ordering::SeqCst) {
+                            drop(token); // writes the byte back (see `EXITING`)
+                            return;
+                        }
                         held.tokens.push(token);
                         held.tokens.len()
                     };
@@ -190,9 +210,7 @@ impl Source {
             }
         });
         match helper {
-            Ok(helper) => {
-                let _ = self.helper.set(helper);
-            }
+            Ok(helper) => *HELPER.lock() = Some(helper),
             Err(error) => warn_once(&format!(
                 "budget: no jobserver helper thread ({error}); regions stay at one token"
             )),
@@ -209,8 +227,9 @@ impl Source {
 
     /// Asks for tokens until `more` are held or on their way.
     pub(crate) fn request(&self, more: usize, _tokens: &Tokens) {
-        let Some(helper) = self.helper.get() else {
-            return;
+        let helper = HELPER.lock();
+        let Some(helper) = helper.as_ref() else {
+            return; // not started, or the process is exiting
         };
         let pending = self.pending.load(Ordering::SeqCst);
         for _ in pending..more {

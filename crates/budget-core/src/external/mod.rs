@@ -94,12 +94,25 @@ pub fn held_tokens() -> usize {
 
 /// The environment variable naming a file where each process appends a line
 /// `<CLOCK_MONOTONIC ns> <pid> held <tokens held> ext <outside tokens held>` each
-/// time what it holds changes (after a token arrived, before one leaves), for tests
+/// time what it holds changes (after a token arrived, before one leaves), and
+/// `<ns> <pid> exit` at exit before the jobserver tokens still held go back, for tests
 /// and for looking into a tree of processes. Unset: nothing is written.
 pub const ENV_TOKEN_LOG: &str = "BUDGET_TOKEN_LOG";
 
 /// Appends a line to the `BUDGET_TOKEN_LOG` file, if one is named.
 pub(crate) fn note(held: usize, ext: usize) {
+    log_line(&format!("held {held} ext {ext}"));
+}
+
+/// Appends `exit` to the `BUDGET_TOKEN_LOG` file, if one is named: written at exit
+/// before the tokens the process still holds go back (a reader of the log counts
+/// nothing for the process after it).
+pub(crate) fn note_exit() {
+    log_line("exit");
+}
+
+/// Appends `<ns> <pid> <what>` to the `BUDGET_TOKEN_LOG` file, if one is named.
+fn log_line(what: &str) {
     static LOG: OnceLock<Option<std::fs::File>> = OnceLock::new();
     let log = LOG.get_or_init(|| {
         let path = std::env::var_os(ENV_TOKEN_LOG)?;
@@ -115,7 +128,7 @@ pub(crate) fn note(held: usize, ext: usize) {
         // SAFETY: a valid clock id and a writable timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        let line = format!("{ns} {} held {held} ext {ext}\n", std::process::id());
+        let line = format!("{ns} {} {what}\n", std::process::id());
         // One write of one line with O_APPEND: lines of processes never interleave.
         let _ = std::io::Write::write_all(&mut file, line.as_bytes());
     }
