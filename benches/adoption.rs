@@ -59,15 +59,7 @@ fn fair_share() -> usize {
     }
 }
 
-fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
-    (0..count)
-        .map(|s| {
-            (0..n * n)
-                .map(|i| ((i * 7919 + s * 104729) % 1000) as f64 / 1000.0 + 0.5)
-                .collect()
-        })
-        .collect()
-}
+use budget_testkit::blas::matrices;
 
 /// A strategy: its name and one run of the whole loop.
 type Strategy<'a> = (&'static str, Box<dyn Fn() + 'a>);

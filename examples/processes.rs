@@ -30,15 +30,7 @@ use rayon::prelude::*;
 const QR_N: usize = 256;
 const PROCESSES: usize = 3;
 
-fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
-    (0..count)
-        .map(|s| {
-            (0..n * n)
-                .map(|i| ((i * 7919 + s * 104729) % 1000) as f64 / 1000.0 + 0.5)
-                .collect()
-        })
-        .collect()
-}
+use budget_testkit::blas::matrices;
 
 /// One worker process: make the matrices, say ready, wait for go, run the loops.
 fn worker(strategy: &str, loops: usize, ready: &Path, go: &Path) {

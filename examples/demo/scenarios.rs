@@ -117,16 +117,7 @@ fn timed<'a>(
     }
 }
 
-/// `count` n×n matrices, different from each other, well conditioned.
-pub(crate) fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
-    (0..count)
-        .map(|s| {
-            (0..n * n)
-                .map(|i| ((i * 7919 + s * 104729) % 1000) as f64 / 1000.0 + 0.5)
-                .collect()
-        })
-        .collect()
-}
+pub(crate) use budget_testkit::blas::matrices;
 
 /// The side of the QR scenarios' matrices.
 pub(crate) const QR_N: usize = 256;

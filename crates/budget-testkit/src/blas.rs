@@ -6,6 +6,27 @@ use std::ffi::c_int;
 
 use crate::Lib;
 
+/// `count` row-major n×n matrices, different from each other and well conditioned
+/// (entries in 0.5..1.5): the inputs of the QR workloads of the demo, the adoption
+/// benchmark and the processes example.
+///
+/// # Examples
+///
+/// ```
+/// let mats = budget_testkit::blas::matrices(2, 4);
+/// assert_eq!((mats.len(), mats[0].len()), (2, 16));
+/// assert_ne!(mats[0], mats[1]);
+/// ```
+pub fn matrices(count: usize, n: usize) -> Vec<Vec<f64>> {
+    (0..count)
+        .map(|s| {
+            (0..n * n)
+                .map(|i| ((i * 7919 + s * 104729) % 1000) as f64 / 1000.0 + 0.5)
+                .collect()
+        })
+        .collect()
+}
+
 /// LAPACK `dgeqrf_` (32-bit integers).
 pub type Dgeqrf = unsafe extern "C" fn(
     *const c_int,
