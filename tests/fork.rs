@@ -7,8 +7,6 @@
 //! it with `waitpid(WNOHANG)` under a deadline, and kills it and fails if it hangs.
 #![cfg(target_os = "linux")]
 
-use std::any::Any;
-use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::MutexGuard;
@@ -18,91 +16,16 @@ use std::time::{Duration, Instant};
 const TOTAL: usize = 4;
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Exit codes of a child.
-const OK: i32 = 0;
-const FAILED: i32 = 1;
-const PANICKED: i32 = 2;
-/// Test (b): the region's end completed in the child instead of panicking.
+/// A child's exit code beside `forked::{OK, FAILED, PANICKED}`: in test (b): the region's end completed in the child instead of panicking.
 const COMPLETED: i32 = 3;
 
 mod common;
 
+use budget_testkit::forked::{exit as child_exit, message, run as child_run, FAILED, OK, PANICKED};
+
 /// The tests fork and assert exact widths: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
     common::exclusive_budget(TOTAL)
-}
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "<non-string payload>".to_owned())
-}
-
-/// In the child: reports `what` on fd 2 (the harness's capture does not reach it)
-/// and exits with `code`, without running the parent's exit handlers.
-fn child_exit(code: i32, what: &str) -> ! {
-    if !what.is_empty() {
-        let _ = writeln!(std::io::stderr(), "forked child: {what}");
-    }
-    // SAFETY: _exit ends the process at once; nothing runs after it.
-    unsafe { libc::_exit(code) }
-}
-
-/// In the child: runs `check`, then exits OK, FAILED (with its message) or PANICKED.
-fn child_run(check: impl FnOnce() -> Result<(), String>) -> ! {
-    match panic::catch_unwind(AssertUnwindSafe(check)) {
-        Ok(Ok(())) => child_exit(OK, ""),
-        Ok(Err(why)) => child_exit(FAILED, &why),
-        Err(payload) => child_exit(PANICKED, &message(payload.as_ref())),
-    }
-}
-
-/// Forks: returns 0 in the child (which must end in `child_exit`), the child's pid
-/// in the parent.
-fn fork() -> libc::pid_t {
-    // SAFETY: the child only uses async-signal-safe calls plus what this test is
-    // about (budget, malloc, thread creation: fine on glibc), and ends in _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    pid
-}
-
-/// Waits for `pid` to exit, polling until DEADLINE; a child still running then is
-/// killed and the test fails. Returns the exit code.
-fn wait_for(pid: libc::pid_t) -> i32 {
-    let deadline = Instant::now() + DEADLINE;
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid out-pointer; `pid` is our child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc == pid {
-            break;
-        }
-        if rc == -1 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            panic!("waitpid({pid}): {error}");
-        }
-        if Instant::now() > deadline {
-            // SAFETY: plain syscalls on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("the forked child hung for {DEADLINE:?} and was killed");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        libc::WIFEXITED(status),
-        "the forked child did not exit normally (wait status {status:#x}, signal {})",
-        libc::WTERMSIG(status)
-    );
-    libc::WEXITSTATUS(status)
 }
 
 fn sleep_until(flag: &AtomicBool) {
@@ -179,12 +102,12 @@ fn child_forked_while_another_thread_holds_every_token_gets_a_fresh_budget() {
         sleep_until(&holding);
         assert_eq!(budget::stats().in_use, TOTAL);
 
-        let pid = fork();
+        let pid = budget_testkit::forked::fork();
         if pid == 0 {
             child_run(fresh_budget_works);
         }
         release.store(true, Ordering::SeqCst);
-        let code = wait_for(pid);
+        let code = budget_testkit::forked::wait(pid, DEADLINE);
         holder.join().expect("the holding thread");
         assert_eq!(code, OK, "the child's checks failed (see its stderr)");
     });
@@ -209,7 +132,7 @@ fn region_end_in_child_forked_with_a_task_on_another_thread_does_not_hang() {
             });
             // The task is on a worker, not in the queue: the child cannot run it.
             sleep_until(&task_started);
-            pid = fork();
+            pid = budget_testkit::forked::fork();
             if pid == 0 {
                 IN_CHILD.store(true, Ordering::SeqCst);
                 panic::set_hook(Box::new(|_| {})); // the expected panic: quiet
@@ -238,7 +161,7 @@ fn region_end_in_child_forked_with_a_task_on_another_thread_does_not_hang() {
     if let Err(payload) = outcome {
         panic::resume_unwind(payload);
     }
-    let code = wait_for(pid);
+    let code = budget_testkit::forked::wait(pid, DEADLINE);
     assert!(
         code == OK || code == COMPLETED,
         "the child's region end failed with exit code {code} (see its stderr)"
@@ -252,7 +175,7 @@ fn region_end_in_child_forked_with_a_task_on_another_thread_does_not_hang() {
 fn child_forked_after_builder_keeps_the_builder_total() {
     let _serial = serial();
     budget::scope(|s| assert_eq!(s.width(), TOTAL));
-    let pid = fork();
+    let pid = budget_testkit::forked::fork();
     if pid == 0 {
         child_run(|| {
             let total = budget::stats().total;
@@ -268,7 +191,7 @@ fn child_forked_after_builder_keeps_the_builder_total() {
         });
     }
     assert_eq!(
-        wait_for(pid),
+        budget_testkit::forked::wait(pid, DEADLINE),
         OK,
         "the child lost the Builder's total (see its stderr)"
     );
@@ -289,7 +212,7 @@ fn region_open_at_fork_with_only_queued_tasks_ends_normally_in_child() {
         s.spawn(|_| {
             ran.fetch_add(1, Ordering::SeqCst);
         });
-        pid = fork();
+        pid = budget_testkit::forked::fork();
         if pid == 0 {
             IN_CHILD.store(true, Ordering::SeqCst);
             // Nested in a region: no token for this thread, every other one free.
@@ -314,7 +237,7 @@ fn region_open_at_fork_with_only_queued_tasks_ends_normally_in_child() {
     }
     assert_eq!(ran.load(Ordering::SeqCst), 1);
     assert_eq!(
-        wait_for(pid),
+        budget_testkit::forked::wait(pid, DEADLINE),
         OK,
         "the child's checks failed (see its stderr)"
     );

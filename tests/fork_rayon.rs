@@ -14,10 +14,7 @@
 //! and kills it and fails if it hangs.
 #![cfg(target_os = "linux")]
 
-use std::io::Write;
-use std::panic::{self, AssertUnwindSafe};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use budget::prelude::*;
 use rayon::prelude::*;
@@ -27,53 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 mod common;
 
-/// In the child: runs `check` and exits 0 (passed), 1 (failed, with the reason on
-/// fd 2) or 2 (panicked), without running the parent's exit handlers.
-fn child_run(check: impl FnOnce() -> Result<(), String>) -> ! {
-    let (code, why) = match panic::catch_unwind(AssertUnwindSafe(check)) {
-        Ok(Ok(())) => (0, String::new()),
-        Ok(Err(why)) => (1, why),
-        Err(_) => (2, "panicked".to_owned()),
-    };
-    if !why.is_empty() {
-        let _ = writeln!(std::io::stderr(), "forked child: {why}");
-    }
-    // SAFETY: _exit ends the process at once; nothing runs after it.
-    unsafe { libc::_exit(code) }
-}
-
-/// Waits for the child `pid` under DEADLINE (then kills it and fails); returns its
-/// exit code.
-fn wait_for(pid: libc::pid_t) -> i32 {
-    let deadline = Instant::now() + DEADLINE;
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid out-pointer; `pid` is our child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc == pid {
-            break;
-        }
-        let error = std::io::Error::last_os_error();
-        assert!(
-            rc != -1 || error.kind() == std::io::ErrorKind::Interrupted,
-            "waitpid({pid}): {error}"
-        );
-        if Instant::now() > deadline {
-            // SAFETY: plain syscalls on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("the forked child hung for {DEADLINE:?} and was killed");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        libc::WIFEXITED(status),
-        "the forked child did not exit normally (wait status {status:#x})"
-    );
-    libc::WEXITSTATUS(status)
-}
+use budget_testkit::forked::{run as child_run, wait};
 
 /// Rayon regions through `s.install` work, at full width and narrowed (gated).
 fn rayon_regions_work() -> Result<(), String> {
@@ -135,7 +86,7 @@ fn child_forked_after_install_runs_rayon_regions() {
         child_run(rayon_regions_work);
     }
     assert_eq!(
-        wait_for(pid),
+        wait(pid, DEADLINE),
         0,
         "rayon regions failed in the forked child (see its stderr)"
     );

@@ -19,6 +19,7 @@
 pub mod blas;
 pub mod budget;
 pub mod child;
+pub mod forked;
 pub mod libs;
 
 pub use child::{in_child, in_child_env};
