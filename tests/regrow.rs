@@ -98,30 +98,20 @@ fn child() {
     }
 }
 
+/// Runs the child with the big task at index `big` at total 2 and prints its MAX= lines.
+fn regrows_with_big_task_at(big: &str) {
+    let out = common::run_child("child", big, &[("BUDGET_NUM_THREADS", "2")]);
+    assert!(out.contains("CHILD-OK"), "{out}");
+    let max_lines: Vec<_> = out.lines().filter(|l| l.contains("MAX=")).collect();
+    println!("{}", max_lines.join("\n"));
+}
+
 #[test]
 fn inner_region_regrows_when_the_big_task_comes_first() {
-    let out = common::run_child("child", "0", &[("BUDGET_NUM_THREADS", "2")]);
-    assert!(out.contains("CHILD-OK"), "{out}");
-    print!(
-        "{}",
-        out.lines()
-            .filter(|l| l.contains("MAX="))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    println!();
+    regrows_with_big_task_at("0");
 }
 
 #[test]
 fn inner_region_regrows_when_the_big_task_comes_last() {
-    let out = common::run_child("child", "15", &[("BUDGET_NUM_THREADS", "2")]);
-    assert!(out.contains("CHILD-OK"), "{out}");
-    print!(
-        "{}",
-        out.lines()
-            .filter(|l| l.contains("MAX="))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    println!();
+    regrows_with_big_task_at("15");
 }
