@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+mod clock;
 mod context;
 mod detect;
 mod event;

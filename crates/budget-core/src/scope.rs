@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::clock;
 use crate::context;
 use crate::items::{sealed::Source, ForEachInput};
 use crate::job::{self, erase, AbortOnUnwind, SendPtr, SlotPtr};
@@ -511,22 +512,38 @@ impl<'scope> Scope<'scope> {
         let chunk = len.div_ceil(self.requested * 8).max(1);
         let chunks = len.div_ceil(chunk);
         let helpers = (self.requested - 1).min(chunks.saturating_sub(1));
-        // Chunks run inline while nobody else could take them (width 1, no token free);
-        // the region looks again before each chunk and goes parallel once it can.
+        let item = |i| {
+            // SAFETY: every caller below fetches each index below `len` once: the
+            // inline phases move `start` up, the parallel one hands out disjoint
+            // chunks from `start` on.
+            f(unsafe { source.get(i) })
+        };
         let mut start = 0;
-        while start < len && (helpers == 0 || self.alone()) {
-            let end = (start + chunk).min(len);
-            // SAFETY: each index below `len` is fetched once: `start` only moves up.
-            (start..end).for_each(|i| f(unsafe { source.get(i) }));
-            start = end;
+        if helpers == 0 {
+            (0..len).for_each(item);
+            return;
+        }
+        if self.width() == 1 {
+            // Nobody of the region's own is there to help: any helper (a grown slot
+            // or an idle thread of the tree) would have to be woken first. Go on
+            // alone until the loop has run about as long as a wake costs, so that a
+            // short loop never pays for a helper that would arrive after it ended
+            // (`clock.rs`).
+            start = run_until_help_pays(0, len, item);
+            // Then chunk by chunk while nobody could take the next one (width 1, no
+            // token free, nobody of the tree idle), looking again before each.
+            while start < len && self.alone() {
+                let end = (start + chunk).min(len);
+                (start..end).for_each(item);
+                start = end;
+            }
         }
         if start >= len {
             return;
         }
         let helpers = helpers.min((len - start).div_ceil(chunk) - 1);
         if helpers == 0 {
-            // SAFETY: as above; the indices from `start` on were not fetched yet.
-            (start..len).for_each(|i| f(unsafe { source.get(i) }));
+            (start..len).for_each(item);
             return;
         }
         let cursor = AtomicUsize::new(start);
@@ -539,10 +556,8 @@ impl<'scope> Scope<'scope> {
                 if start >= len {
                     break;
                 }
-                for i in start..(start + chunk).min(len) {
-                    // SAFETY: `fetch_add` hands each chunk, so each index, out once.
-                    f(unsafe { source.get(i) });
-                }
+                // `fetch_add` hands each chunk, so each index, out once.
+                (start..(start + chunk).min(len)).for_each(item);
             }));
             if let Err(payload) = outcome {
                 cursor.store(len, Ordering::Relaxed);
@@ -587,6 +602,26 @@ impl<'scope> Scope<'scope> {
     }
 }
 
+/// Calls `item(i)` for `i` from `start` up, reading the tick counter after 1, 8, 64,
+/// ... items (a few reads for a short loop), until the items called took
+/// [`clock::wake_ticks`] or `len` is reached; returns the first index not called.
+#[inline]
+fn run_until_help_pays(start: usize, len: usize, item: impl Fn(usize)) -> usize {
+    let (t0, wake) = (clock::now(), clock::wake_ticks());
+    let (mut next, mut check) = (start, 1);
+    while next < len {
+        item(next);
+        next += 1;
+        if next - start == check {
+            if clock::since(t0) >= wake {
+                break;
+            }
+            check = check.saturating_mul(8);
+        }
+    }
+    next
+}
+
 /// The results of `join`'s two closures: both values, or the first panic (`a`'s),
 /// the other payload discarded (see [`job::discard`]).
 fn both<RA, RB>(a: std::thread::Result<RA>, b: std::thread::Result<RB>) -> (RA, RB) {
@@ -601,5 +636,50 @@ fn both<RA, RB>(a: std::thread::Result<RA>, b: std::thread::Result<RB>) -> (RA, 
             drop(ra);
             resume_unwind(payload)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::run_until_help_pays;
+    use crate::clock;
+
+    /// An item that takes longer than a wake ends the inline phase at once: the rest
+    /// of the loop can still get help (issue 10 item 8's big task).
+    #[test]
+    fn a_long_item_ends_the_inline_phase_after_one() {
+        let called = Cell::new(0);
+        let next = run_until_help_pays(3, 100, |i| {
+            assert_eq!(i, 3 + called.get(), "indices in order, each once");
+            called.set(called.get() + 1);
+            let t0 = clock::now();
+            while clock::since(t0) < 2 * clock::wake_ticks() {
+                std::hint::spin_loop();
+            }
+        });
+        assert_eq!((next, called.get()), (4, 1));
+    }
+
+    /// Items that take no time run to the end without leaving the thread. A
+    /// preemption in the few ns between two reads of the counter could end a run
+    /// early (at 1 or 8), so of 20 runs 15 must reach the end.
+    #[test]
+    fn a_short_loop_runs_to_its_end() {
+        let mut whole = 0;
+        for _ in 0..20 {
+            let called = Cell::new(0);
+            let next = run_until_help_pays(0, 32, |i| {
+                assert_eq!(i, called.get(), "indices in order, each once");
+                called.set(i + 1);
+            });
+            assert_eq!(next, called.get());
+            assert!([1, 8, 32].contains(&next), "stopped at {next}");
+            whole += usize::from(next == 32);
+        }
+        assert!(whole >= 15, "{whole} of 20 short loops ran to their end");
+        let next = run_until_help_pays(5, 5, |_| unreachable!("an empty range"));
+        assert_eq!(next, 5);
     }
 }

@@ -26,7 +26,9 @@
 //!   outlive its region, whose tokens are then back in the budget. A waiter is inside
 //!   the region it waits in, so that region, and its token, outlive the help.)
 //! - A region at width 1 with no free token runs its loops inline only while nobody
-//!   of its tree can help (no waiter, no idle root slot): see `Scope::alone`.
+//!   of its tree can help (no waiter, no idle root slot): see `Scope::alone`. A
+//!   `for_each` at width 1 first runs alone for about the cost of a wake
+//!   (`clock.rs`): a helper woken for a shorter loop would arrive after its end.
 //!
 //! The argument (see also `src/README.md`):
 //!
