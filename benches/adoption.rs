@@ -36,11 +36,7 @@ use budget::prelude::*;
 use criterion::Criterion;
 use rayon::prelude::*;
 
-/// OpenBLAS (pthreads) and the OpenMP kernel, shared with the main demo.
-#[allow(dead_code)]
-#[path = "../examples/demo/native.rs"]
-mod native;
-use native::{Blas, Omp};
+use budget_testkit::kernels::{Blas, Omp};
 
 const QR_N: usize = 256;
 const QR_CALLS: usize = 128;

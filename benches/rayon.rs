@@ -19,11 +19,7 @@ use budget::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rayon::prelude::*;
 
-/// The kernels, shared with the main demo (`examples/demo`).
-#[allow(dead_code)]
-#[path = "../examples/demo/workloads.rs"]
-mod workloads;
-use workloads::{
+use budget_testkit::workloads::{
     inner_sum, weighted_region, weighted_serial, ELEMENTS, INNER_REGIONS, OUTER, UNIT_ITERATIONS,
     WEIGHTS,
 };
@@ -51,7 +47,7 @@ fn nested(c: &mut Criterion) {
                 s.install(|| {
                     (0..OUTER).into_par_iter().for_each(|_| {
                         for _ in 0..INNER_REGIONS {
-                            black_box(budget::scope(|inner| inner.install(|| inner_sum(ELEMENTS))));
+                            black_box(budget::install(|| inner_sum(ELEMENTS)));
                         }
                     })
                 })
@@ -117,11 +113,7 @@ fn imbalanced(c: &mut Criterion) {
                 s.install(|| {
                     WEIGHTS
                         .par_iter()
-                        .map(|&w| {
-                            weighted_region(w, UNIT_ITERATIONS, |f| {
-                                budget::scope(|inner| inner.install(f))
-                            })
-                        })
+                        .map(|&w| weighted_region(w, UNIT_ITERATIONS, |f| budget::install(f)))
                         .sum::<u64>()
                 })
             })
@@ -163,7 +155,7 @@ fn entry(c: &mut Criterion) {
                 s.install(|| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(budget::scope(|inner| inner.install(|| black_box(1))));
+                        black_box(budget::install(|| black_box(1)));
                     }
                     start.elapsed()
                 })
@@ -171,7 +163,7 @@ fn entry(c: &mut Criterion) {
         })
     });
     group.bench_function("budget_region_install_outside_thread", |b| {
-        b.iter(|| budget::scope(|s| s.install(|| black_box(1))))
+        b.iter(|| budget::install(|| black_box(1)))
     });
     let rayon_pool = pool(cores());
     group.bench_function("rayon_pool_install_outside_thread", |b| {

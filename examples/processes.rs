@@ -16,10 +16,6 @@
 //! cargo run --release --example processes -- [REPS (default 5)] [LOOPS (default 2)]
 //! ```
 
-#[path = "demo/native.rs"]
-#[allow(dead_code)]
-mod native;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -34,7 +30,7 @@ use budget_testkit::blas::matrices;
 
 /// One worker process: make the matrices, say ready, wait for go, run the loops.
 fn worker(strategy: &str, loops: usize, ready: &Path, go: &Path) {
-    let blas = native::Blas::load().unwrap_or_else(|e| {
+    let blas = budget_testkit::kernels::Blas::load().unwrap_or_else(|e| {
         eprintln!("processes: {e}");
         std::process::exit(2)
     });

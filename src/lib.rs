@@ -93,7 +93,7 @@ where
 /// use budget::prelude::*;
 /// use rayon::prelude::*;
 ///
-/// let v: Vec<u32> = budget::scope(|s| s.install(|| (0..100u32).into_par_iter().map(|x| x * 2).collect()));
+/// let v: Vec<u32> = budget::install(|| (0..100u32).into_par_iter().map(|x| x * 2).collect());
 /// assert_eq!(v[99], 198);
 /// ```
 #[cfg(feature = "rayon")]

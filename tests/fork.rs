@@ -19,13 +19,11 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// A child's exit code beside `forked::{OK, FAILED, PANICKED}`: in test (b): the region's end completed in the child instead of panicking.
 const COMPLETED: i32 = 3;
 
-mod common;
-
 use budget_testkit::forked::{exit as child_exit, message, run as child_run, FAILED, OK, PANICKED};
 
 /// The tests fork and assert exact widths: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
-    common::exclusive_budget(TOTAL)
+    budget_testkit::budget::exclusive_budget(TOTAL)
 }
 
 fn sleep_until(flag: &AtomicBool) {

@@ -22,8 +22,6 @@ use rayon::prelude::*;
 const TOTAL: usize = 4;
 const DEADLINE: Duration = Duration::from_secs(30);
 
-mod common;
-
 use budget_testkit::forked::{run as child_run, wait};
 
 /// Rayon regions through `s.install` work, at full width and narrowed (gated).
@@ -60,7 +58,7 @@ fn rayon_regions_work() -> Result<(), String> {
             "narrowed install: width {width}, {threads} threads, sum {sum}"
         ));
     }
-    let full = budget::scope(|s| s.install(rayon::current_num_threads));
+    let full = budget::install(rayon::current_num_threads);
     if full != TOTAL {
         return Err(format!("full-width install: {full} threads"));
     }
@@ -75,7 +73,7 @@ fn rayon_regions_work() -> Result<(), String> {
 /// threads in the child) runs rayon regions, full and narrowed, instead of hanging.
 #[test]
 fn child_forked_after_install_runs_rayon_regions() {
-    let _serial = common::exclusive_budget(TOTAL);
+    let _serial = budget_testkit::budget::exclusive_budget(TOTAL);
     // Fill the parent's pool cache: capacities 2 and TOTAL, one of them gated once.
     assert_eq!(rayon_regions_work(), Ok(()));
     // SAFETY: the child uses budget, rayon, malloc and thread creation (fine on

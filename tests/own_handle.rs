@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use budget::prelude::*;
 use rayon::prelude::*;
 
-mod common;
-
 const TOTAL: usize = 4;
 
 /// Counts bodies running at once and remembers the most.
@@ -44,7 +42,7 @@ fn rendezvous(arrived: &AtomicUsize, n: usize) {
 }
 
 fn child_case(mode: &str) {
-    common::child_watchdog("installs from a region's own tasks", 60);
+    budget_testkit::child::exit_after("installs from a region's own tasks", 60);
     assert_eq!(budget::stats().total, TOTAL);
     let bodies = Concurrency::default();
     let arrived = AtomicUsize::new(0);
@@ -89,13 +87,13 @@ fn child_case(mode: &str) {
 /// The child side: does nothing unless started by `run_child`.
 #[test]
 fn child() {
-    if let Some(mode) = common::child_mode() {
+    if let Some(mode) = budget_testkit::child::mode() {
         child_case(&mode);
     }
 }
 
 fn parent(mode: &str) {
-    let out = common::run_child("child", mode, &[("BUDGET_NUM_THREADS", "4")]);
+    let out = budget_testkit::child::rerun("child", mode, &[("BUDGET_NUM_THREADS", "4")]);
     assert!(out.contains("CHILD-OK"), "{out}");
 }
 

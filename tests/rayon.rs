@@ -9,10 +9,8 @@ use std::time::Duration;
 use budget::prelude::*;
 use rayon::prelude::*;
 
-mod common;
-
 fn two_cores() -> std::sync::MutexGuard<'static, ()> {
-    common::exclusive_budget(2)
+    budget_testkit::budget::exclusive_budget(2)
 }
 
 #[test]
@@ -38,7 +36,7 @@ fn width_inside_install_is_rayons_thread_count() {
 #[test]
 fn nested_install_on_a_budget_worker_builds_no_pool() {
     let _g = two_cores();
-    budget::scope(|s| s.install(|| ())); // warm: the 2-thread pool exists
+    budget::install(|| ()); // warm: the 2-thread pool exists
     let before = budget::rayon::stats();
     let inner_regions = AtomicUsize::new(0);
     let total: u64 = budget::scope(|s| {
@@ -77,10 +75,10 @@ fn nested_install_on_a_budget_worker_builds_no_pool() {
 #[test]
 fn pools_are_reused_not_built_per_call() {
     let _g = two_cores();
-    budget::scope(|s| s.install(|| ()));
+    budget::install(|| ());
     let before = budget::rayon::stats();
     for _ in 0..50 {
-        budget::scope(|s| s.install(|| (0..10).into_par_iter().for_each(|_| ())));
+        budget::install(|| (0..10).into_par_iter().for_each(|_| ()));
     }
     let after = budget::rayon::stats();
     assert_eq!(after.pools_built, before.pools_built);
@@ -97,7 +95,9 @@ fn narrowed_region_grows_and_runs_on_two_threads() {
             budget::scope(|s| {
                 assert_eq!(s.width(), 2);
                 held.wait();
-                common::wait_for("the release signal", || release.load(Ordering::SeqCst));
+                budget_testkit::budget::wait_for("the release signal", || {
+                    release.load(Ordering::SeqCst)
+                });
             })
         });
         held.wait();
@@ -135,15 +135,13 @@ fn narrowed_region_grows_and_runs_on_two_threads() {
 #[test]
 fn mutual_and_self_install_finish() {
     let _g = two_cores();
-    common::watchdog("mutual install", || {
+    budget_testkit::budget::watchdog("mutual install", || {
         // rayon's mutual_install shape: a region's work enters another region,
         // whose work enters a third, all from inside pool threads.
         let r = budget::scope(|a| {
             a.install(|| {
                 budget::scope(|b| {
-                    b.install(|| {
-                        budget::scope(|c| c.install(|| (0..100).into_par_iter().sum::<i32>()))
-                    })
+                    b.install(|| budget::install(|| (0..100).into_par_iter().sum::<i32>()))
                 })
             })
         });
@@ -158,10 +156,7 @@ fn mutual_and_self_install_finish() {
                     for _ in 0..20 {
                         budget::scope(|s| {
                             s.install(|| {
-                                rayon::join(
-                                    || budget::scope(|i| i.install(|| rayon::join(|| 1, || 2))),
-                                    || 3,
-                                )
+                                rayon::join(|| budget::install(|| rayon::join(|| 1, || 2)), || 3)
                             })
                         });
                     }
@@ -218,7 +213,7 @@ fn a_user_global_pool_is_left_alone() {
         .num_threads(1)
         .build_global();
     let global = rayon::current_num_threads();
-    let inside = budget::scope(|s| s.install(rayon::current_num_threads));
+    let inside = budget::install(rayon::current_num_threads);
     assert_eq!(inside, 2);
     assert_eq!(rayon::current_num_threads(), global);
     let sum: i32 = (0..10).into_par_iter().sum();
@@ -238,7 +233,7 @@ fn broadcast_in_a_nested_narrowed_region_completes() {
     // Issue 10, item 7: the inner region gets width 1 (the outer holds both tokens
     // until its task ends), so its pool gates one thread, which only the end of the
     // outer region would have let through.
-    let seen = common::watchdog("broadcast in a nested narrowed region", || {
+    let seen = budget_testkit::budget::watchdog("broadcast in a nested narrowed region", || {
         let seen = Mutex::new(Vec::new());
         budget::scope(|s| {
             s.spawn(|_| {
@@ -258,7 +253,7 @@ fn broadcast_in_a_nested_narrowed_region_completes() {
 #[test]
 fn broadcast_in_a_narrowed_top_level_region_completes() {
     let _g = two_cores();
-    common::watchdog("broadcast in a narrowed top-level region", || {
+    budget_testkit::budget::watchdog("broadcast in a narrowed top-level region", || {
         // This thread keeps a token until the region ended: the region never grows.
         let lease = budget::Lease::try_new(1);
         let seen = budget::scope(|s| {
@@ -273,12 +268,10 @@ fn broadcast_in_a_narrowed_top_level_region_completes() {
         let (in_place, from_task) = budget::scope(|s| {
             assert_eq!(s.width(), 1);
             s.install(|| {
-                let in_place = budget::scope(|i| i.install(broadcast_indices));
+                let in_place = budget::install(broadcast_indices);
                 let from_task = Mutex::new(Vec::new());
                 budget::scope(|i| {
-                    i.spawn(|_| {
-                        *from_task.lock().unwrap() = budget::scope(|j| j.install(broadcast_indices))
-                    })
+                    i.spawn(|_| *from_task.lock().unwrap() = budget::install(broadcast_indices))
                 });
                 (in_place, from_task.into_inner().unwrap())
             })
@@ -293,7 +286,7 @@ fn broadcast_in_a_narrowed_top_level_region_completes() {
 #[test]
 fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
     let _g = two_cores();
-    common::watchdog(
+    budget_testkit::budget::watchdog(
         "a narrowed region after a rayon::spawn left running",
         || {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -331,23 +324,24 @@ fn a_nested_region_with_free_tokens_on_a_pool_thread_uses_them() {
     // The outer region asks for one core: its pool has one thread, and one token
     // stays free. A library region opened on that thread takes the free token; run
     // in place (on the one-thread pool) it would leave that token unused.
-    let (width, threads, sum) = common::watchdog("nested region with free tokens", || {
-        budget::scope_with(1, |s| {
-            s.install(|| {
-                assert_eq!(rayon::current_num_threads(), 1);
-                budget::scope(|inner| {
-                    let width = inner.width();
-                    let (threads, sum) = inner.install(|| {
-                        (
-                            rayon::current_num_threads(),
-                            (0..1000u64).into_par_iter().sum::<u64>(),
-                        )
-                    });
-                    (width, threads, sum)
+    let (width, threads, sum) =
+        budget_testkit::budget::watchdog("nested region with free tokens", || {
+            budget::scope_with(1, |s| {
+                s.install(|| {
+                    assert_eq!(rayon::current_num_threads(), 1);
+                    budget::scope(|inner| {
+                        let width = inner.width();
+                        let (threads, sum) = inner.install(|| {
+                            (
+                                rayon::current_num_threads(),
+                                (0..1000u64).into_par_iter().sum::<u64>(),
+                            )
+                        });
+                        (width, threads, sum)
+                    })
                 })
             })
-        })
-    });
+        });
     assert_eq!(width, 2, "the free token went to the nested region");
     assert_eq!(threads, width, "the nested region's tokens run threads");
     assert_eq!(sum, 499_500);
@@ -362,30 +356,31 @@ fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install()
         .num_threads(1)
         .build()
         .unwrap();
-    let ran_during_install = common::watchdog("install from a foreign rayon worker", move || {
-        let waiting = AtomicBool::new(false);
-        let ran_during_install = AtomicBool::new(false);
-        app.install(|| {
-            rayon::join(
-                || {
-                    // The library call, on the application's worker: it waits for its
-                    // region's pool. Its token is the one that pool's first thread runs
-                    // on, so the waiting worker must not run the application's jobs.
-                    budget::scope(|s| {
-                        waiting.store(true, Ordering::SeqCst);
-                        let sum = s.install(|| (0..1000u64).into_par_iter().sum::<u64>());
-                        waiting.store(false, Ordering::SeqCst);
-                        assert_eq!(sum, 499_500);
-                    })
-                },
-                || {
-                    // Queued on the waiting worker's deque: only it can run this job.
-                    ran_during_install.store(waiting.load(Ordering::SeqCst), Ordering::SeqCst);
-                },
-            )
+    let ran_during_install =
+        budget_testkit::budget::watchdog("install from a foreign rayon worker", move || {
+            let waiting = AtomicBool::new(false);
+            let ran_during_install = AtomicBool::new(false);
+            app.install(|| {
+                rayon::join(
+                    || {
+                        // The library call, on the application's worker: it waits for its
+                        // region's pool. Its token is the one that pool's first thread runs
+                        // on, so the waiting worker must not run the application's jobs.
+                        budget::scope(|s| {
+                            waiting.store(true, Ordering::SeqCst);
+                            let sum = s.install(|| (0..1000u64).into_par_iter().sum::<u64>());
+                            waiting.store(false, Ordering::SeqCst);
+                            assert_eq!(sum, 499_500);
+                        })
+                    },
+                    || {
+                        // Queued on the waiting worker's deque: only it can run this job.
+                        ran_during_install.store(waiting.load(Ordering::SeqCst), Ordering::SeqCst);
+                    },
+                )
+            });
+            ran_during_install.into_inner()
         });
-        ran_during_install.into_inner()
-    });
     assert!(
         !ran_during_install,
         "the application's job ran, unpaid, on the thread waiting in install"
@@ -396,9 +391,9 @@ fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install()
 #[test]
 fn a_regions_own_install_inside_its_install_runs_in_place() {
     let _g = two_cores();
-    budget::scope(|s| s.install(|| ())); // warm
+    budget::install(|| ()); // warm
     let before = budget::rayon::stats();
-    let seen = common::watchdog("self install", || {
+    let seen = budget_testkit::budget::watchdog("self install", || {
         budget::scope(|a| {
             assert_eq!(a.width(), 2);
             a.install(|| {

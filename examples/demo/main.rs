@@ -36,12 +36,10 @@
 //!
 //! It ends with `budget::stats()`.
 
-mod native;
 mod probe;
 pub(crate) mod processes;
 mod report;
 mod scenarios;
-mod workloads;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -52,8 +50,8 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use budget_testkit::workloads::spin;
 pub(crate) use report::Row;
-use workloads::spin;
 
 /// What to run and where to write the results.
 #[derive(Clone, Debug, Default)]

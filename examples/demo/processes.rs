@@ -15,9 +15,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use rayon::prelude::*;
 
-use super::native::Blas;
 use super::probe;
 use super::scenarios::{budget_qr_loop, matrices, QR_N};
+use budget_testkit::kernels::Blas;
 
 /// How the demo starts a worker process, given the worker's arguments: by default
 /// [`this_executable`]; the demo's test starts its own test binary instead.

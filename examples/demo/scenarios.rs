@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use budget::prelude::*;
 use rayon::prelude::*;
 
-use super::native::{Blas, Omp};
 use super::probe::{interleave, Measured, Strategy};
 use super::processes::{Group, Launcher, NodeFile, Setting};
-use super::workloads::*;
+use budget_testkit::kernels::{Blas, Omp};
+use budget_testkit::workloads::*;
 
 /// The scenarios' names, in the order they run and print.
 pub(crate) const NAMES: [&str; 6] = [
@@ -251,7 +251,7 @@ fn nested(plan: &Plan, progress: Progress<'_>) -> Outcome {
                 s.install(|| {
                     (0..OUTER).into_par_iter().for_each(|_| {
                         for _ in 0..regions {
-                            black_box(budget::scope(|inner| inner.install(|| inner_sum(ELEMENTS))));
+                            black_box(budget::install(|| inner_sum(ELEMENTS)));
                         }
                     })
                 })
@@ -315,11 +315,7 @@ fn imbalanced(plan: &Plan, progress: Progress<'_>) -> Outcome {
                 s.install(|| {
                     WEIGHTS
                         .par_iter()
-                        .map(|&w| {
-                            weighted_region(w, per_unit, |f| {
-                                budget::scope(|inner| inner.install(f))
-                            })
-                        })
+                        .map(|&w| weighted_region(w, per_unit, |f| budget::install(f)))
                         .reduce(|| 0, u64::wrapping_add)
                 })
             }));

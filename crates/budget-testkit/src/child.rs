@@ -53,13 +53,84 @@ pub fn in_child_env(test: &str, keys: &[&str], env: &[(&str, &str)], body: impl 
     for k in keys {
         require_path(k); // a clear message in the parent if a library is missing
     }
+    let stdout = run(test, &[(CHILD, test)], &[], env);
+    print!("{stdout}");
+}
+
+/// The variable that tells a test binary re-run by [`rerun`] which case to run.
+pub const MODE: &str = "BUDGET_TEST_CHILD";
+
+/// The case this process was re-run for by [`rerun`], if any.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(budget_testkit::child::mode(), None); // not a re-run child
+/// ```
+pub fn mode() -> Option<String> {
+    std::env::var(MODE).ok()
+}
+
+/// Re-runs the test `test` of this binary as a child process with
+/// `BUDGET_TEST_CHILD=mode` (read back with [`mode`]), without the parent's
+/// `BUDGET_NUM_THREADS`, and with `env`; returns its stdout. The parent fails as
+/// with [`in_child`]: the child failed, hung past [`CHILD_TIMEOUT`], or did not run
+/// exactly that test.
+///
+/// # Examples
+///
+/// ```no_run
+/// #[test]
+/// fn child() {
+///     match budget_testkit::child::mode().as_deref() {
+///         None => {} // run directly: the parent tests below start it
+///         Some("four") => println!("total {}", budget_core::stats().total),
+///         Some(other) => panic!("unknown case {other}"),
+///     }
+/// }
+///
+/// #[test]
+/// fn a_budget_of_four() {
+///     let out = budget_testkit::child::rerun("child", "four", &[("BUDGET_NUM_THREADS", "4")]);
+///     assert!(out.contains("total 4"));
+/// }
+/// ```
+pub fn rerun(test: &str, mode: &str, env: &[(&str, &str)]) -> String {
+    run(test, &[(MODE, mode)], &["BUDGET_NUM_THREADS"], env)
+}
+
+/// In a child process: exits it with status 1 (after printing `what` and the
+/// budget's state) if it is still running after `secs` seconds, so that a hang
+/// fails the parent at once rather than at [`CHILD_TIMEOUT`].
+///
+/// # Examples
+///
+/// ```
+/// budget_testkit::child::exit_after("an example that never hangs", 600);
+/// ```
+pub fn exit_after(what: &'static str, secs: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        eprintln!(
+            "watchdog: {what} still running after {secs} s; {}",
+            budget_core::stats()
+        );
+        std::process::exit(1);
+    });
+}
+
+/// Runs the test binary again with only `test` selected, `marks` and `env` set and
+/// `unset` removed; returns its stdout, or fails (see [`in_child`]).
+fn run(test: &str, marks: &[(&str, &str)], unset: &[&str], env: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = Command::new(exe);
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, test)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, v) in env {
+    for k in unset {
+        cmd.env_remove(k);
+    }
+    for (k, v) in marks.iter().chain(env) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("cannot start the child test process");
@@ -102,5 +173,5 @@ pub fn in_child_env(test: &str, keys: &[&str], env: &[(&str, &str)], body: impl 
         stdout.contains("1 passed"),
         "child for {test} did not run the test:\n{stdout}\n{stderr}"
     );
-    print!("{stdout}");
+    stdout
 }

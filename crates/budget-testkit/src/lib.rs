@@ -6,6 +6,9 @@
 //! - [`blas`]: the BLAS/LAPACK prototypes and calls the tests, benches and demo use;
 //! - [`child`]: running a test body in a child process of its own (the test binary
 //!   again), with a watchdog, so that libraries of different families never meet;
+//! - [`workloads`] and [`kernels`]: the demo's pure-Rust and native (OpenBLAS QR,
+//!   OpenMP C kernel) workloads, also timed by the benchmarks and the processes
+//!   example;
 //! - [`budget`]: an exact-size budget shared by the tests of one binary, polling with
 //!   a deadline, and a watchdog for code that could deadlock.
 //!
@@ -20,7 +23,9 @@ pub mod blas;
 pub mod budget;
 pub mod child;
 pub mod forked;
+pub mod kernels;
 pub mod libs;
+pub mod workloads;
 
 pub use child::{in_child, in_child_env};
 pub use libs::Lib;

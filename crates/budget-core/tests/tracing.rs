@@ -9,8 +9,6 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-mod common;
-
 /// The fields of one span, by name.
 type Fields = Vec<(String, u64)>;
 
@@ -65,26 +63,26 @@ fn field(fields: &Fields, name: &str) -> Option<u64> {
 
 #[test]
 fn regions_record_requested_granted_and_regrown() {
-    let _g = common::exclusive_budget(2);
+    let _g = budget_testkit::budget::exclusive_budget(2);
     let collector = Arc::new(Collector::default());
     let held = Barrier::new(2);
     let release = AtomicBool::new(false);
     thread::scope(|t| {
         t.spawn(|| {
-            budget::scope(|_| {
+            budget_core::scope(|_| {
                 held.wait();
-                common::wait_for("release", || release.load(Ordering::SeqCst));
+                budget_testkit::budget::wait_for("release", || release.load(Ordering::SeqCst));
             })
         });
         held.wait();
         tracing::subscriber::with_default(Shared(collector.clone()), || {
-            budget::scope_with(2, |s| {
+            budget_core::scope_with(2, |s| {
                 assert_eq!(s.width(), 1);
                 s.spawn(|_| std::thread::sleep(std::time::Duration::from_millis(30)));
                 s.spawn(|_| std::thread::sleep(std::time::Duration::from_millis(30)));
                 release.store(true, Ordering::SeqCst);
-                common::wait_for("growth", || s.width() == 2);
-                budget::scope(|inner| assert_eq!(inner.width(), 1));
+                budget_testkit::budget::wait_for("growth", || s.width() == 2);
+                budget_core::scope(|inner| assert_eq!(inner.width(), 1));
             });
         });
     });
@@ -102,5 +100,5 @@ fn regions_record_requested_granted_and_regrown() {
     assert_eq!(field(inner, "requested"), Some(2));
     assert_eq!(field(inner, "granted"), Some(1));
     assert_eq!(field(inner, "regrown"), None);
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }

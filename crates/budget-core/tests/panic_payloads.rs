@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-mod common;
-
 /// A payload whose drop panics.
 struct Payload;
 
@@ -57,8 +55,8 @@ fn caught(f: impl FnOnce()) -> String {
 }
 
 fn child_case(mode: &str) {
-    common::child_watchdog("a region with a panicking payload", 30);
-    let total = budget::stats().total;
+    budget_testkit::child::exit_after("a region with a panicking payload", 30);
+    let total = budget_core::stats().total;
     match mode {
         // The extra payload is dropped on the region's own thread while another task
         // of the region still runs: the region must wait for that task.
@@ -67,7 +65,7 @@ fn child_case(mode: &str) {
             let long_started = AtomicBool::new(false);
             let long_done = AtomicBool::new(false);
             let text = caught(|| {
-                budget::scope(|s| {
+                budget_core::scope(|s| {
                     s.spawn(|_| {
                         long_started.store(true, Ordering::SeqCst);
                         while DROPS.load(Ordering::SeqCst) == 0 {
@@ -94,7 +92,7 @@ fn child_case(mode: &str) {
         "spawn-on-worker" => {
             assert_eq!(total, 2);
             let text = caught(|| {
-                budget::scope(|s| {
+                budget_core::scope(|s| {
                     s.spawn(|_| panic!("first"));
                     s.spawn(|_| panic::panic_any(Payload));
                     // Busy here, so the worker runs both tasks.
@@ -106,7 +104,7 @@ fn child_case(mode: &str) {
             assert_eq!(text, "first");
             // The worker is still alive and serves the next region.
             let ran = AtomicUsize::new(0);
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 s.for_each(0..64, |_| {
                     ran.fetch_add(1, Ordering::SeqCst);
                 })
@@ -116,7 +114,7 @@ fn child_case(mode: &str) {
         // join: `a` panics, `b`'s payload is the extra one.
         "join" => {
             let text = caught(|| {
-                budget::scope(|s| {
+                budget_core::scope(|s| {
                     s.join(|| panic!("a"), || panic::panic_any(Payload));
                 })
             });
@@ -128,7 +126,7 @@ fn child_case(mode: &str) {
             assert_eq!(total, 2);
             let arrived = AtomicUsize::new(0);
             let text = caught(|| {
-                budget::scope(|s| {
+                budget_core::scope(|s| {
                     s.for_each(0..2, |_| {
                         arrived.fetch_add(1, Ordering::SeqCst);
                         let deadline = Instant::now() + Duration::from_secs(20);
@@ -146,7 +144,7 @@ fn child_case(mode: &str) {
         "scope-body" => {
             let stored = AtomicBool::new(false);
             let text = caught(|| {
-                budget::scope(|s| {
+                budget_core::scope(|s| {
                     s.spawn(|_| {
                         stored.store(true, Ordering::SeqCst);
                         panic::panic_any(Payload);
@@ -161,20 +159,20 @@ fn child_case(mode: &str) {
         other => panic!("unknown child mode {other}"),
     }
     assert!(DROPS.load(Ordering::SeqCst) >= 1, "the payload was dropped");
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
     println!("CHILD-OK");
 }
 
 /// The child side: does nothing unless started by `run_child`.
 #[test]
 fn child() {
-    if let Some(mode) = common::child_mode() {
+    if let Some(mode) = budget_testkit::child::mode() {
         child_case(&mode);
     }
 }
 
 fn parent(mode: &str, total: &str) {
-    let out = common::run_child("child", mode, &[("BUDGET_NUM_THREADS", total)]);
+    let out = budget_testkit::child::rerun("child", mode, &[("BUDGET_NUM_THREADS", total)]);
     assert!(out.contains("CHILD-OK"), "{out}");
 }
 

@@ -11,8 +11,6 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-mod common;
-
 const TOTAL: usize = 2;
 const TASKS: usize = 16;
 const ROWS: usize = 400;
@@ -63,14 +61,14 @@ impl Counts {
 }
 
 fn child_case(big: usize) {
-    common::child_watchdog("the imbalanced nested loop", 60);
-    assert_eq!(budget::stats().total, TOTAL);
+    budget_testkit::child::exit_after("the imbalanced nested loop", 60);
+    assert_eq!(budget_core::stats().total, TOTAL);
     let counts = Counts::default();
-    budget::scope(|s| {
+    budget_core::scope(|s| {
         assert_eq!(s.width(), TOTAL);
         s.for_each(0..TASKS, |task| {
             if task == big {
-                budget::scope(|inner| inner.for_each(0..ROWS, |_| counts.row()));
+                budget_core::scope(|inner| inner.for_each(0..ROWS, |_| counts.row()));
             } else {
                 counts.small();
             }
@@ -86,21 +84,21 @@ fn child_case(big: usize) {
         "after the small tasks, the inner region ran on {threads} thread(s), at most {after} \
          at once: it did not regrow"
     );
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
     println!("CHILD-OK");
 }
 
 /// The child side: does nothing unless started by `run_child`.
 #[test]
 fn child() {
-    if let Some(big) = common::child_mode() {
+    if let Some(big) = budget_testkit::child::mode() {
         child_case(big.parse().expect("the big task's index"));
     }
 }
 
 /// Runs the child with the big task at index `big` at total 2 and prints its MAX= lines.
 fn regrows_with_big_task_at(big: &str) {
-    let out = common::run_child("child", big, &[("BUDGET_NUM_THREADS", "2")]);
+    let out = budget_testkit::child::rerun("child", big, &[("BUDGET_NUM_THREADS", "2")]);
     assert!(out.contains("CHILD-OK"), "{out}");
     let max_lines: Vec<_> = out.lines().filter(|l| l.contains("MAX=")).collect();
     println!("{}", max_lines.join("\n"));

@@ -77,7 +77,7 @@ impl Tree {
 /// One region with random contents; recurses while `depth > 0`.
 fn node(rng: &mut Rng, depth: u64, tree: &Tree) {
     let max = rng.below(7) as usize; // 0 is taken as 1, above 4 as 4
-    budget::scope_with(max, |s| {
+    budget_core::scope_with(max, |s| {
         let width = s.width();
         assert_eq!(s.requested(), max.clamp(1, TOTAL));
         assert!(
@@ -149,7 +149,7 @@ fn node(rng: &mut Rng, depth: u64, tree: &Tree) {
 }
 
 /// Throws an injected panic from a random place in region `s`.
-fn inject<'a>(rng: &mut Rng, s: &budget::Scope<'a>, tree: &'a Tree) {
+fn inject<'a>(rng: &mut Rng, s: &budget_core::Scope<'a>, tree: &'a Tree) {
     match rng.below(5) {
         0 => tree.boom(),
         1 => {
@@ -157,14 +157,14 @@ fn inject<'a>(rng: &mut Rng, s: &budget::Scope<'a>, tree: &'a Tree) {
             tree.spawned.fetch_add(1, Ordering::SeqCst);
             s.spawn(move |_| {
                 tree.ran.fetch_add(1, Ordering::SeqCst);
-                budget::scope_with(2, |_| tree.boom());
+                budget_core::scope_with(2, |_| tree.boom());
             });
         }
         2 => {
             s.join(|| tree.boom(), || ());
         }
         3 => {
-            s.join(|| (), || budget::scope_with(3, |_| tree.boom()));
+            s.join(|| (), || budget_core::scope_with(3, |_| tree.boom()));
         }
         _ => {
             let at = rng.below(100) as usize;
@@ -212,7 +212,7 @@ fn workload(seed: u64, progress: &[AtomicUsize]) {
                             tree.spawned.load(Ordering::SeqCst),
                             "{what}: a spawned task never ran"
                         );
-                        let stats = budget::stats();
+                        let stats = budget_core::stats();
                         assert!(stats.in_use <= stats.total, "{what}: {stats}");
                         done.fetch_add(1, Ordering::Relaxed);
                     }
@@ -229,7 +229,7 @@ fn workload(seed: u64, progress: &[AtomicUsize]) {
 
 #[test]
 fn many_threads_random_trees_with_panics_conserve_tokens() {
-    budget::Builder::new()
+    budget_core::Builder::new()
         .num_threads(TOTAL)
         .build_global()
         .expect("this test binary builds the budget first");
@@ -254,7 +254,10 @@ fn many_threads_random_trees_with_panics_conserve_tokens() {
     match rx.recv_timeout(WATCHDOG) {
         Ok(Ok(())) => {}
         Ok(Err(payload)) => {
-            eprintln!("stress: failed with seed {seed:#x}; {}", budget::stats());
+            eprintln!(
+                "stress: failed with seed {seed:#x}; {}",
+                budget_core::stats()
+            );
             panic::resume_unwind(payload);
         }
         Err(_) => {
@@ -264,12 +267,12 @@ fn many_threads_random_trees_with_panics_conserve_tokens() {
                 std::io::stderr(),
                 "stress: no result after {WATCHDOG:?} (deadlock?), seed {seed:#x}\n\
                  {}\ntrees finished per thread (of {TREES_PER_THREAD}): {done:?}",
-                budget::stats()
+                budget_core::stats()
             );
             std::process::exit(1);
         }
     }
-    let stats = budget::stats();
+    let stats = budget_core::stats();
     assert_eq!(stats.in_use, 0, "tokens leaked: {stats}");
     assert!(stats.peak_in_use <= stats.total, "{stats}");
     assert!(stats.worker_threads <= stats.total, "{stats}");

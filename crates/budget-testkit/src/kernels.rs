@@ -1,14 +1,24 @@
-//! OpenBLAS (pthreads) and an OpenMP C kernel, loaded at run time with `dlopen`, so
-//! that the demo still runs (and says what to install) where they are missing.
+//! The native kernels of the demo, the benchmarks and the processes example: OpenBLAS
+//! (pthreads) and an OpenMP C kernel, loaded at run time with `dlopen`, so that the
+//! demo still runs (and says what to install) where they are missing.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! let blas = budget_testkit::kernels::Blas::load().expect("OpenBLAS (scripts/setup-native.sh)");
+//! blas.set_threads(1);
+//! let a = budget_testkit::blas::matrices(1, 64).remove(0);
+//! blas.qr(&a, 64);
+//! ```
 
 use std::ffi::c_int;
 use std::path::{Path, PathBuf};
 
 /// What to do when OpenBLAS is missing.
-pub(crate) const INSTALL_OPENBLAS: &str = "skipped: install libopenblas0-pthread \
+pub const INSTALL_OPENBLAS: &str = "skipped: install libopenblas0-pthread \
      (apt-get install libopenblas0-pthread) or run scripts/setup-native.sh";
 /// What to do when libgomp or a C compiler is missing.
-pub(crate) const INSTALL_OPENMP: &str = "skipped: install gcc and libgomp1 \
+pub const INSTALL_OPENMP: &str = "skipped: install gcc and libgomp1 \
      (apt-get install gcc libgomp1) or run scripts/setup.sh and scripts/setup-native.sh";
 
 fn triple() -> &'static str {
@@ -19,22 +29,22 @@ fn triple() -> &'static str {
     }
 }
 
-use budget_testkit::blas::{self as ffi, Cdgemm, Dgeqrf};
+use crate::blas::{self as ffi, Cdgemm, Dgeqrf};
 
 /// A library path: the environment variable `key`, then `.cache/native/libs.env`
 /// (written by scripts/setup-native.sh), then `fallback`; only if it exists.
 fn lib_path(key: &str, fallback: &str) -> Option<PathBuf> {
-    budget_testkit::libs::lib_path(key)
+    crate::libs::lib_path(key)
         .filter(|p| p.exists())
         .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.exists()))
 }
 
 /// A `dlopen` handle, never closed; `None` where the library cannot be loaded.
-struct Lib(budget_testkit::Lib);
+struct Lib(crate::Lib);
 
 impl Lib {
     fn load(path: &Path) -> Option<Lib> {
-        budget_testkit::Lib::open(path).ok().map(Lib)
+        crate::Lib::open(path).ok().map(Lib)
     }
 
     /// # Safety
@@ -46,17 +56,17 @@ impl Lib {
 }
 
 /// OpenBLAS's `dgeqrf_`, `cblas_dgemm` and thread-count functions.
-pub(crate) struct Blas {
+pub struct Blas {
     dgeqrf: Dgeqrf,
     dgemm: Cdgemm,
     set: unsafe extern "C" fn(c_int),
     /// OpenBLAS's thread count when loaded (its default: all cores).
-    pub(crate) default_threads: usize,
+    pub default_threads: usize,
 }
 
 impl Blas {
     /// Loads OpenBLAS on pthreads, or says what to install.
-    pub(crate) fn load() -> Result<Blas, String> {
+    pub fn load() -> Result<Blas, String> {
         let fallback = format!("/usr/lib/{}/openblas-pthread/libopenblas.so.0", triple());
         let lib = lib_path("BUDGET_NATIVE_OPENBLAS_PTHREAD", &fallback)
             .and_then(|p| Lib::load(&p))
@@ -83,17 +93,17 @@ impl Blas {
     }
 
     /// The QR factorisation (`dgeqrf`) of a copy of the n×n matrix `src`.
-    pub(crate) fn qr(&self, src: &[f64], n: usize) {
+    pub fn qr(&self, src: &[f64], n: usize) {
         ffi::qr(self.dgeqrf, src, n);
     }
 
     /// `c = a · b` for n×n row-major matrices.
-    pub(crate) fn gemm(&self, a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
+    pub fn gemm(&self, a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
         ffi::gemm(self.dgemm, a, b, c, n);
     }
 
     /// Sets OpenBLAS's process-wide thread count; call it outside any BLAS call.
-    pub(crate) fn set_threads(&self, n: usize) {
+    pub fn set_threads(&self, n: usize) {
         // SAFETY: `void openblas_set_num_threads(int)`; the demo calls it from one
         // thread while no BLAS call runs, so no concurrent call can race with it.
         unsafe { (self.set)(n as c_int) };
@@ -115,20 +125,20 @@ void kernel(double *x, int n) {
 
 /// The OpenMP C kernel, built here with `cc -O2 -fopenmp`, and libgomp's
 /// `omp_set_num_threads`.
-pub(crate) struct Omp {
+pub struct Omp {
     kernel: unsafe extern "C" fn(*mut f64, c_int),
     set: unsafe extern "C" fn(c_int),
 }
 
 impl Omp {
     /// Builds and loads the kernel, or says what to install.
-    pub(crate) fn load() -> Result<Omp, String> {
+    pub fn load() -> Result<Omp, String> {
         let fail = || INSTALL_OPENMP.to_string();
         let gomp_fallback = format!("/usr/lib/{}/libgomp.so.1", triple());
         let gomp = lib_path("BUDGET_NATIVE_GOMP", &gomp_fallback)
             .and_then(|p| Lib::load(&p))
             .ok_or_else(fail)?;
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/budget-demo");
+        let dir = std::env::temp_dir().join("budget-demo");
         std::fs::create_dir_all(&dir).map_err(|_| fail())?;
         let id = std::process::id();
         let src = dir.join(format!("kernel-{id}.c"));
@@ -159,13 +169,13 @@ impl Omp {
     }
 
     /// Runs the kernel over `x`.
-    pub(crate) fn call(&self, x: &mut [f64]) {
+    pub fn call(&self, x: &mut [f64]) {
         // SAFETY: x holds x.len() doubles.
         unsafe { (self.kernel)(x.as_mut_ptr(), x.len() as c_int) };
     }
 
     /// Sets the calling thread's OpenMP thread count.
-    pub(crate) fn set_threads(&self, n: usize) {
+    pub fn set_threads(&self, n: usize) {
         // SAFETY: `omp_set_num_threads` sets the calling thread's ICV.
         unsafe { (self.set)(n as c_int) };
     }

@@ -22,18 +22,18 @@ fn on_big_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R 
         .unwrap_or_else(|payload| panic::resume_unwind(payload))
 }
 
-/// Opens `budget::scope` `DEPTH - level` times, checking at every level that the
+/// Opens `budget_core::scope` `DEPTH - level` times, checking at every level that the
 /// width is what is left and that `in_use` is the sum of the open grants.
 fn all_cores(level: usize, held: usize, innermost: &mut Vec<usize>, ran: &AtomicUsize) {
     if level == DEPTH {
         return;
     }
-    budget::scope(|s| {
+    budget_core::scope(|s| {
         let own = usize::from(level == 0); // the thread was outside every region
         let expected = if level == 0 { TOTAL } else { 1 };
         assert_eq!(s.width(), expected, "width at depth {level}");
         let held = held + s.width() - 1 + own;
-        assert_eq!(budget::stats().in_use, held, "in_use at depth {level}");
+        assert_eq!(budget_core::stats().in_use, held, "in_use at depth {level}");
         if level >= DEPTH - 3 {
             innermost.push(s.width());
         }
@@ -48,10 +48,10 @@ fn all_cores(level: usize, held: usize, innermost: &mut Vec<usize>, ran: &Atomic
                 ran.fetch_add(1, Ordering::SeqCst);
             });
             assert_eq!((a, b), (1, 2));
-            assert_eq!(budget::stats().in_use, held);
+            assert_eq!(budget_core::stats().in_use, held);
         }
         assert_eq!(
-            budget::stats().in_use,
+            budget_core::stats().in_use,
             held,
             "in_use at depth {level} after the inner ones closed"
         );
@@ -65,13 +65,13 @@ fn varied(level: usize, free: usize, widths: &mut Vec<usize>) {
         return;
     }
     let max = 1 + level % 3;
-    budget::scope_with(max, |s| {
+    budget_core::scope_with(max, |s| {
         let own = usize::from(level == 0 && free > 0);
         let requested = max.min(TOTAL);
         let free = free - own;
         assert_eq!(s.width(), 1 + (requested - 1).min(free), "depth {level}");
         let free = free - (s.width() - 1);
-        assert_eq!(budget::stats().in_use, TOTAL - free, "depth {level}");
+        assert_eq!(budget_core::stats().in_use, TOTAL - free, "depth {level}");
         widths.push(s.width());
         varied(level + 1, free, widths);
     });
@@ -79,7 +79,7 @@ fn varied(level: usize, free: usize, widths: &mut Vec<usize>) {
 
 /// Panics at the bottom of `DEPTH` nested regions.
 fn panics_at_bottom(level: usize) {
-    budget::scope(|s| {
+    budget_core::scope(|s| {
         if level + 1 == DEPTH {
             // From a task, so the payload crosses the task machinery first.
             s.spawn(|_| panic::panic_any(DEPTH as u64));
@@ -91,7 +91,7 @@ fn panics_at_bottom(level: usize) {
 
 #[test]
 fn ten_thousand_nested_regions() {
-    budget::Builder::new()
+    budget_core::Builder::new()
         .num_threads(TOTAL)
         .build_global()
         .expect("this test binary builds the budget first");
@@ -104,7 +104,7 @@ fn ten_thousand_nested_regions() {
     });
     assert_eq!(innermost, [1, 1, 1], "the innermost regions run at width 1");
     assert_eq!(ran, 101, "the bottom region's task and for_each ran");
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 
     let widths = on_big_stack(|| {
         let mut widths = Vec::with_capacity(DEPTH);
@@ -118,7 +118,7 @@ fn ten_thousand_nested_regions() {
         "requests 1, 2, 3, 1 on 4 tokens"
     );
     assert!(widths[4..].iter().all(|&w| w == 1), "the budget is used up");
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 
     let outcome = on_big_stack(|| {
         let default = panic::take_hook();
@@ -131,7 +131,7 @@ fn ten_thousand_nested_regions() {
             .map(|b| *b)
     });
     assert_eq!(outcome.ok(), Some(DEPTH as u64), "the original payload");
-    let stats = budget::stats();
+    let stats = budget_core::stats();
     assert_eq!(stats.in_use, 0, "{stats}");
     assert!(stats.regions >= 3 * DEPTH as u64, "{stats}");
 }

@@ -1,5 +1,5 @@
 //! The conservation invariant, checked from outside after every step of random
-//! programs: `budget::stats().in_use` equals the tokens the open regions hold by the
+//! programs: `budget_core::stats().in_use` equals the tokens the open regions hold by the
 //! model (`width - 1`, plus 1 for a region opened outside every region that found a
 //! free token), and never exceeds `total`. A region opened outside every region when
 //! no token was free runs unpaid (overcommit) and may be handed its own token later
@@ -26,13 +26,11 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, MutexGuard, Once};
 
-use budget::Scope;
+use budget_core::Scope;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 const TOTAL: usize = 8;
-
-mod common;
 
 /// Builds the budget once; the tests of this binary run one at a time.
 fn setup() -> MutexGuard<'static, ()> {
@@ -46,7 +44,7 @@ fn setup() -> MutexGuard<'static, ()> {
             }
         }));
     });
-    common::exclusive_budget(TOTAL)
+    budget_testkit::budget::exclusive_budget(TOTAL)
 }
 
 /// The payload of an injected panic: a unique id.
@@ -164,7 +162,7 @@ impl Env<'_, '_> {
     fn check(&self, at: &str) {
         let exact = self.quiet();
         let (held, unpaid) = (self.held(), self.unpaid());
-        let stats = budget::stats();
+        let stats = budget_core::stats();
         assert!(stats.in_use <= stats.total, "{at}: {stats}");
         if exact && unpaid == 0 {
             assert_eq!(
@@ -327,9 +325,9 @@ fn step<'p>(op: &'p Op, env: Env<'_, 'p>) {
 fn region<'p>(max: usize, body: &'p [Op], env: Env<'_, 'p>, inject: Option<(usize, Site, u64)>) {
     let in_region = env.in_region();
     let exact = env.quiet();
-    let before = budget::stats();
+    let before = budget_core::stats();
     let requested = max.clamp(1, TOTAL);
-    budget::scope_with(max, |s: &Scope<'p>| {
+    budget_core::scope_with(max, |s: &Scope<'p>| {
         let width = s.width();
         assert_eq!(s.requested(), requested);
         assert!(
@@ -388,14 +386,14 @@ fn inject_panic(site: Site, id: u64, env: Env<'_, '_>) {
             let done = Done(outstanding.clone());
             s.spawn(move |_| {
                 let _done = done;
-                budget::scope_with(2, |_| panic::panic_any(Injected(id)));
+                budget_core::scope_with(2, |_| panic::panic_any(Injected(id)));
             });
         }
         Site::JoinLeft => {
             s.join(|| boom(id), || ());
         }
         Site::JoinRight => {
-            s.join(|| (), || budget::scope_with(3, |_| boom(id)));
+            s.join(|| (), || budget_core::scope_with(3, |_| boom(id)));
         }
         Site::ForEach => s.for_each(0..64, |i| {
             if i == 37 {
@@ -404,7 +402,7 @@ fn inject_panic(site: Site, id: u64, env: Env<'_, '_>) {
         }),
         Site::Thread => {
             let joined =
-                std::thread::scope(|t| t.spawn(|| budget::scope_with(2, |_| boom(id))).join());
+                std::thread::scope(|t| t.spawn(|| budget_core::scope_with(2, |_| boom(id))).join());
             if let Err(payload) = joined {
                 panic::resume_unwind(payload);
             }
@@ -472,7 +470,7 @@ proptest! {
         };
         top.check("before the program");
         run(&ops, top);
-        let stats = budget::stats();
+        let stats = budget_core::stats();
         prop_assert_eq!(stats.in_use, 0, "tokens leaked: {}", stats);
     }
 }
@@ -484,20 +482,20 @@ proptest! {
 #[test]
 fn narrowed_region_with_a_task_returns_exactly_its_tokens() {
     let _serial = setup();
-    assert_eq!(budget::stats().in_use, 0);
-    budget::scope(|outer| {
+    assert_eq!(budget_core::stats().in_use, 0);
+    budget_core::scope(|outer| {
         assert_eq!(outer.width(), TOTAL);
-        budget::scope(|inner| {
+        budget_core::scope(|inner| {
             assert_eq!(inner.width(), 1);
             inner.spawn(|_| {});
         });
         assert_eq!(
-            budget::stats().in_use,
+            budget_core::stats().in_use,
             TOTAL,
             "the outer region holds every token"
         );
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 /// An overcommitted region (opened outside every region with no token free) that
@@ -506,7 +504,7 @@ fn narrowed_region_with_a_task_returns_exactly_its_tokens() {
 #[test]
 fn overcommitted_region_is_paid_for_by_the_first_token_freed() {
     let _serial = setup();
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
     let (held, release, released) = (
         std::sync::Barrier::new(2),
         std::sync::atomic::AtomicBool::new(false),
@@ -514,7 +512,7 @@ fn overcommitted_region_is_paid_for_by_the_first_token_freed() {
     );
     std::thread::scope(|t| {
         t.spawn(|| {
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 assert_eq!(s.width(), TOTAL);
                 held.wait();
                 wait_until(&release);
@@ -522,20 +520,24 @@ fn overcommitted_region_is_paid_for_by_the_first_token_freed() {
             released.store(true, Ordering::SeqCst);
         });
         held.wait();
-        let overcommit = budget::stats().overcommit;
-        budget::scope(|s| {
+        let overcommit = budget_core::stats().overcommit;
+        budget_core::scope(|s| {
             assert_eq!(s.width(), 1, "every token is held by the other thread");
-            assert_eq!(budget::stats().overcommit, overcommit + 1);
-            assert_eq!(budget::stats().in_use, TOTAL);
+            assert_eq!(budget_core::stats().overcommit, overcommit + 1);
+            assert_eq!(budget_core::stats().in_use, TOTAL);
             // Registers the region (it has a task queue now); the task is claimed
             // back at once, so it has no queued work: it wants only its own token.
             assert_eq!(s.join(|| 1, || 2), (1, 2));
             release.store(true, Ordering::SeqCst);
             wait_until(&released);
             assert_eq!(s.width(), 1, "the first token pays; it does not widen");
-            assert_eq!(budget::stats().in_use, 1, "this thread is paid for now");
+            assert_eq!(
+                budget_core::stats().in_use,
+                1,
+                "this thread is paid for now"
+            );
         });
-        assert_eq!(budget::stats().in_use, 0, "the paid token came back");
+        assert_eq!(budget_core::stats().in_use, 0, "the paid token came back");
     });
 }
 

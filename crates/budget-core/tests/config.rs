@@ -1,13 +1,13 @@
 //! Configuration of the budget's total, each case in a child process of its own (a
 //! process has one budget, fixed at first use): `BUDGET_NUM_THREADS` (good and bad
 //! values), the affinity mask (`taskset`), Slurm's `SLURM_CPUS_PER_TASK`, the
-//! `Builder`'s errors, and `budget::detect()`'s report of which source set the total.
+//! `Builder`'s errors, and `budget_core::detect()`'s report of which source set the total.
 //!
 //! The parent re-runs this test binary as `<exe> --exact child --nocapture` with
 //! `BUDGET_CONFIG_CHILD=<mode>`; the `child` test does what the mode says, prints
 //! `KEY=value` lines and asserts on its own side too. Run without that variable (as
 //! part of the normal suite), `child` does nothing. No parent test starts the
-//! budget: `budget::available_cores()` only detects.
+//! budget: `budget_core::available_cores()` only detects.
 
 use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
@@ -136,8 +136,8 @@ fn child() {
                     let barrier = barrier.clone();
                     std::thread::spawn(move || {
                         barrier.wait();
-                        budget::scope(|s| assert!(s.width() >= 1));
-                        budget::stats().total
+                        budget_core::scope(|s| assert!(s.width() >= 1));
+                        budget_core::stats().total
                     })
                 })
                 .collect::<Vec<_>>()
@@ -145,16 +145,16 @@ fn child() {
                 .map(|h| h.join().expect("a racing thread"))
                 .collect();
             assert!(totals.windows(2).all(|w| w[0] == w[1]), "{totals:?}");
-            println!("TOTAL={}", budget::stats().total);
-            println!("CORES={}", budget::available_cores());
+            println!("TOTAL={}", budget_core::stats().total);
+            println!("CORES={}", budget_core::available_cores());
             // The report names the running budget's total and its source.
-            let report = budget::detect();
-            assert_eq!(report.total, budget::stats().total, "{report}");
+            let report = budget_core::detect();
+            assert_eq!(report.total, budget_core::stats().total, "{report}");
             println!("SOURCE={}", report.source.key());
             println!("REPORT_BEGIN\n{report}\nREPORT_END");
         }
         "builder" => {
-            use budget::{BuildError, Builder};
+            use budget_core::{BuildError, Builder};
             assert_eq!(
                 Builder::new().num_threads(0).build_global(),
                 Err(BuildError::InvalidThreads { requested: 0 })
@@ -165,11 +165,14 @@ fn child() {
             );
             // Rejected settings do not start the budget: a good one still can.
             // Rejected builds record nothing.
-            assert_ne!(budget::detect().source, budget::Source::Builder);
+            assert_ne!(budget_core::detect().source, budget_core::Source::Builder);
             assert_eq!(Builder::new().num_threads(3).build_global(), Ok(()));
-            assert_eq!(budget::stats().total, 3);
-            let report = budget::detect();
-            assert_eq!((report.total, report.source), (3, budget::Source::Builder));
+            assert_eq!(budget_core::stats().total, 3);
+            let report = budget_core::detect();
+            assert_eq!(
+                (report.total, report.source),
+                (3, budget_core::Source::Builder)
+            );
             assert_eq!(
                 Builder::new().num_threads(5).build_global(),
                 Err(BuildError::AlreadyRunning { total: 3 })
@@ -181,29 +184,32 @@ fn child() {
             // A bad total once running is an error too (which one is not specified);
             // the budget keeps its total.
             assert!(Builder::new().num_threads(0).build_global().is_err());
-            assert_eq!(budget::stats().total, 3);
-            budget::scope(|s| assert_eq!(s.width(), 3));
-            println!("TOTAL={}", budget::stats().total);
+            assert_eq!(budget_core::stats().total, 3);
+            budget_core::scope(|s| assert_eq!(s.width(), 3));
+            println!("TOTAL={}", budget_core::stats().total);
         }
         "builder_after_use" => {
-            budget::scope(|s| assert!(s.width() >= 1));
-            let running = budget::stats().total;
+            budget_core::scope(|s| assert!(s.width() >= 1));
+            let running = budget_core::stats().total;
             assert_eq!(
-                budget::Builder::new().num_threads(3).build_global(),
-                Err(budget::BuildError::AlreadyRunning { total: running })
+                budget_core::Builder::new().num_threads(3).build_global(),
+                Err(budget_core::BuildError::AlreadyRunning { total: running })
             );
-            assert_eq!(budget::stats().total, running);
+            assert_eq!(budget_core::stats().total, running);
             println!("TOTAL={running}");
         }
         "builder_default" => {
             // No num_threads: the configured total (the variable, when valid).
-            assert_eq!(budget::Builder::new().build_global(), Ok(()));
-            println!("TOTAL={}", budget::stats().total);
-            println!("SOURCE={}", budget::detect().source.key());
+            assert_eq!(budget_core::Builder::new().build_global(), Ok(()));
+            println!("TOTAL={}", budget_core::stats().total);
+            println!("SOURCE={}", budget_core::detect().source.key());
         }
         "builder_overrides_env" => {
-            assert_eq!(budget::Builder::new().num_threads(5).build_global(), Ok(()));
-            println!("TOTAL={}", budget::stats().total);
+            assert_eq!(
+                budget_core::Builder::new().num_threads(5).build_global(),
+                Ok(())
+            );
+            println!("TOTAL={}", budget_core::stats().total);
         }
         other => panic!("unknown {MODE} {other:?}"),
     }
@@ -211,7 +217,7 @@ fn child() {
 
 #[test]
 fn bad_values_warn_once_and_use_the_detected_cores() {
-    let detected = budget::available_cores();
+    let detected = budget_core::available_cores();
     for bad in ["0", "-1", "abc", "99999", "", "4097", "1.5"] {
         let child = run_child("report", Some(bad), &[]);
         assert_eq!(
@@ -249,7 +255,7 @@ fn good_values_set_the_total_without_a_warning() {
     }
     // Unset: the detected cores, silently.
     let child = run_child("report", None, &[]);
-    assert_eq!(child.value("TOTAL"), budget::available_cores());
+    assert_eq!(child.value("TOTAL"), budget_core::available_cores());
     assert!(child.stderr().trim().is_empty(), "{}", child.describe());
 }
 
@@ -297,7 +303,7 @@ fn builder_rejects_bad_totals_and_a_second_start() {
 #[test]
 fn builder_after_first_use_reports_the_running_total() {
     let child = run_child("builder_after_use", None, &[]);
-    assert_eq!(child.value("TOTAL"), budget::available_cores());
+    assert_eq!(child.value("TOTAL"), budget_core::available_cores());
     let child = run_child("builder_after_use", Some("6"), &[]);
     assert_eq!(child.value("TOTAL"), 6);
 }
@@ -307,15 +313,15 @@ fn builder_without_a_count_reads_the_variable_and_with_one_overrides_it() {
     let child = run_child("builder_default", Some("6"), &[]);
     assert_eq!(child.value("TOTAL"), 6);
     let child = run_child("builder_default", Some("abc"), &[]);
-    assert_eq!(child.value("TOTAL"), budget::available_cores());
+    assert_eq!(child.value("TOTAL"), budget_core::available_cores());
     assert_eq!(child.warnings().len(), 1, "{}", child.describe());
     let child = run_child("builder_overrides_env", Some("6"), &[]);
     assert_eq!(child.value("TOTAL"), 5);
 }
 
 /// The parent's own report (detection only: it does not start the budget here).
-fn parent_report() -> budget::Detected {
-    let report = budget::detect();
+fn parent_report() -> budget_core::Detected {
+    let report = budget_core::detect();
     assert!(report.total >= 1, "{report}");
     report
 }

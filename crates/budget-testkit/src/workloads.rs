@@ -1,11 +1,19 @@
-//! The pure-Rust workload kernels of the demo (the same kernels as `benches/rayon.rs`).
+//! The pure-Rust workload kernels of the demo and of `benches/rayon.rs`: spinning
+//! work the optimiser cannot remove, a nested parallel sum, and weighted regions.
+//!
+//! # Examples
+//!
+//! ```
+//! use budget_testkit::workloads::{inner_sum, inner_sum_seq};
+//! assert_eq!(inner_sum(1000), inner_sum_seq(1000));
+//! ```
 
 use std::hint::black_box;
 
 use rayon::prelude::*;
 
 /// `iterations` steps of an LCG: work the optimiser cannot remove.
-pub(crate) fn spin(iterations: u64) -> u64 {
+pub fn spin(iterations: u64) -> u64 {
     let mut x = iterations;
     for _ in 0..iterations {
         x = black_box(
@@ -17,7 +25,7 @@ pub(crate) fn spin(iterations: u64) -> u64 {
 }
 
 /// The nested scenario's inner kernel: a parallel sum over `n` elements.
-pub(crate) fn inner_sum(n: u64) -> u64 {
+pub fn inner_sum(n: u64) -> u64 {
     (0..n)
         .into_par_iter()
         .map(|x| x.wrapping_mul(x) ^ 0x9e37)
@@ -25,27 +33,27 @@ pub(crate) fn inner_sum(n: u64) -> u64 {
 }
 
 /// [`inner_sum`] on the calling thread only (the "inner = 1" static setting).
-pub(crate) fn inner_sum_seq(n: u64) -> u64 {
+pub fn inner_sum_seq(n: u64) -> u64 {
     (0..n)
         .map(|x| x.wrapping_mul(x) ^ 0x9e37)
         .fold(0, u64::wrapping_add)
 }
 
 /// Nested scenario: outer tasks; inner regions per task; elements per inner region.
-pub(crate) const OUTER: usize = 8;
+pub const OUTER: usize = 8;
 /// Inner regions per outer task at scale 1.
-pub(crate) const INNER_REGIONS: usize = 20_000;
+pub const INNER_REGIONS: usize = 20_000;
 /// Elements per inner region.
-pub(crate) const ELEMENTS: u64 = 2_000;
+pub const ELEMENTS: u64 = 2_000;
 
 /// Imbalanced scenario: one task of weight 24 and eight of weight 1.
-pub(crate) const WEIGHTS: [u64; 9] = [24, 1, 1, 1, 1, 1, 1, 1, 1];
+pub const WEIGHTS: [u64; 9] = [24, 1, 1, 1, 1, 1, 1, 1, 1];
 /// Spin iterations per piece per unit of weight at scale 1 (about 2 ms per unit).
-pub(crate) const UNIT_ITERATIONS: u64 = 8_000;
+pub const UNIT_ITERATIONS: u64 = 8_000;
 
 /// About `units` of work in 256 pieces, as an inner parallel region run by `inner`
 /// (which opens the region and calls the closure inside it).
-pub(crate) fn weighted_region(
+pub fn weighted_region(
     units: u64,
     per_unit: u64,
     inner: impl Fn(&(dyn Fn() -> u64 + Sync)) -> u64,
@@ -59,7 +67,7 @@ pub(crate) fn weighted_region(
 }
 
 /// The same work as [`weighted_region`], serially on the calling thread.
-pub(crate) fn weighted_serial(units: u64, per_unit: u64) -> u64 {
+pub fn weighted_serial(units: u64, per_unit: u64) -> u64 {
     (0..256u64)
         .map(|piece| spin(units * per_unit + piece))
         .fold(0, u64::wrapping_add)

@@ -7,26 +7,24 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
-mod common;
-
 fn two_cores() -> std::sync::MutexGuard<'static, ()> {
-    common::exclusive_budget(2)
+    budget_testkit::budget::exclusive_budget(2)
 }
 
 #[test]
 fn shrink_nested_region_runs_at_width_one() {
     let _g = two_cores();
-    budget::scope(|outer| {
+    budget_core::scope(|outer| {
         assert_eq!(outer.width(), 2);
-        budget::scope(|inner| assert_eq!(inner.width(), 1));
+        budget_core::scope(|inner| assert_eq!(inner.width(), 1));
         outer.join(
-            || budget::scope(|inner| assert_eq!(inner.width(), 1)),
-            || budget::scope(|inner| assert_eq!(inner.width(), 1)),
+            || budget_core::scope(|inner| assert_eq!(inner.width(), 1)),
+            || budget_core::scope(|inner| assert_eq!(inner.width(), 1)),
         );
     });
-    assert_eq!(budget::stats().in_use, 0);
-    budget::scope(|again| assert_eq!(again.width(), 2));
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
+    budget_core::scope(|again| assert_eq!(again.width(), 2));
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -37,7 +35,7 @@ fn growth_after_release_runs_queued_tasks_on_two_threads() {
     thread::scope(|t| {
         // Another thread takes both cores and keeps them until told.
         t.spawn(|| {
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 assert_eq!(s.width(), 2);
                 hold.wait();
                 while !release.load(Ordering::SeqCst) {
@@ -48,8 +46,8 @@ fn growth_after_release_runs_queued_tasks_on_two_threads() {
         hold.wait();
         let threads = Mutex::new(HashSet::new());
         let started = AtomicUsize::new(0);
-        let before = budget::stats().tokens_regrown;
-        budget::scope(|s| {
+        let before = budget_core::stats().tokens_regrown;
+        budget_core::scope(|s| {
             assert_eq!(s.width(), 1, "the other region holds every core");
             for _ in 0..8 {
                 s.spawn(|_| {
@@ -61,22 +59,22 @@ fn growth_after_release_runs_queued_tasks_on_two_threads() {
             }
             release.store(true, Ordering::SeqCst);
             // The other region ends and its tokens are handed to this one.
-            common::wait_for("the region to grow", || s.width() == 2);
+            budget_testkit::budget::wait_for("the region to grow", || s.width() == 2);
         });
         assert_eq!(started.load(Ordering::SeqCst), 8);
-        assert!(budget::stats().tokens_regrown > before);
+        assert!(budget_core::stats().tokens_regrown > before);
         assert!(
             threads.lock().unwrap().len() >= 2,
             "queued tasks ran on one thread only"
         );
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
 fn spawn_join_for_each_compute_right_answers() {
     let _g = two_cores();
-    fn fib(s: &budget::Scope<'_>, n: u64) -> u64 {
+    fn fib(s: &budget_core::Scope<'_>, n: u64) -> u64 {
         if n < 10 {
             return if n < 2 {
                 n
@@ -87,18 +85,18 @@ fn spawn_join_for_each_compute_right_answers() {
         let (a, b) = s.join(|| fib(s, n - 1), || fib(s, n - 2));
         a + b
     }
-    assert_eq!(budget::scope(|s| fib(s, 25)), 75025);
+    assert_eq!(budget_core::scope(|s| fib(s, 25)), 75025);
     let mut v: Vec<u64> = (0..100_000).collect();
-    budget::scope(|s| s.for_each(&mut v[..], |x| *x *= 2));
+    budget_core::scope(|s| s.for_each(&mut v[..], |x| *x *= 2));
     assert_eq!(v.iter().sum::<u64>(), 2 * (99_999 * 100_000 / 2));
     let sum = AtomicUsize::new(0);
-    budget::scope(|s| {
+    budget_core::scope(|s| {
         s.for_each(&v[..10], |x| {
             sum.fetch_add(*x as usize, Ordering::Relaxed);
         })
     });
     assert_eq!(sum.into_inner(), 90);
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -106,7 +104,7 @@ fn panics_keep_their_payload_and_return_every_token() {
     let _g = two_cores();
     let finished = AtomicUsize::new(0);
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        budget::scope(|s| {
+        budget_core::scope(|s| {
             for i in 0..16 {
                 let finished = &finished;
                 s.spawn(move |_| {
@@ -126,17 +124,17 @@ fn panics_keep_their_payload_and_return_every_token() {
         15,
         "every other task finished"
     );
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 
     let err = std::panic::catch_unwind(|| {
-        budget::scope(|s| s.join(|| 1, || -> i32 { panic!("right side") }))
+        budget_core::scope(|s| s.join(|| 1, || -> i32 { panic!("right side") }))
     })
     .unwrap_err();
     assert_eq!(err.downcast_ref::<&str>(), Some(&"right side"));
     let err = std::panic::catch_unwind(|| {
-        budget::scope(|s| s.for_each(0..1000, |i| assert!(i != 500, "element 500")))
+        budget_core::scope(|s| s.for_each(0..1000, |i| assert!(i != 500, "element 500")))
     })
     .unwrap_err();
     assert_eq!(err.downcast_ref::<&str>(), Some(&"element 500"));
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
