@@ -22,6 +22,15 @@ struct Child {
 }
 
 impl Child {
+    /// Fails, showing the child's output, unless its stdout contains `text`.
+    fn says(&self, text: &str) {
+        assert!(
+            self.stdout().contains(text),
+            "no {text:?} in:\n{}",
+            self.describe()
+        );
+    }
+
     fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
@@ -343,29 +352,17 @@ fn the_report_names_the_source_of_the_running_total() {
     }
     let child = run_child("report", Some("3"), &[]);
     assert_eq!(child.word("SOURCE"), "budget_num_threads");
-    assert!(
-        child.stdout().contains("BUDGET_NUM_THREADS:     3"),
-        "{}",
-        child.describe()
-    );
+    child.says("BUDGET_NUM_THREADS:     3");
     // A bad value: the machine's source, and the report says the value was ignored.
     let child = run_child("report", Some("abc"), &[]);
     assert_ne!(child.word("SOURCE"), "budget_num_threads");
-    assert!(
-        child.stdout().contains("(not valid: ignored)"),
-        "{}",
-        child.describe()
-    );
+    child.says("(not valid: ignored)");
     let child = run_child("builder_default", Some("6"), &[]);
     assert_eq!(child.word("SOURCE"), "budget_num_threads");
     // Thread-count variables of other runtimes are listed, and change nothing.
     let child = run_child_with("report", None, &[], &[("OMP_NUM_THREADS", "1")]);
     assert_eq!(child.value("TOTAL"), machine.total, "{}", child.describe());
-    assert!(
-        child.stdout().contains("OMP_NUM_THREADS:"),
-        "{}",
-        child.describe()
-    );
+    child.says("OMP_NUM_THREADS:");
 }
 
 #[test]
@@ -416,10 +413,6 @@ fn slurm_cpus_per_task_is_not_used_under_a_cpuset() {
     assert_eq!(child.value("TOTAL"), 1, "{}", child.describe());
     if machine.online.is_some_and(|n| n > 1) {
         assert_eq!(child.word("SOURCE"), "affinity", "{}", child.describe());
-        assert!(
-            child.stdout().contains("1 (not used"),
-            "{}",
-            child.describe()
-        );
+        child.says("1 (not used");
     }
 }

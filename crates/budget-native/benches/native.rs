@@ -1,5 +1,6 @@
 //! Native calls sized by the budget, against static settings, on real libraries
-//! (Debian's OpenBLAS on pthreads, libgomp through a C kernel built here with `cc`).
+//! (Debian's OpenBLAS on pthreads, libgomp through a C kernel built with `cc`: the
+//! demo's kernels, `budget_testkit::kernels`).
 //!
 //! ```sh
 //! scripts/setup-native.sh
@@ -22,8 +23,6 @@
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::ffi::c_int;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,62 +33,7 @@ use rayon::prelude::*;
 
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-use budget_testkit::blas::{self as ffi, Cdgemm, Dgeqrf};
-use budget_testkit::Lib;
-
-type Kernel = unsafe extern "C" fn(*mut f64, c_int);
-
-struct Blas {
-    dgeqrf: Dgeqrf,
-    dgemm: Cdgemm,
-    set: unsafe extern "C" fn(c_int),
-    get: unsafe extern "C" fn() -> c_int,
-}
-
-impl Blas {
-    /// The QR factorisation (`dgeqrf`) of a copy of the n×n matrix `src`.
-    fn qr(&self, src: &[f64], n: usize) {
-        ffi::qr(self.dgeqrf, src, n);
-    }
-    /// `c = a · b` for n×n row-major matrices.
-    fn gemm(&self, a: &[f64], b: &[f64], c: &mut [f64], n: usize) {
-        ffi::gemm(self.dgemm, a, b, c, n);
-    }
-    fn set_threads(&self, n: usize) {
-        // SAFETY: called from one thread, outside any BLAS call (no race).
-        unsafe { (self.set)(n as c_int) };
-    }
-}
-
-/// The OpenMP kernel: a parallel loop of `n` elements, ~25 µs in all single-threaded.
-const KERNEL_C: &str = r#"
-#include <math.h>
-void kernel(double *x, int n) {
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        double v = x[i];
-        for (int k = 0; k < 8; k++) v = sqrt(v * v + 1.0) * 0.5;
-        x[i] = v;
-    }
-}
-"#;
-
-fn build_kernel() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/budget-native-bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("kernel.c");
-    let so = dir.join("libkernel_omp.so");
-    std::fs::write(&src, KERNEL_C).unwrap();
-    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-O2", "-fopenmp", "-shared", "-fPIC", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .arg("-lm")
-        .status()
-        .expect("cc (gcc) is needed to build the OpenMP kernel: run scripts/setup.sh");
-    assert!(status.success());
-    so
-}
+use budget_testkit::kernels::{Blas, Omp};
 
 fn record(id: &str, iters: u64, d: Duration) -> Duration {
     TIMES
@@ -121,36 +65,15 @@ fn bench(c: &mut Criterion, group: &str, name: &str, mut f: impl FnMut()) {
 
 fn main() {
     let cores = budget_core::stats().total;
-    let blas_lib = Lib::load("BUDGET_NATIVE_OPENBLAS_PTHREAD");
-    // SAFETY: LAPACK/CBLAS/OpenBLAS prototypes as declared above.
-    let blas = unsafe {
-        Blas {
-            dgeqrf: blas_lib.func("dgeqrf_"),
-            dgemm: blas_lib.func("cblas_dgemm"),
-            set: blas_lib.func("openblas_set_num_threads"),
-            get: blas_lib.func("openblas_get_num_threads"),
-        }
-    };
-    // SAFETY: as above.
-    let default_threads = unsafe { (blas.get)() } as usize;
-    let kernel_lib = Lib::open(&build_kernel()).unwrap_or_else(|e| panic!("{e}"));
-    // SAFETY: `void kernel(double *, int)`.
-    let kernel: Kernel = unsafe { kernel_lib.func("kernel") };
-    let gomp = Lib::load("BUDGET_NATIVE_GOMP");
-    // SAFETY: `void omp_set_num_threads(int)`.
-    let omp_set: unsafe extern "C" fn(c_int) = unsafe { gomp.func("omp_set_num_threads") };
+    let blas = Blas::load().unwrap_or_else(|e| panic!("{e}"));
+    let default_threads = blas.default_threads;
+    let omp = Omp::load().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", budget_native::libraries());
     eprintln!("budget total {cores}; OpenBLAS default {default_threads} threads");
 
     let mut c = Criterion::default().configure_from_args();
     let n = 256;
-    let mats: Vec<Vec<f64>> = (0..128)
-        .map(|s| {
-            (0..n * n)
-                .map(|i| ((i * 7919 + s * 104729) % 1000) as f64 / 1000.0 + 0.5)
-                .collect()
-        })
-        .collect();
+    let mats = budget_testkit::blas::matrices(128, n);
 
     // --- qr: rayon outer × 128 dgeqrf 256².
     bench(&mut c, "qr", "default", || {
@@ -179,17 +102,9 @@ fn main() {
     // --- omp: rayon outer × 2,000 OpenMP kernel calls of ~25 µs.
     let len = 4096;
     let inputs: Vec<Mutex<Vec<f64>>> = (0..2000).map(|i| Mutex::new(vec![i as f64; len])).collect();
-    let call = |x: &Mutex<Vec<f64>>| {
-        let mut x = x.lock().unwrap();
-        // SAFETY: x holds len doubles.
-        unsafe { kernel(x.as_mut_ptr(), len as c_int) };
-    };
-    let omp_threads = |k: usize| {
-        rayon::broadcast(|_| {
-            // SAFETY: omp_set_num_threads sets the calling worker thread's ICV.
-            unsafe { omp_set(k as c_int) }
-        })
-    };
+    let call = |x: &Mutex<Vec<f64>>| omp.call(&mut x.lock().unwrap());
+    // Each rayon worker's own OpenMP count (libgomp's count is per thread).
+    let omp_threads = |k: usize| rayon::broadcast(|_| omp.set_threads(k));
     bench(&mut c, "omp", "default", || {
         omp_threads(cores);
         inputs.par_iter().for_each(call);
@@ -209,11 +124,9 @@ fn main() {
         });
     });
     bench(&mut c, "omp", "serial", || {
-        // SAFETY: see above.
-        unsafe { omp_set(1) };
+        omp.set_threads(1);
         inputs.iter().for_each(call);
-        // SAFETY: see above.
-        unsafe { omp_set(cores as c_int) };
+        omp.set_threads(cores);
     });
 
     // --- mixed: one dgemm 2048² and 128 QR 256², in both orders.
