@@ -46,6 +46,11 @@ def worktree(rev):
     path = os.path.join(ROOT, "target", "bench-against", sha)
     if not os.path.isdir(path):
         sh(["git", "worktree", "add", "--detach", path, sha], ROOT)
+    # The native libraries found by scripts/setup-native.sh (.cache/native/libs.env),
+    # which benches read relative to their own checkout.
+    cache = os.path.join(path, ".cache")
+    if os.path.isdir(os.path.join(ROOT, ".cache")) and not os.path.exists(cache):
+        os.symlink(os.path.join(ROOT, ".cache"), cache)
     return sha, path
 
 
@@ -65,8 +70,12 @@ def build(path, suite):
 
 
 def run(exe, cwd, filt, extra):
+    """Criterion's middle estimate (ns) of every benchmark `exe` ran."""
     args = [exe, "--bench", "--noplot"] + extra + ([filt] if filt else [])
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True).stdout
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  {exe} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    out = done.stdout
     times, last = {}, None
     for line in out.splitlines():
         m = TIME.match(line)
@@ -111,7 +120,7 @@ def main():
                 load = os.getloadavg()[0]
                 print(f"[{suite}] round {r + 1}/{args.rounds}: {side} ({sha if side == 'old' else head + '+'}), "
                       f"load {load:.2f}", flush=True)
-                results[side].append(run(exe, ROOT, args.filter, extra))
+                results[side].append(run(exe, old_path if side == "old" else ROOT, args.filter, extra))
         names = sorted({n for runs in results.values() for t in runs for n in t})
         print(f"\n{suite}: {sha} (old) against {head} with local changes (new), "
               f"medians of {args.rounds} runs each (min-max)\n")
