@@ -10,6 +10,8 @@ Scenarios:
   lone big matmul     one 2048x2048 matmul (full width is right when alone)
   processes x BLAS    joblib Parallel(n_jobs=2, loky) x 8 tasks of 8 SVDs 256x256
   sklearn OpenMP x 2  two threads each fitting a HistGradientBoostingClassifier
+  sklearn x 2, 4 fits each  the same, four fits one after another on each thread
+                      (as a cross-validation loop on two threads)
 
 Strategies are interleaved (one run of each in turn, repeated), and each time is the
 median of the repetitions, with the spread (min-max) beside it. "budget" is the same
@@ -20,7 +22,17 @@ has handed to others (and any other load on the machine makes a spinning team cr
 so this script sets OMP_WAIT_POLICY=passive for every strategy unless it is set
 already (--active-wait leaves it unset). budget documents the same setting for users.
 The processes row makes a node budget (budget.share_node) that the loky workers
-share; a build without it says so in the row.
+share; a build without it says so in the row. Its workers start once with OpenBLAS
+free to use every core, and each strategy sets its width inside the task
+(threadpoolctl limits, or a budget region): loky restarts its workers whenever
+inner_max_num_threads changes, which would charge a restart to whichever strategies
+differ from their predecessor.
+The sklearn rows: in the single-fit row the first region to open takes every free
+core and scikit-learn fixes a fit's OpenMP team at its start, so the second thread
+runs beside it overcommitted (3 threads on 2 cores) for the whole fit; no library can
+tell at the first entry that a second fit is about to start. With several fits per
+thread (a cross-validation loop) the overcommitted thread's owed token is paid first
+when a fit ends, and the fits settle at one core each.
 """
 
 from __future__ import annotations
@@ -120,10 +132,15 @@ def lone_matmul(scale):
 # ---- scenario 3: processes x BLAS ---------------------------------------------------------
 
 
-def worker_svds(count, seed, use_region):
+def worker_svds(count, seed, mode):
+    """One task in a worker: `count` SVDs, at the BLAS default (mode None), under
+    threadpool_limits(mode) (an int), or in a budget region (mode "region")."""
     inputs = svd_tasks(count, seed=seed)
-    if use_region:
+    if mode == "region":
         with budget.region():
+            return [svd(a) for a in inputs]
+    if mode is not None:
+        with threadpoolctl.threadpool_limits(mode):
             return [svd(a) for a in inputs]
     return [svd(a) for a in inputs]
 
@@ -135,15 +152,19 @@ def processes_x_blas(scale):
     per_task = 8
     cores = budget.stats()["total"]
 
-    def run(inner, use_region):
-        with joblib.parallel_config(backend="loky", inner_max_num_threads=inner):
+    def run(mode):
+        # One worker environment for every strategy (OpenBLAS may use all cores): loky
+        # restarts its workers whenever inner_max_num_threads changes, so setting the
+        # static widths through it would make those strategies pay a worker restart
+        # each round. The static widths are set in the task instead, as a user would.
+        with joblib.parallel_config(backend="loky", inner_max_num_threads=cores):
             joblib.Parallel(n_jobs=2)(
-                joblib.delayed(worker_svds)(per_task, i, use_region) for i in range(tasks)
+                joblib.delayed(worker_svds)(per_task, i, mode) for i in range(tasks)
             )
 
     def serial():
         with threadpoolctl.threadpool_limits(1):
-            worker_svds(per_task * tasks, 0, False)
+            worker_svds(per_task * tasks, 0, None)
 
     note = None
     if hasattr(budget, "share_node"):
@@ -156,15 +177,15 @@ def processes_x_blas(scale):
     else:
         note = "process budgets only (no node budget in this build)"
     # Start the workers once, so that no strategy pays for it.
-    run(None, False)
+    run(None)
     return {
         "serial": serial,
-        "default": lambda: run(cores, False),
+        "default": lambda: run(None),
         "static": {
-            "workers BLAS=1": lambda: run(1, False),
-            f"workers BLAS={cores}": lambda: run(cores, False),
+            "workers BLAS=1": lambda: run(1),
+            f"workers BLAS={cores}": lambda: run(cores),
         },
-        "budget": lambda: run(cores, True),
+        "budget": lambda: run("region"),
         "note": note,
     }
 
@@ -172,7 +193,7 @@ def processes_x_blas(scale):
 # ---- scenario 4: scikit-learn's OpenMP estimators on two threads -------------------------
 
 
-def sklearn_openmp(scale):
+def sklearn_openmp(scale, fits=1):
     from sklearn.datasets import make_classification
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -190,12 +211,14 @@ def sklearn_openmp(scale):
             fit()
 
     def two(f):
+        # Each of two threads fits `fits` models one after another, as a
+        # cross-validation loop on a thread pool does.
         with ThreadPoolExecutor(2) as ex:
-            list(ex.map(lambda _: f(), range(2)))
+            list(ex.map(lambda _: [f() for _ in range(fits)], range(2)))
 
     def serial():
-        fit_omp1()
-        fit_omp1()
+        for _ in range(2 * fits):
+            fit_omp1()
 
     return {
         "serial": serial,
@@ -210,6 +233,7 @@ SCENARIOS = [
     ("lone big matmul", lone_matmul),
     ("processes x BLAS", processes_x_blas),
     ("sklearn OpenMP x 2", sklearn_openmp),
+    ("sklearn x 2, 4 fits each", lambda scale: sklearn_openmp(scale, fits=4)),
 ]
 
 

@@ -10,42 +10,53 @@ import os, time
 import joblib
 import budget
 
-def probe():
+def held_at_least(n, seconds=20):
+    # Inside a region: its registered demand brings node tokens while it runs.
+    deadline = time.monotonic() + seconds
+    while budget.joined()["held"] < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return budget.joined()["held"]
+
+def probe(want=0):
     import budget
     with budget.region() as r:
         width = r.width
+        held = held_at_least(want, 5) if want else budget.joined()["held"]
     j = budget.joined()
-    return j["kind"], j.get("path"), j.get("tokens"), width
+    return j["kind"], j.get("path"), j.get("tokens"), width, held
 
 if __name__ == "__main__":
     path = budget.share_node(4)  # before this process's first region: it joins too
     try:
         j = budget.joined()
         assert (j["kind"], j["path"], j["tokens"]) == ("node", path, 4), j
-        for _ in range(20):  # the supplier thread starts with the budget: retry a little
+        # A region starts at once with what the process holds (its own token); its
+        # demand brings the rest while it runs, and a region right after gets them.
+        for _ in range(20):
             with budget.region() as r:
                 alone = r.width
+                held = held_at_least(4)
             if alone == 4:
                 break
-            time.sleep(0.25)
-        print("alone", alone, flush=True)
+        print("alone", alone, "held", held, flush=True)
         with joblib.Parallel(n_jobs=1, backend="loky") as par:
             par([joblib.delayed(probe)()])  # the worker starts (and joins) now
             with budget.region(3) as r:
-                assert r.width == 3, r.width
-                kind, wpath, tokens, busy = par([joblib.delayed(probe)()])[0]
+                held = held_at_least(3)
+                assert held >= 3, held
+                kind, wpath, tokens, busy, _ = par([joblib.delayed(probe)()])[0]
             print("loky worker", kind, wpath == path, tokens, "width while 3 held:", busy, flush=True)
             # Once this process's region ended its tokens go back to the node within a
-            # few ms (one own token lingers): the worker's regions widen.
+            # few ms (one own token lingers): the worker's regions get them.
             freed = []
             for _ in range(50):
-                freed.append(par([joblib.delayed(probe)()])[0][3])
+                freed.append(par([joblib.delayed(probe)(2)])[0][4])
                 if freed[-1] >= 2:
                     break
                 time.sleep(0.02)
-            print("loky worker width once freed:", freed[-1], flush=True)
+            print("loky worker holds once freed:", freed[-1], flush=True)
         with mp.get_context("fork").Pool(1) as pool:
-            kind, fpath, _, _ = pool.apply(probe)
+            kind, fpath, _, _, _ = pool.apply(probe)
         print("fork worker", kind, fpath == path, flush=True)
     finally:
         os.remove(path)
@@ -56,8 +67,8 @@ def test_loky_and_fork_workers_share_the_node_budget():
     r = run_python(NODE, env={"BUDGET_NUM_THREADS": "4"}, timeout=240)
     assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
     out = r.stdout
-    # Alone, a region asks the node for the tokens it lacks and gets them all.
-    assert "alone 4" in out, out
+    # Alone, a region's demand brings the node's tokens, and the next region has them.
+    assert "alone 4 held 4" in out, out
     # The worker joined the same node budget, and while this process held 3 of its 4
     # tokens the worker's region was narrowed. (The node's rule would give it 1, its
     # own thread; 2 is seen at times: reported to the node budget's authors, see
@@ -65,6 +76,64 @@ def test_loky_and_fork_workers_share_the_node_budget():
     assert "loky worker node True 4 width while 3 held:" in out, out
     busy = int(out.split("width while 3 held:")[1].split()[0])
     assert 1 <= busy < 4, out
-    freed = int(out.split("loky worker width once freed:")[1].split()[0])
+    freed = int(out.split("loky worker holds once freed:")[1].split()[0])
     assert freed >= 2, out
     assert "fork worker node True" in out, out
+
+
+SHORT = """
+import os, subprocess, sys, time
+import budget
+
+CHILD = '''
+import sys, time, budget
+with budget.region() as r:
+    deadline = time.monotonic() + 60
+    while budget.joined()["held"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    print("child holds", budget.joined()["held"], flush=True)
+    sys.stdin.readline()
+print("child out", flush=True)
+'''
+
+def held_becomes(check, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not check(budget.joined()["held"]) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return budget.joined()["held"]
+
+path = budget.share_node(2)  # before this process's first region: it joins too
+try:
+    assert budget.joined()["kind"] == "node"
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    print(child.stdout.readline().strip(), flush=True)
+    s0 = budget.stats()
+    with budget.region() as r:
+        s1 = budget.stats()
+        print("entry width", r.width, "regions", s1["regions"] - s0["regions"], flush=True)
+        child.stdin.write("go\\n")
+        child.stdin.flush()
+        print(child.stdout.readline().strip(), flush=True)
+        # The node's tokens come free: this region's registered demand gets them.
+        print("held while open", held_becomes(lambda h: h >= 2), "width", r.width, flush=True)
+    print("held after exit", held_becomes(lambda h: h <= 1), flush=True)
+    assert child.wait(60) == 0
+finally:
+    os.remove(path)
+"""
+
+
+def test_a_short_region_in_a_joined_process_starts_at_once_and_registers_demand():
+    """A region that finds the node budget busy starts at once with its own thread
+    (no hidden region waiting for the supplier: its entry counts one region), registers
+    what it lacks, receives the node's tokens when they come free while it runs, and
+    lets them go after it exits."""
+    r = run_python(SHORT, env={"BUDGET_NUM_THREADS": "2"}, timeout=180)
+    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+    out = r.stdout
+    assert "child holds 2" in out, out
+    assert "entry width 1 regions 1" in out, out
+    assert "child out" in out, out
+    assert "held while open 2 width 1" in out, out
+    assert "held after exit 1" in out, out

@@ -79,9 +79,10 @@ def test_widths_shrink_across_threads_and_come_back():
     assert budget.stats()["overcommit"] == s0["overcommit"] + 1
     assert in_use_is(TOTAL)
     b.close()
-    assert in_use_is(5)
+    # b's tokens go back; the first pays c's own token (owed since c overcommitted).
+    assert in_use_is(6)
     d = Holder().open()
-    assert d.width == TOTAL - 5
+    assert d.width == TOTAL - 6
     for h in (a, c, d):
         h.close()
     s1 = settle(budget)
@@ -89,6 +90,27 @@ def test_widths_shrink_across_threads_and_come_back():
     e = Holder().open()
     assert e.width == TOTAL
     e.close()
+    settle(budget)
+
+
+def test_an_overcommitted_thread_is_paid_before_a_new_region_takes():
+    """A thread whose region found no token free runs anyway (width 1) and owes its
+    own token: the next release pays it before a region opened later takes it, so two
+    threads that run one region after another (fits in a cross-validation loop) end up
+    sharing the cores instead of the faster one taking them all again each time."""
+    settle(budget)
+    a = Holder().open()
+    assert a.width == TOTAL
+    b = Holder().open()  # nothing free: runs at width 1, unpaid
+    assert b.width == 1
+    assert in_use_is(TOTAL)
+    a.close()  # TOTAL tokens back: one pays b's thread
+    assert in_use_is(1)
+    a2 = Holder().open()
+    assert a2.width == TOTAL - 1
+    assert in_use_is(TOTAL)
+    for h in (b, a2):
+        h.close()
     settle(budget)
 
 

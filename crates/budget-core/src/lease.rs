@@ -1,13 +1,20 @@
 //! [`Lease`]: tokens taken from the budget directly, for code that manages its own
-//! threads (a native library's pool, a rayon pool) rather than running a region.
+//! threads (a native library's pool, a rayon pool, a Python thread) rather than
+//! running a region.
+
+use std::sync::Arc;
 
 use crate::registry::{self, Registry};
+use crate::token::{Grower, Wanted};
 
 /// Tokens held outside any region, returned to the budget on drop.
 ///
 /// A lease is how a consumer that is not a `budget_core::scope` (a BLAS library's thread
 /// pool, an external pool) counts against the budget. It never waits: it takes what
-/// is free now, possibly nothing.
+/// is free now, possibly nothing. With [`Lease::want`] it also registers demand for
+/// what it lacks, like a region that fell short: tokens released later (and, in a
+/// process sharing an outside budget, tokens its supplier brings) are handed to it,
+/// oldest demand first, still without anyone waiting.
 ///
 /// # Examples
 ///
@@ -22,12 +29,19 @@ use crate::registry::{self, Registry};
 #[must_use = "a lease returns its tokens as soon as it is dropped"]
 pub struct Lease {
     registry: &'static Registry,
+    /// Tokens held, not counting those granted to `demand` since it was last settled.
     count: usize,
+    /// The registered demand of [`Lease::want`], if any: a grower in the budget's
+    /// hand-off list until [`Lease::stop_wanting`] or drop.
+    demand: Option<Arc<Wanted>>,
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("count", &self.count).finish()
+        f.debug_struct("Lease")
+            .field("count", &self.count())
+            .field("wanting", &self.wanting())
+            .finish()
     }
 }
 
@@ -44,10 +58,15 @@ impl Lease {
     pub fn try_new(max: usize) -> Lease {
         let registry = registry::global();
         let count = registry.tokens.try_acquire(max);
-        Lease { registry, count }
+        Lease {
+            registry,
+            count,
+            demand: None,
+        }
     }
 
-    /// The number of tokens held.
+    /// The number of tokens held, including those handed to it since [`Lease::want`]
+    /// (a snapshot: a wanting lease may be handed more right after).
     ///
     /// # Examples
     ///
@@ -55,7 +74,86 @@ impl Lease {
     /// assert_eq!(budget_core::Lease::try_new(0).count(), 0);
     /// ```
     pub fn count(&self) -> usize {
-        self.count
+        self.count + self.demand.as_ref().map_or(0, |d| d.granted())
+    }
+
+    /// Takes up to `more` additional free tokens now and registers demand for the
+    /// rest: tokens released later in this process (and, in a process sharing a node
+    /// budget or make's jobserver, tokens its supplier fetches for this demand) are
+    /// handed to the lease, oldest demand first, until it got `more` in all or
+    /// [`Lease::stop_wanting`] is called. Never waits; returns how many it took now.
+    /// Calling it again adds to the demand still open.
+    ///
+    /// This is how a thread that runs anyway without a token (a Python thread whose
+    /// region found none free) is paid from the next release before a new consumer
+    /// takes it, as a region that overcommitted owes its own token.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let total = budget_core::stats().total;
+    /// let all = budget_core::Lease::try_new(total);
+    /// let mut late = budget_core::Lease::try_new(1);
+    /// assert_eq!(late.want(1), 0); // nothing free: the demand is registered
+    /// assert_eq!(late.wanting(), 1);
+    /// drop(all); // the first token released goes to the waiting lease
+    /// assert_eq!((late.count(), late.wanting()), (1, 0));
+    /// drop(late);
+    /// assert_eq!(budget_core::stats().in_use, 0);
+    /// ```
+    pub fn want(&mut self, more: usize) -> usize {
+        let now = self.try_grow(more);
+        let missing = more - now;
+        if missing == 0 || !self.registry.is_current() {
+            return now;
+        }
+        match &self.demand {
+            Some(demand) => {
+                demand.add(missing);
+                self.registry.tokens.poke();
+            }
+            None => {
+                let demand = Arc::new(Wanted::new(missing));
+                self.demand = Some(Arc::clone(&demand));
+                // Registering looks for tokens freed meanwhile, and asks the supplier.
+                self.registry.tokens.register(demand);
+            }
+        }
+        now
+    }
+
+    /// Tokens still wanted by [`Lease::want`] and not yet handed over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(budget_core::Lease::try_new(0).wanting(), 0);
+    /// ```
+    pub fn wanting(&self) -> usize {
+        self.demand.as_ref().map_or(0, |d| d.wants())
+    }
+
+    /// Withdraws the demand of [`Lease::want`]: no token is handed to the lease after
+    /// this returns; those handed over already stay held.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut lease = budget_core::Lease::try_new(0);
+    /// lease.want(1);
+    /// lease.stop_wanting();
+    /// assert_eq!(lease.wanting(), 0);
+    /// ```
+    pub fn stop_wanting(&mut self) {
+        if let Some(demand) = self.demand.take() {
+            if self.registry.is_current() {
+                let grower: Arc<dyn Grower> = demand.clone();
+                // After this no grant reaches `demand` (grants run under the same lock).
+                self.registry.tokens.unregister(&grower);
+            }
+            demand.close();
+            self.count += demand.take_granted();
+        }
     }
 
     /// Takes up to `more` additional free tokens, without waiting; returns how many
@@ -86,6 +184,10 @@ impl Lease {
     /// assert_eq!(lease.count(), 0);
     /// ```
     pub fn shrink(&mut self, n: usize) -> usize {
+        if let Some(demand) = &self.demand {
+            // Fold in what was handed over so far; later grants add to `granted` anew.
+            self.count += demand.take_granted();
+        }
         let n = n.min(self.count);
         self.count -= n;
         if self.registry.is_current() {
@@ -97,6 +199,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.stop_wanting();
         self.shrink(self.count);
     }
 }

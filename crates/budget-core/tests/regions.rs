@@ -138,3 +138,34 @@ fn panics_keep_their_payload_and_return_every_token() {
     assert_eq!(err.downcast_ref::<&str>(), Some(&"element 500"));
     assert_eq!(budget_core::stats().in_use, 0);
 }
+
+#[test]
+fn a_wanting_lease_is_paid_by_the_next_release_before_a_new_taker() {
+    let _g = two_cores();
+    let (entered, leave) = (Barrier::new(2), Barrier::new(2));
+    thread::scope(|t| {
+        // A region on another thread holds both cores until told.
+        let holder = t.spawn(|| {
+            budget::scope(|s| {
+                assert_eq!(s.width(), 2);
+                entered.wait();
+                leave.wait();
+            })
+        });
+        entered.wait();
+        let mut lease = budget::Lease::try_new(1);
+        assert_eq!(lease.count(), 0, "the region holds every core");
+        assert_eq!(lease.want(2), 0, "nothing free: the demand is registered");
+        assert_eq!(lease.wanting(), 2);
+        leave.wait();
+        holder.join().unwrap();
+        // The region's exit handed both tokens to the lease, none was left free.
+        assert_eq!((lease.count(), lease.wanting()), (2, 0));
+        assert_eq!(budget::Lease::try_new(1).count(), 0);
+        assert_eq!(budget::stats().in_use, 2);
+        assert_eq!(lease.shrink(1), 1);
+        lease.stop_wanting();
+        assert_eq!(lease.count(), 1);
+    });
+    assert_eq!(budget::stats().in_use, 0);
+}

@@ -69,10 +69,12 @@ pub(crate) struct Grant {
 }
 
 /// Opens a region of at most `requested` (≥ 1) threads on this thread: takes the
-/// thread's own token if this is its first open region (overcommitted when none is
-/// free), up to `requested - 1` extra tokens without waiting (in a process sharing an
-/// outside budget, waiting at most `node::WAIT` for them), and sets every loaded
-/// OpenMP/BLAS library to the width.
+/// thread's own token if this is its first open region (when none is free the thread
+/// runs anyway, overcommitted, and its own token is *owed*: registered as demand, so
+/// the next token released pays for it before any new region takes it), up to
+/// `requested - 1` extra tokens, never waiting (in a process sharing an outside
+/// budget, the missing ones are registered as demand for its supplier to fetch), and
+/// sets every loaded OpenMP/BLAS library to the width.
 ///
 /// # Blocking
 ///
@@ -82,20 +84,23 @@ pub(crate) fn open_region(requested: usize) -> Grant {
         let mut frames = cell.borrow_mut();
         let mut overcommitted = false;
         if frames.regions == 0 {
-            let own = Lease::try_new(1);
-            overcommitted = own.count() == 0;
+            let mut own = Lease::try_new(0);
+            // Owed when none is free (budget-core's rule for an overcommitted region):
+            // paid from the next release, oldest demand first.
+            overcommitted = own.want(1) == 0;
             frames.own = Some(own);
             frames.marked = Some(RegionThread::enter());
         }
         frames.regions += 1;
         let want = requested.max(1) - 1;
         let mut extra = Lease::try_new(want);
-        if extra.count() < want && crate::node::joined() {
-            // Sharing a node budget or a jobserver: ask it for the rest (bounded wait).
-            crate::node::fetch(want - extra.count());
-            extra.try_grow(want - extra.count());
-        }
         let width = 1 + extra.count();
+        if width <= want && crate::node::joined() {
+            // Sharing a node budget or a jobserver: the supplier fetches only for
+            // registered demand (`node.rs`). Never waits; what arrives during the block
+            // is held by it and freed at its exit, for the next region to take.
+            extra.want(want + 1 - width);
+        }
         let id = frames.push(width, Kind::Region { extra });
         Grant {
             id,

@@ -25,7 +25,7 @@ use loom::model::Builder;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::thread;
 
-use super::{Grower, Tokens};
+use super::{Grower, Tokens, Wanted};
 use crate::event::Event;
 
 /// A loom model builder. `None` explores every interleaving; `Some(n)` bounds the
@@ -318,6 +318,68 @@ fn loom_unregister_races_release() {
             "a token was lost or made up"
         );
         tokens.release(width);
+        assert_eq!(tokens.free(), tokens.total());
+    });
+}
+
+/// A lease's demand (`Lease::want`: the real [`Wanted`] grower) registers while the
+/// other holder releases: the token reaches the lease, never stays in `free`.
+#[test]
+fn loom_lease_want_races_release() {
+    builder(None).check(|| {
+        let tokens = Arc::new(Tokens::new(2));
+        prime_tokens(&tokens);
+        assert_eq!(tokens.try_acquire(2), 2, "another holder has both tokens");
+        let wanted = Arc::new(Wanted::new(1));
+        let dyn_wanted: Arc<dyn Grower> = Arc::clone(&wanted) as Arc<dyn Grower>;
+
+        let releaser = {
+            let tokens = Arc::clone(&tokens);
+            thread::spawn(move || tokens.release(1))
+        };
+        tokens.register(Arc::clone(&dyn_wanted));
+        releaser.join().unwrap();
+
+        assert_eq!(wanted.granted(), 1, "the released token was not handed on");
+        assert_eq!(wanted.wants(), 0);
+        assert_eq!(tokens.free(), 0, "a token stranded in free");
+        // The lease's drop: unregister, close, release what it was granted.
+        tokens.unregister(&dyn_wanted);
+        wanted.close();
+        tokens.release(wanted.take_granted());
+        tokens.release(1);
+        assert_eq!(tokens.free(), tokens.total(), "a token was lost or made up");
+    });
+}
+
+/// `Lease::stop_wanting` races a release: whatever was granted before the
+/// unregister is folded into the lease, nothing after, and conservation holds.
+#[test]
+fn loom_lease_stop_wanting_races_release() {
+    builder(None).check(|| {
+        let tokens = Arc::new(Tokens::new(2));
+        prime_tokens(&tokens);
+        assert_eq!(tokens.try_acquire(2), 2);
+        let wanted = Arc::new(Wanted::new(1));
+        let dyn_wanted: Arc<dyn Grower> = Arc::clone(&wanted) as Arc<dyn Grower>;
+        tokens.register(Arc::clone(&dyn_wanted));
+
+        let releaser = {
+            let tokens = Arc::clone(&tokens);
+            thread::spawn(move || tokens.release(1))
+        };
+        tokens.unregister(&dyn_wanted);
+        wanted.close();
+        let kept = wanted.take_granted();
+        releaser.join().unwrap();
+
+        assert_eq!(wanted.granted(), 0, "a grant arrived after unregister");
+        assert_eq!(
+            tokens.free() + kept + 1,
+            tokens.total(),
+            "a token was lost or made up"
+        );
+        tokens.release(kept + 1);
         assert_eq!(tokens.free(), tokens.total());
     });
 }

@@ -25,6 +25,61 @@ pub(crate) trait Grower: Send + Sync {
     fn grant(&self, n: usize);
 }
 
+/// The demand of a [`crate::Lease::want`]: a grower that wants a number of tokens
+/// and keeps what it is handed (the lease folds `granted` into its count).
+///
+/// `wanted` only grows outside the growers lock (`add`, by the lease's owner, before
+/// a `poke`) and only shrinks under it (`grant`, whose `n` never exceeds what
+/// `wants` returned under the same lock), so `grant`'s subtraction cannot wrap.
+/// `close` runs after `unregister`, when no grant can come any more.
+pub(crate) struct Wanted {
+    /// Tokens still wanted. SeqCst: `add`'s write is one side of the Dekker pair with
+    /// `release` (README, step 3), read by `rebalance` under the lock.
+    wanted: AtomicUsize,
+    /// Tokens granted and not yet folded into the lease's count.
+    granted: AtomicUsize,
+}
+
+impl Wanted {
+    pub(crate) fn new(n: usize) -> Self {
+        Wanted {
+            wanted: AtomicUsize::new(n),
+            granted: AtomicUsize::new(0),
+        }
+    }
+
+    /// Wants `n` more (call [`Tokens::poke`] after it).
+    pub(crate) fn add(&self, n: usize) {
+        self.wanted.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Tokens granted since the last `take_granted`.
+    pub(crate) fn granted(&self) -> usize {
+        self.granted.load(Ordering::SeqCst)
+    }
+
+    /// Takes the count of tokens granted so far (they now belong to the caller).
+    pub(crate) fn take_granted(&self) -> usize {
+        self.granted.swap(0, Ordering::SeqCst)
+    }
+
+    /// Wants nothing more (after `unregister`).
+    pub(crate) fn close(&self) {
+        self.wanted.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Grower for Wanted {
+    fn wants(&self) -> usize {
+        self.wanted.load(Ordering::SeqCst)
+    }
+
+    fn grant(&self, n: usize) {
+        self.wanted.fetch_sub(n, Ordering::SeqCst);
+        self.granted.fetch_add(n, Ordering::SeqCst);
+    }
+}
+
 /// Where a process that joined an outside budget (a jobserver, a node budget) gets
 /// the tokens beyond those it holds; see `external/README.md`.
 pub(crate) trait Supplier: Send + Sync {

@@ -53,7 +53,8 @@ def region(max_threads: int | None = None) -> Region:
     loaded inside a block is sized from the next block on.
 
     A thread that finds every token taken still runs, at width 1 (counted as
-    ``stats()["overcommit"]``). Blocks may exit in any order (generators, coroutines),
+    ``stats()["overcommit"]``), and its own token is owed: the next token given back
+    pays for it before a region opened later can take it. Blocks may exit in any order (generators, coroutines),
     but each must exit on the thread that entered it (``RuntimeError`` otherwise).
 
     >>> import budget
@@ -123,8 +124,10 @@ def share_node(tokens: int | None = None, path: str | None = None) -> str:
     Returns the node file's path. Tokens are byte-range locks on that file: a worker
     that dies, however it dies, gives its tokens back.
 
-    In a process sharing a node budget, a region that finds too few tokens asks the
-    node for the rest and waits for them at most a few milliseconds.
+    In a process sharing a node budget, a region that finds too few tokens starts at
+    once with what the process holds (its own thread at least) and registers what it
+    lacks: the node's tokens that come free while it runs are fetched for it and serve
+    the process's next region; it never waits for them.
     """
     if tokens is None:
         tokens = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
