@@ -146,14 +146,14 @@ fn a_wanting_lease_is_paid_by_the_next_release_before_a_new_taker() {
     thread::scope(|t| {
         // A region on another thread holds both cores until told.
         let holder = t.spawn(|| {
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 assert_eq!(s.width(), 2);
                 entered.wait();
                 leave.wait();
             })
         });
         entered.wait();
-        let mut lease = budget::Lease::try_new(1);
+        let mut lease = budget_core::Lease::try_new(1);
         assert_eq!(lease.count(), 0, "the region holds every core");
         assert_eq!(lease.want(2), 0, "nothing free: the demand is registered");
         assert_eq!(lease.wanting(), 2);
@@ -161,11 +161,11 @@ fn a_wanting_lease_is_paid_by_the_next_release_before_a_new_taker() {
         holder.join().unwrap();
         // The region's exit handed both tokens to the lease, none was left free.
         assert_eq!((lease.count(), lease.wanting()), (2, 0));
-        assert_eq!(budget::Lease::try_new(1).count(), 0);
-        assert_eq!(budget::stats().in_use, 2);
+        assert_eq!(budget_core::Lease::try_new(1).count(), 0);
+        assert_eq!(budget_core::stats().in_use, 2);
         assert_eq!(lease.shrink(1), 1);
         lease.stop_wanting();
         assert_eq!(lease.count(), 1);
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
