@@ -55,6 +55,7 @@ impl Lease {
     /// let lease = budget_core::Lease::try_new(1);
     /// assert!(lease.count() <= 1);
     /// ```
+    #[inline]
     pub fn try_new(max: usize) -> Lease {
         let registry = registry::global();
         let count = registry.tokens.try_acquire(max);
@@ -198,8 +199,14 @@ impl Lease {
 }
 
 impl Drop for Lease {
+    #[inline]
     fn drop(&mut self) {
-        self.stop_wanting();
-        self.shrink(self.count);
+        // The common lease never wanted: skip the demand's bookkeeping.
+        if self.demand.is_some() {
+            self.stop_wanting();
+        }
+        if self.count > 0 && self.registry.is_current() {
+            self.registry.tokens.release(self.count);
+        }
     }
 }

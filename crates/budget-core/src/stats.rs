@@ -71,6 +71,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    #[inline]
     pub(crate) fn note_in_use(&self, in_use: usize) {
         // A plain load first keeps the common case (no new peak) free of writes.
         if in_use > self.peak_in_use.load(Ordering::Relaxed) {

@@ -201,8 +201,13 @@ impl Tokens {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    // Relaxed: a statistic, read next to `free`'s line.
-                    let outside = self.outside.load(std::sync::atomic::Ordering::Relaxed);
+                    // Only a process that joined an outside budget has tokens
+                    // outside (`supplier` never changes): the common path skips the
+                    // load. Relaxed: a statistic, read next to `free`'s line.
+                    let outside = match self.supplier {
+                        Some(_) => self.outside.load(std::sync::atomic::Ordering::Relaxed),
+                        None => 0,
+                    };
                     let in_use = self.total.saturating_sub(outside + current - take);
                     self.counters.note_in_use(in_use);
                     return take;
