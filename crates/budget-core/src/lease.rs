@@ -184,6 +184,7 @@ impl Lease {
     /// assert_eq!(lease.shrink(5), held);
     /// assert_eq!(lease.count(), 0);
     /// ```
+    #[inline]
     pub fn shrink(&mut self, n: usize) -> usize {
         if let Some(demand) = &self.demand {
             // Fold in what was handed over so far; later grants add to `granted` anew.
@@ -205,8 +206,6 @@ impl Drop for Lease {
         if self.demand.is_some() {
             self.stop_wanting();
         }
-        if self.count > 0 && self.registry.is_current() {
-            self.registry.tokens.release(self.count);
-        }
+        self.shrink(self.count);
     }
 }

@@ -39,30 +39,29 @@ impl Child {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
-    /// The number the child printed after `KEY=`.
-    fn value(&self, key: &str) -> usize {
-        // libtest may print "test child ... " on the same line first.
+    /// What the child printed after `KEY=` (libtest may print "test child ... " on
+    /// the same line first).
+    fn after(&self, key: &str) -> String {
         let marker = format!("{key}=");
         let stdout = self.stdout();
-        let after = stdout
-            .split_once(&marker)
-            .map(|(_, rest)| rest)
-            .unwrap_or_else(|| panic!("the child printed no {marker}\n{}", self.describe()));
+        match stdout.split_once(&marker) {
+            Some((_, rest)) => rest.to_string(),
+            None => panic!("the child printed no {marker}\n{}", self.describe()),
+        }
+    }
+
+    /// The number the child printed after `KEY=`.
+    fn value(&self, key: &str) -> usize {
+        let after = self.after(key);
         let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
         digits
             .parse()
-            .unwrap_or_else(|_| panic!("bad {marker} value in {after:?}"))
+            .unwrap_or_else(|_| panic!("bad {key}= value in {after:?}"))
     }
 
     /// The word the child printed after `KEY=` (letters, digits and `_`).
     fn word(&self, key: &str) -> String {
-        let marker = format!("{key}=");
-        let stdout = self.stdout();
-        let after = stdout
-            .split_once(&marker)
-            .map(|(_, rest)| rest)
-            .unwrap_or_else(|| panic!("the child printed no {marker}\n{}", self.describe()));
-        after
+        self.after(key)
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect()

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::frames;
-use crate::region::{drop_open, exit};
+use crate::region::{drop_open, exit, state};
 
 /// Every loaded BLAS and OpenMP library limited to `n` threads for a `with` block, as
 /// `threadpoolctl.threadpool_limits(n)`, but safe from any number of threads at once:
@@ -54,11 +54,7 @@ impl Limit {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.open.is_some() {
-            "open"
-        } else {
-            "closed"
-        };
+        let state = state(&self.open);
         format!("<budget.limit {} ({state})>", self.n)
     }
 }

@@ -84,11 +84,7 @@ impl Region {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.open.is_some() {
-            "open"
-        } else {
-            "closed"
-        };
+        let state = state(&self.open);
         match self.width {
             Some(w) => format!("<budget.region width={w} ({state})>"),
             None => format!(
@@ -126,6 +122,15 @@ pub(crate) fn exit(py: Python<'_>, open: &mut Option<(u64, ThreadId)>, what: &st
     let closed = py.detach(|| frames::close(id));
     debug_assert!(closed, "an open frame is on its thread's stack");
     Ok(())
+}
+
+/// "open" or "closed", for a context manager's `__repr__`.
+pub(crate) fn state(open: &Option<(u64, ThreadId)>) -> &'static str {
+    if open.is_some() {
+        "open"
+    } else {
+        "closed"
+    }
 }
 
 /// A block object dropped while still open (entered by hand, never exited): closed if
