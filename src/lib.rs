@@ -115,7 +115,7 @@ pub mod rayon {
 #[cfg(feature = "native")]
 pub mod native {
     pub use budget_native::{
-        libraries, limit, spin_leased, Family, Libraries, Library, Limit, NativeExt, SettingScope,
+        libraries, limit, Family, Libraries, Library, Limit, NativeExt, SettingScope,
         ThreadingLayer,
     };
 }

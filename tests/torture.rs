@@ -34,7 +34,7 @@
 //!      at total 2, 12 unpaid outside threads while one nested region holds both tokens
 //!      run 14 bodies. Every other body holds one of the `total` tokens;
 //!    - afterwards each outside thread is outside every region again (a region it opens
-//!      takes a token for the thread itself), `stats().in_use == 0`, and no spin lease
+//!      takes a token for the thread itself), `stats().in_use == 0`, and no lease
 //!      is held.
 //!
 //! **`drop_panicking_payload_*`**: two tasks of one region (`spawn`, or `for_each`) throw
@@ -870,9 +870,8 @@ fn torture() {
     if stats.in_use != 0 {
         failures.push(format!("{} tokens still in use at the end", stats.in_use));
     }
-    let leased = budget::native::spin_leased();
-    if leased != 0 {
-        failures.push(format!("{leased} tokens still held by spin leases"));
+    if stats.leased != 0 {
+        failures.push(format!("{} tokens still held by leases", stats.leased));
     }
     println!("torture: total {total}: alone, at most {alone_max} bodies at once");
     if alone_max > total {

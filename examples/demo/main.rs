@@ -236,13 +236,6 @@ fn main() {
     }
     let stats = budget::stats();
     println!("\n{stats}");
-    let spinning = budget::native::spin_leased();
-    if stats.in_use > 0 && stats.in_use == spinning {
-        println!(
-            "({spinning} in use = OpenBLAS's pool, whose threads busy-wait for ~0.1 s after \
-             a wide call: budget counts them until they sleep)"
-        );
-    }
     println!("demo ran in {:.1} s", started.elapsed().as_secs_f64());
 }
 

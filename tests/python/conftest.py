@@ -17,13 +17,6 @@ import time
 
 os.environ["BUDGET_NUM_THREADS"] = "8"
 TOTAL = 8
-# OpenBLAS's pthreads workers busy-wait for 2^OPENBLAS_THREAD_TIMEOUT cycles after a
-# wide call, and budget-native counts them against the budget meanwhile (its spin
-# lease, released by a reaper thread). Token counts asserted right after a block
-# exits would see that lease: the smallest window (read by OpenBLAS at load, so set
-# before NumPy is imported) keeps it to the reaper's next tick, and assertions on
-# counts poll with `eventually`.
-os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
 
 import pytest  # noqa: E402
 
@@ -59,8 +52,8 @@ def run_python(code, *, env=None, timeout=60):
 
 
 def settle(budget, timeout=10.0):
-    """Waits until no token is held (OpenBLAS's spin lease ends ~0.1 s after a wide
-    call) and returns the stats; fails if it never happens."""
+    """Waits until no token is held (threads of earlier tests may still be leaving
+    their regions) and returns the stats; fails if it never happens."""
     deadline = time.monotonic() + timeout
     while True:
         s = budget.stats()
@@ -84,7 +77,7 @@ def eventually(check, timeout=10.0, what=""):
 
 
 def in_use_is(n):
-    """Waits until exactly `n` tokens are held (spin leases drained)."""
+    """Waits until exactly `n` tokens are held."""
     import budget
 
     eventually(lambda: budget.stats()["in_use"] == n, what=f"in_use == {n}")
@@ -101,3 +94,34 @@ def native_counts():
         for lib in threadpoolctl.threadpool_info()
         if lib["user_api"] in ("blas", "openmp")
     }
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def user_env(**extra):
+    """The environment of a user's fresh process: this one's, without what the test
+    session sets for itself (BUDGET_NUM_THREADS) and without any variable that tunes
+    OpenBLAS or OpenMP threads (the user's, never set by budget's tests), plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "BUDGET_NUM_THREADS"
+        and not k.startswith(("OPENBLAS_", "GOTO_", "OMP_", "GOMP_", "KMP_", "BUDGET_NODE"))
+        and k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")
+    }
+    env.update(extra)
+    return env
+
+
+def budget_cli():
+    """The `budget` command of this checkout (built by the cargo tests that run before
+    pytest; built here if it is missing)."""
+    path = os.environ.get("BUDGET_CLI") or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug", "budget"
+    )
+    if not os.path.exists(path):
+        subprocess.run(
+            ["cargo", "build", "-q", "-p", "budget-cli", "--bin", "budget"], cwd=ROOT, check=True
+        )
+    return path

@@ -233,8 +233,7 @@ def test_threadpool_limits_caps_regions_through_the_controller():
         with budget.region() as r:
             assert (r.width, r.requested) == (2, 2)
     assert budget.stats()["cap"] is None
-    # Each region below asks for the whole budget: first let the spin lease of the
-    # previous region's wide OpenBLAS setting end (budget-native's README).
+    # Each region below asks for the whole budget.
     settle(budget)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):  # not budget's user_api
         with budget.region() as r:

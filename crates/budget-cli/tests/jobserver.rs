@@ -6,22 +6,9 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::process::{Command, Stdio};
 
 use common::*;
-
-fn make_available() {
-    let ok = Command::new("make")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "GNU make is missing: run scripts/setup.sh (it installs the Debian package `make`)"
-    );
-}
 
 #[test]
 fn make_j2_runs_three_plus_recipes_on_two_tokens() {
@@ -81,41 +68,6 @@ fn make_j2_runs_three_plus_recipes_on_two_tokens() {
     let c_pid = starts[2].pid;
     let c = dones.iter().find(|d| d.0 == c_pid).unwrap();
     assert_eq!(c.1, 2, "the recipe running alone grew to 2: {lines:#?}");
-}
-
-/// Makes a fifo jobserver holding `bytes` tokens, as make 4.4 does.
-struct Fifo {
-    path: std::path::PathBuf,
-    file: std::fs::File,
-}
-
-impl Fifo {
-    fn new(dir: &std::path::Path, bytes: usize) -> Fifo {
-        let path = dir.join("jobserver.fifo");
-        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .unwrap();
-        file.write_all(&vec![b'+'; bytes]).unwrap();
-        Fifo { path, file }
-    }
-
-    fn available(&self) -> usize {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int into `n`, on our open fifo.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FIONREAD, &mut n) };
-        assert_eq!(rc, 0);
-        n as usize
-    }
-
-    fn makeflags(&self) -> String {
-        format!("-j3 --jobserver-auth=fifo:{}", self.path.display())
-    }
 }
 
 fn run_probe(env: &[(&str, String)], mode: &str, log: &std::path::Path) -> String {

@@ -4,39 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-/// A node budget file of `tokens` for one test, removed on drop.
-struct NodeFile(PathBuf);
-
-impl NodeFile {
-    fn new(name: &str, tokens: usize) -> NodeFile {
-        let path = budget_core::node::directory()
-            .unwrap()
-            .join(format!("test-{name}-{}.node", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        assert_eq!(budget_core::node::create(&path, tokens).unwrap(), tokens);
-        NodeFile(path)
-    }
-}
-
-impl Drop for NodeFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn a_killed_holder_gives_its_node_tokens_back_at_once() {

@@ -86,3 +86,56 @@ impl ScopeHooks for Scope<'_> {
         self.runs_body_hook()
     }
 }
+
+/// Counts a region that an integration opened from [`Lease`]s rather than through
+/// [`scope`](crate::scope) (a Python `with budget.region()` block) in
+/// [`stats`](crate::stats): one more region, narrowed when `width < requested` (its
+/// cause taken now, as at a scope's entry: other processes, leases, or other
+/// regions), overcommitted when its thread found no token.
+///
+/// Call it right after taking the region's tokens.
+///
+/// # Examples
+///
+/// ```
+/// let before = budget_core::stats();
+/// let all = budget_core::Lease::try_new(usize::MAX);
+/// let extra = budget_core::Lease::try_new(1); // a region asking for 2 gets 1
+/// budget_core::integration::note_region(2, 1 + extra.count(), false);
+/// let after = budget_core::stats();
+/// assert_eq!(after.regions, before.regions + 1);
+/// assert_eq!(after.narrowed_by_leases, before.narrowed_by_leases + 1);
+/// # drop((all, extra));
+/// ```
+pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
+    let tokens = &crate::registry::global().tokens;
+    let narrowed = (width < requested).then(|| tokens.narrowed_by());
+    tokens.counters.note_region(narrowed, overcommitted);
+}
+
+/// Keeps `tokens` cores of this process out of other processes' reach for `window`:
+/// for a library whose worker threads busy-wait after a call (OpenBLAS on pthreads
+/// spins ~0.1 s after each multi-threaded call; `tokens` is the call's width, its
+/// caller and its spinning workers). In a process that shares a jobserver or node
+/// budget, the process does not give those tokens back to the outside budget before
+/// `window` has passed, so another process does not start threads on cores that the
+/// spinning workers occupy (measured: such a neighbour's threads run up to 2× slower,
+/// `cargo bench -p budget-native --bench spin`). Inside the process the tokens stay
+/// free: the next region takes them, and the next BLAS call runs on those very
+/// workers. Without an outside budget it does nothing. budget-native calls it after
+/// each wide call of a spinning pool.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// budget_core::integration::hold_for_spinners(2, Duration::from_millis(100));
+/// // Inside this process the tokens stay free for the next region.
+/// budget_core::scope(|s| assert_eq!(s.width(), budget_core::stats().total));
+/// ```
+pub fn hold_for_spinners(tokens: usize, window: std::time::Duration) {
+    let registry = crate::registry::global();
+    registry
+        .tokens
+        .hold_outside(tokens, std::time::Instant::now() + window);
+}

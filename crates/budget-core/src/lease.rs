@@ -34,6 +34,9 @@ pub struct Lease {
     /// The registered demand of [`Lease::want`], if any: a grower in the budget's
     /// hand-off list until [`Lease::stop_wanting`] or drop.
     demand: Option<Arc<Wanted>>,
+    /// Whether its tokens count in `stats().leased` (false for a lease that stands
+    /// for a region, [`Lease::try_new_for_region`]).
+    counted: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -47,7 +50,8 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     /// Takes up to `max` free tokens, without waiting; the lease may hold fewer,
-    /// or none.
+    /// or none. In a process sharing an outside budget (make's jobserver, a node
+    /// budget), outside tokens that can be had at once count as free.
     ///
     /// # Examples
     ///
@@ -57,13 +61,39 @@ impl Lease {
     /// ```
     #[inline]
     pub fn try_new(max: usize) -> Lease {
+        Lease::take(max, true)
+    }
+
+    /// As [`Lease::try_new`], for an integration that builds a region out of leases
+    /// (budget's Python module does, for `with budget.region()`): its tokens count as
+    /// held by a region, not by a lease, in [`Stats`](crate::Stats)'s `leased` and
+    /// narrowing causes. Count the region itself with
+    /// [`integration::note_region`](crate::integration::note_region).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let before = budget_core::stats().leased;
+    /// let region = budget_core::Lease::try_new_for_region(1);
+    /// assert_eq!(budget_core::stats().leased, before);
+    /// # drop(region);
+    /// ```
+    pub fn try_new_for_region(max: usize) -> Lease {
+        Lease::take(max, false)
+    }
+
+    #[inline]
+    fn take(max: usize, counted: bool) -> Lease {
         let registry = registry::global();
-        let count = registry.tokens.try_acquire(max);
-        Lease {
+        let count = registry.tokens.take(max);
+        let mut lease = Lease {
             registry,
-            count,
+            count: 0,
             demand: None,
-        }
+            counted,
+        };
+        lease.fold(count);
+        lease
     }
 
     /// The number of tokens held, including those handed to it since [`Lease::want`]
@@ -153,7 +183,7 @@ impl Lease {
                 self.registry.tokens.unregister(&grower);
             }
             demand.close();
-            self.count += demand.take_granted();
+            self.fold(demand.take_granted());
         }
     }
 
@@ -168,8 +198,8 @@ impl Lease {
     /// assert_eq!(lease.count(), got);
     /// ```
     pub fn try_grow(&mut self, more: usize) -> usize {
-        let got = self.registry.tokens.try_acquire(more);
-        self.count += got;
+        let got = self.registry.tokens.take(more);
+        self.fold(got);
         got
     }
 
@@ -188,14 +218,29 @@ impl Lease {
     pub fn shrink(&mut self, n: usize) -> usize {
         if let Some(demand) = &self.demand {
             // Fold in what was handed over so far; later grants add to `granted` anew.
-            self.count += demand.take_granted();
+            let granted = demand.take_granted();
+            self.fold(granted);
         }
         let n = n.min(self.count);
         self.count -= n;
+        if self.counted {
+            self.registry.tokens.counters.lease_sub(n);
+        }
         if self.registry.is_current() {
             self.registry.tokens.release(n);
         }
         n
+    }
+}
+
+impl Lease {
+    /// Adds tokens taken or handed to the lease to its count.
+    #[inline]
+    fn fold(&mut self, got: usize) {
+        self.count += got;
+        if self.counted {
+            self.registry.tokens.counters.lease_add(got);
+        }
     }
 }
 

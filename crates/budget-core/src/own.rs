@@ -39,13 +39,13 @@ const REPAID: u8 = 3;
 pub(crate) struct OwnToken(AtomicU8);
 
 impl OwnToken {
-    /// The opener's token at entry: inherited inside a region, else one free token
-    /// taken now, else owed.
+    /// The opener's token at entry: inherited inside a region, else one token taken
+    /// now (free, or from the outside budget without waiting), else owed.
     #[inline]
     pub(crate) fn take(in_region: bool, tokens: &Tokens) -> OwnToken {
         let state = if in_region {
             INHERITED
-        } else if tokens.try_acquire(1) == 1 {
+        } else if tokens.take(1) == 1 {
             HELD
         } else {
             OWED

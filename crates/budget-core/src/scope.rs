@@ -86,10 +86,11 @@ where
     let tokens = &registry.tokens;
     let requested = max.clamp(1, tokens.total());
     let own = OwnToken::take(context::in_region(), tokens);
-    let width = 1 + tokens.try_acquire(requested - 1);
-    tokens
-        .counters
-        .note_region(width < requested, own.overcommitted());
+    // Free tokens first; in a process sharing an outside budget, outside ones that
+    // can be had at once (a region never waits: one non-blocking try per token).
+    let width = 1 + tokens.take(requested - 1);
+    let narrowed = (width < requested).then(|| tokens.narrowed_by());
+    tokens.counters.note_region(narrowed, own.overcommitted());
     let span = tracing::trace_span!(
         "budget.region",
         requested,

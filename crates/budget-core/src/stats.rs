@@ -33,8 +33,22 @@ pub struct Stats {
     /// Regions entered since the process started (in a forked child, the parent's
     /// count included).
     pub regions: u64,
-    /// Regions that got a smaller width than they asked for at entry.
+    /// Regions that got a smaller width than they asked for at entry. Each is
+    /// counted under one cause, the first that applies: `narrowed_by_processes`,
+    /// `narrowed_by_leases`, else `narrowed_by_regions`.
     pub grants_below_request: u64,
+    /// Of `grants_below_request`: narrowed in a process that shares an outside budget
+    /// (make's jobserver, a node budget, `budget run`) while other processes held the
+    /// tokens it could not take.
+    pub narrowed_by_processes: u64,
+    /// Of `grants_below_request`: narrowed while [`Lease`](crate::Lease)s held tokens
+    /// of this process (a Python region's, a native library's, your own), and not by
+    /// other processes.
+    pub narrowed_by_leases: u64,
+    /// Of `grants_below_request`: the rest, narrowed by other regions of this process.
+    pub narrowed_by_regions: u64,
+    /// Tokens held by leases now (included in `in_use`).
+    pub leased: usize,
     /// Tokens handed to regions after their entry (growing back).
     pub tokens_regrown: u64,
     /// Regions entered by a thread outside every region when no token was free: that
@@ -48,13 +62,18 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "budget: {} cores, {} in use (peak {}), {} regions ({} narrowed, {} tokens regrown, \
-             {} overcommitted), {} worker threads",
+            "budget: {} cores, {} in use (peak {}, {} leased), {} regions ({} narrowed: {} by \
+             regions, {} by leases, {} by other processes; {} tokens regrown, {} overcommitted), \
+             {} worker threads",
             self.total,
             self.in_use,
             self.peak_in_use,
+            self.leased,
             self.regions,
             self.grants_below_request,
+            self.narrowed_by_regions,
+            self.narrowed_by_leases,
+            self.narrowed_by_processes,
             self.tokens_regrown,
             self.overcommit,
             self.worker_threads
@@ -68,6 +87,20 @@ impl fmt::Display for Stats {
 pub(crate) struct Counters {
     peak_in_use: AtomicUsize,
     tokens_regrown: AtomicU64,
+    /// Tokens held by leases now. On a line of its own: leases write it, narrowed
+    /// region entries only read it.
+    leased: crossbeam_utils::CachePadded<AtomicUsize>,
+}
+
+/// Why a region got less than it asked for (see [`Stats::grants_below_request`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NarrowedBy {
+    /// Other processes hold the outside tokens this process could not take.
+    Processes,
+    /// Leases hold tokens of this process.
+    Leases,
+    /// Other regions of this process hold them.
+    Regions,
 }
 
 impl Counters {
@@ -80,13 +113,46 @@ impl Counters {
     }
 
     #[inline]
-    pub(crate) fn note_region(&self, narrowed: bool, overcommitted: bool) {
+    pub(crate) fn note_region(&self, narrowed: Option<NarrowedBy>, overcommitted: bool) {
         tally::bump(Kind::Regions);
-        if narrowed {
-            tally::bump(Kind::Narrowed);
+        if let Some(cause) = narrowed {
+            self.note_narrowed(cause);
         }
         if overcommitted {
             tally::bump(Kind::Overcommit);
+        }
+    }
+
+    /// Counts a narrowed grant under its cause (per thread, as region entries).
+    #[inline]
+    pub(crate) fn note_narrowed(&self, cause: NarrowedBy) {
+        tally::bump(Kind::Narrowed);
+        match cause {
+            NarrowedBy::Processes => tally::bump(Kind::NarrowedByProcesses),
+            NarrowedBy::Leases => tally::bump(Kind::NarrowedByLeases),
+            NarrowedBy::Regions => {}
+        }
+    }
+
+    /// Tokens held by leases now (Relaxed: a statistic and a hint for causes).
+    #[inline]
+    pub(crate) fn leased(&self) -> usize {
+        self.leased.load(Ordering::Relaxed)
+    }
+
+    /// `n` more tokens held by leases. Relaxed: it orders nothing.
+    #[inline]
+    pub(crate) fn lease_add(&self, n: usize) {
+        if n > 0 {
+            self.leased.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` fewer tokens held by leases.
+    #[inline]
+    pub(crate) fn lease_sub(&self, n: usize) {
+        if n > 0 {
+            self.leased.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
@@ -95,12 +161,19 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self, total: usize, free: usize, worker_threads: usize) -> Stats {
+        let narrowed = tally::sum(Kind::Narrowed);
+        let by_processes = tally::sum(Kind::NarrowedByProcesses);
+        let by_leases = tally::sum(Kind::NarrowedByLeases);
         Stats {
             total,
             in_use: total - free.min(total),
             peak_in_use: self.peak_in_use.load(Ordering::Relaxed),
             regions: tally::sum(Kind::Regions),
-            grants_below_request: tally::sum(Kind::Narrowed),
+            grants_below_request: narrowed,
+            narrowed_by_processes: by_processes,
+            narrowed_by_leases: by_leases,
+            narrowed_by_regions: narrowed.saturating_sub(by_processes + by_leases),
+            leased: self.leased(),
             tokens_regrown: self.tokens_regrown.load(Ordering::Relaxed),
             overcommit: tally::sum(Kind::Overcommit),
             worker_threads,

@@ -17,9 +17,13 @@ pub(crate) enum Kind {
     Regions = 0,
     Narrowed = 1,
     Overcommit = 2,
+    /// Narrowed while other processes held outside tokens it could not take.
+    NarrowedByProcesses = 3,
+    /// Narrowed while leases held tokens (and not by other processes).
+    NarrowedByLeases = 4,
 }
 
-const KINDS: usize = 3;
+const KINDS: usize = 5;
 
 struct Slot {
     counts: [AtomicU64; KINDS],
@@ -38,7 +42,7 @@ static HEAD: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
 
 /// Counts of threads whose slot could not be used (a region entered from another
 /// thread-local destructor, after this thread's slot was released).
-static LATE: [AtomicU64; KINDS] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static LATE: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 
 struct Owner(&'static Slot);
 
@@ -73,7 +77,7 @@ fn claim() -> &'static Slot {
         at = slot.next.cast_mut();
     }
     let slot = Box::leak(Box::new(Slot {
-        counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+        counts: std::array::from_fn(|_| AtomicU64::new(0)),
         owned: AtomicBool::new(true),
         next: ptr::null(),
     }));

@@ -169,3 +169,44 @@ fn a_wanting_lease_is_paid_by_the_next_release_before_a_new_taker() {
     });
     assert_eq!(budget_core::stats().in_use, 0);
 }
+
+/// `stats()` says why a region was narrowed: by other regions of this process, or by
+/// leases (the third cause, other processes, is tested with real processes in
+/// budget-cli's `tests/entry.rs`). Each narrowed region counts under one cause.
+#[test]
+fn stats_tell_why_a_region_was_narrowed() {
+    let _g = two_cores();
+    let before = budget_core::stats();
+    budget_core::scope(|outer| {
+        assert_eq!(outer.width(), 2);
+        budget_core::scope(|inner| assert_eq!(inner.width(), 1));
+    });
+    let by_region = budget_core::stats();
+    assert_eq!(
+        by_region.narrowed_by_regions,
+        before.narrowed_by_regions + 1,
+        "{by_region}"
+    );
+    assert_eq!(by_region.narrowed_by_leases, before.narrowed_by_leases);
+
+    let lease = budget_core::Lease::try_new(2);
+    assert_eq!(budget_core::stats().leased, 2);
+    thread::scope(|t| {
+        t.spawn(|| budget_core::scope(|s| assert_eq!(s.width(), 1)));
+    });
+    drop(lease);
+    let by_lease = budget_core::stats();
+    assert_eq!(by_lease.leased, 0);
+    assert_eq!(
+        by_lease.narrowed_by_leases,
+        before.narrowed_by_leases + 1,
+        "{by_lease}"
+    );
+    assert_eq!(by_lease.narrowed_by_regions, by_region.narrowed_by_regions);
+    assert_eq!(by_lease.narrowed_by_processes, 0, "no outside budget here");
+    assert_eq!(
+        by_lease.grants_below_request,
+        before.grants_below_request + 2,
+        "{by_lease}"
+    );
+}

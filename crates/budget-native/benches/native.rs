@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Scenarios (from the issue), each variant timed in the same run, and a ratio table
-//! printed at the end (median per-iteration times of criterion's samples):
+//! printed at the end (median per-iteration times of criterion's samples, and the
+//! fastest and slowest sample against the other variant's median):
 //!
 //! - `qr`: a rayon loop over 128 `dgeqrf` of 256×256. `default` (OpenBLAS at all
 //!   cores in every call), `blas1` (the best static setting), `budget` (each call in a
@@ -197,13 +198,23 @@ fn print_ratios() {
         "\nratios (median per iteration, this run; {} CPUs):",
         budget_core::stats().total
     );
+    // The spread of `a`'s samples against `b`'s median: the slowest sample counts.
+    let spread = |a: &str| {
+        let v = times.get(a)?;
+        Some((
+            v.iter().copied().fold(f64::MAX, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        ))
+    };
     let line = |what: &str, a: &str, b: &str| {
-        if let (Some(x), Some(y)) = (m(a), m(b)) {
+        if let (Some(x), Some(y), Some((lo, hi))) = (m(a), m(b), spread(a)) {
             println!(
-                "  {what:<46} {:>8.1} ms / {:>8.1} ms = {:.2}",
+                "  {what:<46} {:>8.1} ms / {:>8.1} ms = {:.2} (samples {:.2}-{:.2})",
                 x * 1e3,
                 y * 1e3,
-                x / y
+                x / y,
+                lo / y,
+                hi / y
             );
         }
     };

@@ -2,12 +2,10 @@
 //! inherits one held by a thread that does not exist in it; and in a forked child,
 //! OpenMP code runs at width 1 where libgomp is loaded.
 //!
-//! - **Locks.** A `pthread_atfork` *prepare* handler takes the scan cache's lock, the
-//!   process-wide pools' lock and the reaper's slot (in that order; no code path
-//!   nests them otherwise), so the fork waits for a thread inside a native call's
-//!   lock to leave it (a few set calls). The *parent* and *child* handlers release
-//!   them; the child also forgets the pools' spin leases and reaper (their threads do
-//!   not exist in the child; the leases were the parent's tokens).
+//! - **Locks.** A `pthread_atfork` *prepare* handler takes the scan cache's lock and
+//!   the process-wide pools' lock (in that order; no code path nests them
+//!   otherwise), so the fork waits for a thread inside a native call's lock to leave
+//!   it (a few set calls). The *parent* and *child* handlers release them.
 //! - **libgomp.** libgomp does not re-create its thread pool in a forked child: once
 //!   the parent ran a parallel region, a wider region in the child waits for threads
 //!   that are gone (LLVM libomp and Intel libiomp5 re-initialise with atfork
@@ -59,12 +57,12 @@ extern "C" fn prepare() {
 }
 
 extern "C" fn parent() {
-    pool::unlock_after_fork(false);
+    pool::unlock_after_fork();
     scan::unlock_after_fork();
 }
 
 extern "C" fn child() {
     IN_CHILD.store(true, Ordering::Relaxed);
-    pool::unlock_after_fork(true);
+    pool::unlock_after_fork();
     scan::unlock_after_fork();
 }

@@ -22,7 +22,7 @@
 //! lacks the expected symbols is listed as unsupported and left alone. Off Linux,
 //! nothing is found and everything is a no-op.
 //!
-//! The design (what is per-thread, the lock, the spin lease, OpenMP spin-waiting and
+//! The design (what is per-thread, the lock, spinning workers, OpenMP spin-waiting and
 //! the libgomp `fork` hazard) is in this crate's `README.md`.
 //!
 //! # Examples
@@ -49,7 +49,7 @@ mod scan;
 mod stack;
 
 pub use library::{Family, Libraries, Library, SettingScope, ThreadingLayer};
-pub use limit::{limit, spin_leased, Limit, NativeExt};
+pub use limit::{limit, Limit, NativeExt};
 
 /// Every OpenMP and BLAS library loaded in the process now, in load order.
 ///

@@ -62,11 +62,7 @@ struct ProcessWide {
 /// } // counts restored here
 /// ```
 pub fn limit(n: usize) -> Limit {
-    limit_call(pool::Call {
-        width: n,
-        borrow: 0,
-        covered: 0,
-    })
+    limit_call(pool::Call { width: n })
 }
 
 /// [`limit`] for `call.width`, with what a region adds for process-wide pools.
@@ -127,7 +123,6 @@ fn limit_call(call: pool::Call) -> Limit {
         // Never wider than the environment asked of this library (see `envcap`).
         let capped = |width| pool::Call {
             width: crate::envcap::capped(entry.family, width),
-            ..call
         };
         match entry.control {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
@@ -274,26 +269,7 @@ impl NativeExt for budget_core::Scope<'_> {
             return budget_core::scope_with(self.requested(), |inner| inner.native(f));
         }
         let width = self.width();
-        let _guard = limit_call(pool::Call {
-            width,
-            // A spinning pool's leased threads are the ones this call runs on.
-            borrow: self.requested().saturating_sub(width),
-            // The region holds its tokens after the call: they cover the pool's
-            // spinning threads while it is open.
-            covered: width - 1,
-        });
+        let _guard = limit_call(pool::Call { width });
         f()
     }
-}
-
-/// Tokens held now by the spin leases of process-wide pools (OpenBLAS's idle workers
-/// busy-wait for a while after a wide call; budget counts them until they sleep).
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(budget_native::spin_leased(), 0); // nothing loaded here
-/// ```
-pub fn spin_leased() -> usize {
-    pool::leased()
 }

@@ -61,23 +61,16 @@ fn set_and_restore(read: &dyn Fn() -> c_int, rule: Rule) {
     }));
     assert!(r.is_err());
     assert_eq!(read(), before, "restored after a panic");
-    // Inside a region: the width of the region (a process-wide pool may add the
-    // tokens of its spin lease, up to the region's request).
+    // Inside a region: the width of the region.
     budget_core::scope_with(4, |s| {
-        s.native(|| {
-            let (n, w) = (read() as usize, s.width());
-            assert!(
-                n == w || (rule == Rule::ProcessWide && n > w && n <= s.requested()),
-                "{n} for {w}"
-            );
-        });
+        s.native(|| assert_eq!(read() as usize, s.width()));
     });
     let r = catch_unwind(AssertUnwindSafe(|| {
         budget_core::scope(|s| s.native(|| panic!("in native")));
     }));
     assert!(r.is_err());
     assert_eq!(read(), before, "restored after a panic inside s.native");
-    assert_eq!(budget_core::stats().in_use, budget_native::spin_leased());
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 /// Two threads with different widths each see their own count, at the same time.
@@ -100,20 +93,6 @@ fn per_thread_isolation(read: &(dyn Fn() -> c_int + Sync)) {
         }
     });
     assert_eq!(read(), before, "the main thread was never touched");
-}
-
-/// Polls `cond` every millisecond for up to 400 ms (within the spin window these tests
-/// set with `OPENBLAS_THREAD_TIMEOUT=30`, ~0.5 s): the reaper acts every 2 ms, but a
-/// loaded machine may delay it.
-fn soon(cond: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(400);
-    while !cond() {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    true
 }
 
 /// The spin window of the lease tests: 2^30 cycles, ~0.5 s.
@@ -273,36 +252,31 @@ fn openblas_on_budget(lib: &Lib, total: usize) -> (Dgemm, usize, Vec<f64>, Vec<f
     )
 }
 
-/// OpenBLAS's pthreads workers busy-wait after a wide call: the pool holds a lease on
-/// them for the spin window, so a region started right after sees them as busy cores,
-/// and the tokens come back when the window has passed.
+/// OpenBLAS's pthreads workers busy-wait after a wide call (here for a long window,
+/// ~0.5 s), yielding the core to any thread that wants it. They hold no token: a
+/// region on another thread right after the call, still inside the window, gets the
+/// whole budget, and so does a region opened on the same thread; nothing is leased.
 #[test]
-fn openblas_spinning_pool_is_leased_for_its_window() {
+fn openblas_spinning_workers_hold_no_token() {
     in_child_env(
-        "openblas_spinning_pool_is_leased_for_its_window",
+        "openblas_spinning_workers_hold_no_token",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         LONG_WINDOW,
         |l| {
             let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 4);
-            assert_eq!(budget_native::spin_leased(), 0);
             budget_core::scope_with(4, |s| {
                 assert_eq!(s.width(), 4);
                 s.native(|| dgemm.run(n, &a, &a, &mut c));
             });
-            assert!(
-                soon(|| budget_native::spin_leased() == 3),
-                "the 3 pool threads are counted: {}",
-                budget_native::spin_leased()
-            );
-            assert_eq!(budget_core::stats().in_use, 3);
-            budget_core::scope_with(4, |s| assert_eq!(s.width(), 1));
-            // The window: 2^30 cycles at 2 GHz, ~0.5 s; then the tokens come back.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while budget_native::spin_leased() > 0 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            assert_eq!(budget_native::spin_leased(), 0, "returned after the window");
-            assert_eq!(budget_core::stats().in_use, 0);
+            let stats = budget_core::stats();
+            assert_eq!((stats.in_use, stats.leased), (0, 0), "{stats}");
+            let other = std::thread::spawn(|| budget_core::scope(|o| o.width()))
+                .join()
+                .unwrap();
+            assert_eq!(other, 4, "another thread's region right after the call");
+            budget_core::scope_with(4, |s| assert_eq!(s.width(), 4, "the same thread"));
+            let stats = budget_core::stats();
+            assert_eq!(stats.grants_below_request, 0, "{stats}");
         },
     );
 }
@@ -391,65 +365,62 @@ fn openblas_pthreads_guards_dropped_in_any_order() {
     );
 }
 
-/// OpenBLAS's spinning workers are counted once. While the region that made the wide
-/// call is open, its own tokens cover them: another thread's region gets what is free.
-/// After it closes, the pool's lease holds them (regions elsewhere see them busy).
+/// Back-to-back width-2 regions on an idle budget of 2, each making one BLAS call,
+/// 0, 10 and 50 ms apart (inside the spin window of the previous call's worker, which
+/// is the very thread the next call runs on): every region and every call has the
+/// whole budget.
+fn back_to_back_calls_keep_their_width(lib: &Lib, dgemm: Dgemm, get: &str) {
+    budget_core::Builder::new()
+        .num_threads(2)
+        .build_global()
+        .unwrap();
+    let n = 256;
+    let (a, mut c) = (vec![1.0; n * n], vec![0.0; n * n]);
+    for gap in [0, 10, 50] {
+        let widths: Vec<(usize, c_int)> = (0..12)
+            .map(|_| {
+                let w = budget_core::scope_with(2, |s| {
+                    s.native(|| {
+                        dgemm.run(n, &a, &a, &mut c);
+                        (s.width(), lib.get_int(get))
+                    })
+                });
+                std::thread::sleep(std::time::Duration::from_millis(gap));
+                w
+            })
+            .collect();
+        println!("{gap} ms apart: (region, OpenBLAS) widths {widths:?}");
+        assert!(
+            widths.iter().all(|&w| w == (2, 2)),
+            "{gap} ms apart: {widths:?}"
+        );
+    }
+    let stats = budget_core::stats();
+    assert_eq!(stats.grants_below_request, 0, "{stats}");
+}
+
+/// Debian's OpenBLAS 0.3.21 on pthreads.
 #[test]
-fn openblas_spin_covered_by_the_open_region() {
-    in_child_env(
-        "openblas_spin_covered_by_the_open_region",
+fn openblas_back_to_back_calls_keep_their_width() {
+    in_child(
+        "openblas_back_to_back_calls_keep_their_width",
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
-        LONG_WINDOW,
         |l| {
-            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 4);
-            budget_core::scope_with(2, |s| {
-                assert_eq!(s.width(), 2);
-                s.native(|| dgemm.run(n, &a, &a, &mut c));
-                // Give the reaper time to act (it tops leases up every 2 ms).
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                assert_eq!(budget_core::stats().in_use, 2, "the region's 2 tokens only");
-                let other = std::thread::spawn(|| budget_core::scope(|o| o.width()))
-                    .join()
-                    .unwrap();
-                assert_eq!(other, 2, "another thread's region gets the 2 free tokens");
-            });
-            assert!(
-                soon(|| budget_native::spin_leased() == 1),
-                "after the region the spinning thread is leased: {}",
-                budget_native::spin_leased()
-            );
-            assert_eq!(budget_core::stats().in_use, 1);
+            let dgemm = Dgemm::of(&l[0], false, "cblas_dgemm");
+            back_to_back_calls_keep_their_width(&l[0], dgemm, "openblas_get_num_threads");
         },
     );
 }
 
-/// Back-to-back width-2 regions on an idle budget of 2, each making one BLAS call:
-/// the previous call's spinning worker is the very thread the next call runs on, so
-/// the next call is not narrowed by it (it takes over the lease's token).
+/// The OpenBLAS NumPy ships (scipy-openblas64, ILP64, `scipy_` symbols).
 #[test]
-fn openblas_back_to_back_calls_keep_their_width() {
-    in_child_env(
-        "openblas_back_to_back_calls_keep_their_width",
-        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
-        &[],
+fn numpy_openblas_back_to_back_calls_keep_their_width() {
+    in_child(
+        "numpy_openblas_back_to_back_calls_keep_their_width",
+        &["BUDGET_NATIVE_SCIPY_OPENBLAS64"],
         |l| {
-            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 2);
-            let widths: Vec<c_int> = (0..40)
-                .map(|_| {
-                    let w = budget_core::scope_with(2, |s| {
-                        s.native(|| {
-                            dgemm.run(n, &a, &a, &mut c);
-                            l[0].get_int("openblas_get_num_threads")
-                        })
-                    });
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    w
-                })
-                .collect();
-            let wide = widths.iter().filter(|&&w| w == 2).count();
-            println!("call widths: {widths:?}");
-            assert!(wide >= 36, "{wide} of 40 calls at width 2: {widths:?}");
-            assert!(widths.iter().all(|&w| w <= 2));
+            let dgemm = Dgemm::of(&l[0], true, "scipy_cblas_dgemm64_");
+            back_to_back_calls_keep_their_width(&l[0], dgemm, "scipy_openblas_get_num_threads64_");
         },
     );
 }

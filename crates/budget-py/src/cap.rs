@@ -1,12 +1,11 @@
-//! The cap on the width of regions opened from Python, and the counters of those
-//! regions for `budget.stats()`.
+//! The cap on the width of regions opened from Python.
 //!
 //! The cap is what `threadpoolctl.threadpool_limits(n)` sets through budget's
 //! threadpoolctl controller (`set_num_threads(n)`), and what a forked child that
 //! inherited libgomp sets to 1 (see `python/budget/__init__.py`). Like threadpoolctl's
 //! own limits it is process-wide; regions read it once, at entry.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// 0 means "no cap". Relaxed: a region reads a value set before it was opened (the
 /// Python call that set it happens-before through the GIL); nothing else is ordered
@@ -15,12 +14,6 @@ static CAP: AtomicUsize = AtomicUsize::new(0);
 /// The same, for the forked-child rule; kept apart so that threadpoolctl's restore
 /// never lifts it.
 static FORK_CAP: AtomicUsize = AtomicUsize::new(0);
-
-/// Regions opened from Python, those granted less than they asked for, and those
-/// whose thread found no token free. Relaxed: counters only.
-pub(crate) static REGIONS: AtomicU64 = AtomicU64::new(0);
-pub(crate) static NARROWED: AtomicU64 = AtomicU64::new(0);
-pub(crate) static OVERCOMMIT: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the threadpoolctl cap (`n` ≥ 1; values ≥ the budget's total lift it).
 pub(crate) fn set(n: usize) {
@@ -44,17 +37,6 @@ pub(crate) fn allowed(total: usize) -> usize {
         }
     }
     allowed.max(1)
-}
-
-/// Counts one region opened from Python.
-pub(crate) fn note_region(narrowed: bool, overcommitted: bool) {
-    REGIONS.fetch_add(1, Ordering::Relaxed);
-    if narrowed {
-        NARROWED.fetch_add(1, Ordering::Relaxed);
-    }
-    if overcommitted {
-        OVERCOMMIT.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// The threadpoolctl cap in force, if any.

@@ -84,7 +84,7 @@ pub(crate) fn open_region(requested: usize) -> Grant {
         let mut frames = cell.borrow_mut();
         let mut overcommitted = false;
         if frames.regions == 0 {
-            let mut own = Lease::try_new(0);
+            let mut own = Lease::try_new_for_region(0);
             // Owed when none is free (budget-core's rule for an overcommitted region):
             // paid from the next release, oldest demand first.
             overcommitted = own.want(1) == 0;
@@ -93,7 +93,7 @@ pub(crate) fn open_region(requested: usize) -> Grant {
         }
         frames.regions += 1;
         let want = requested.max(1) - 1;
-        let mut extra = Lease::try_new(want);
+        let mut extra = Lease::try_new_for_region(want);
         let width = 1 + extra.count();
         if width <= want && crate::node::joined() {
             // Sharing a node budget or a jobserver: the supplier fetches only for

@@ -2,8 +2,6 @@
 //! threadpoolctl's format by `budget.threadpool_info()` in Python) and the budget's
 //! statistics (`budget.stats()`).
 
-use std::sync::atomic::Ordering;
-
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -35,31 +33,28 @@ pub(crate) fn _libraries(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
     Ok(out)
 }
 
-/// The budget's statistics as a dict: `total`, `in_use`, `peak_in_use`, `regions`,
-/// `grants_below_request`, `tokens_regrown`, `overcommit`, `worker_threads` (Rust
-/// regions and Python regions together), `spin_leased` (tokens held for OpenBLAS
-/// workers still spinning after a wide call) and `cap` (the threadpoolctl limit on
-/// region widths in force, or `None`).
+/// The budget's statistics as a dict: `total`, `in_use`, `peak_in_use`, `leased`
+/// (tokens held by leases, Python regions' among them), `regions`,
+/// `grants_below_request` and its causes `narrowed_by_regions`, `narrowed_by_leases`,
+/// `narrowed_by_processes`, `tokens_regrown`, `overcommit`, `worker_threads` (Rust
+/// regions and Python regions together), and `cap` (the threadpoolctl limit on region
+/// widths in force, or `None`).
 #[pyfunction]
 pub(crate) fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    // `spin_leased` takes budget-native's process-wide lock: not while holding the GIL.
-    let (s, spin_leased) = py.detach(|| (budget_core::stats(), budget_native::spin_leased()));
+    let s = py.detach(budget_core::stats);
     let d = PyDict::new(py);
     d.set_item("total", s.total)?;
     d.set_item("in_use", s.in_use)?;
     d.set_item("peak_in_use", s.peak_in_use)?;
-    d.set_item("regions", s.regions + cap::REGIONS.load(Ordering::Relaxed))?;
-    d.set_item(
-        "grants_below_request",
-        s.grants_below_request + cap::NARROWED.load(Ordering::Relaxed),
-    )?;
+    d.set_item("leased", s.leased)?;
+    d.set_item("regions", s.regions)?;
+    d.set_item("grants_below_request", s.grants_below_request)?;
+    d.set_item("narrowed_by_regions", s.narrowed_by_regions)?;
+    d.set_item("narrowed_by_leases", s.narrowed_by_leases)?;
+    d.set_item("narrowed_by_processes", s.narrowed_by_processes)?;
     d.set_item("tokens_regrown", s.tokens_regrown)?;
-    d.set_item(
-        "overcommit",
-        s.overcommit + cap::OVERCOMMIT.load(Ordering::Relaxed),
-    )?;
+    d.set_item("overcommit", s.overcommit)?;
     d.set_item("worker_threads", s.worker_threads)?;
-    d.set_item("spin_leased", spin_leased)?;
     d.set_item("cap", cap::get())?;
     Ok(d)
 }

@@ -9,6 +9,18 @@
 //!                       region panics, or the last region exits the process at width > 1
 //! budget-probe hold READY                            one region kept at full width forever
 //! budget-probe grow WIDTH LOG                        one region of short tasks until WIDTH
+//! budget-probe fixed N GAP_MS                        N regions GAP_MS apart, each with one
+//!                       `s.native` call (a 256² dgemm of the OpenBLAS named by
+//!                       BUDGET_PROBE_OPENBLAS, if set); prints each region's width and
+//!                       `openblas_get_num_threads()` inside its call (0 without OpenBLAS)
+//! budget-probe spinhold                              one region with a wide `s.native` dgemm
+//!                       (BUDGET_PROBE_OPENBLAS), then prints for how many ms the process
+//!                       kept 2 or more tokens of its outside budget, and the width of a
+//!                       region opened meanwhile
+//! budget-probe entry N                               the cost of entering and leaving a
+//!                       region: N regions 10 ms apart (past the linger: each must take
+//!                       its outside tokens again), then N back to back (tokens held);
+//!                       prints the median and slowest, in µs, and the widths seen
 //! ```
 
 use std::io::Write;
@@ -153,9 +165,158 @@ fn main() {
                 })
             });
         }
+        "fixed" => {
+            let (regions, gap) = (num(1), num(2));
+            let blas = std::env::var("BUDGET_PROBE_OPENBLAS")
+                .ok()
+                .map(|p| Blas::open(&p));
+            let n = 256;
+            let (a, mut c) = (vec![1.0f64; n * n], vec![0.0f64; n * n]);
+            let mut seen = Vec::new();
+            for _ in 0..regions {
+                let w = budget_core::scope(|s| {
+                    use budget_native::NativeExt;
+                    s.native(|| {
+                        let threads = blas.as_ref().map_or(0, |b| b.gemm(n, &a, &mut c));
+                        (s.width(), threads)
+                    })
+                });
+                seen.push(w);
+                std::thread::sleep(Duration::from_millis(gap));
+            }
+            println!("fixed {seen:?}");
+            println!("stats {:?}", budget_core::stats());
+        }
+        "spinhold" => {
+            let blas = Blas::open(&std::env::var("BUDGET_PROBE_OPENBLAS").expect("a BLAS"));
+            let n = 512;
+            let (a, mut c) = (vec![1.0f64; n * n], vec![0.0f64; n * n]);
+            use budget_native::NativeExt;
+            let used = budget_core::scope(|s| s.native(|| blas.gemm(n, &a, &mut c)));
+            let end = Instant::now();
+            let width = budget_core::scope(|s| s.width());
+            let mut kept = Duration::ZERO;
+            while end.elapsed() < Duration::from_millis(600) {
+                if budget_core::held_tokens() >= 2 {
+                    kept = end.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            println!(
+                "spinhold call {used} threads, next region width {width}, kept 2+ tokens for \
+                 {} ms",
+                kept.as_millis()
+            );
+        }
+        "entry" => {
+            let count = num(1) as usize;
+            let time = |gap: u64| {
+                let mut us = Vec::with_capacity(count);
+                let mut widths = std::collections::BTreeSet::new();
+                for _ in 0..count {
+                    std::thread::sleep(Duration::from_millis(gap));
+                    let t = Instant::now();
+                    let w = budget_core::scope(|s| s.width());
+                    us.push(t.elapsed().as_secs_f64() * 1e6);
+                    widths.insert(w);
+                }
+                us.sort_by(f64::total_cmp);
+                (us[us.len() / 2], us[us.len() - 1], widths)
+            };
+            let _ = budget_core::scope(|s| s.width()); // start the budget
+            let (med, max, widths) = time(10);
+            println!(
+                "entry after the linger (takes outside tokens): median {med:.2} us, slowest \
+                 {max:.2} us, widths {widths:?}"
+            );
+            let (med, max, widths) = time(0);
+            println!(
+                "entry back to back (tokens held): median {med:.2} us, slowest {max:.2} us, \
+                 widths {widths:?}"
+            );
+            println!("joined {:?}", budget_core::joined());
+        }
         other => {
             eprintln!("budget-probe: unknown mode {other:?}");
             std::process::exit(2);
+        }
+    }
+}
+
+/// CBLAS `cblas_dgemm` (32-bit integers).
+type Cdgemm = unsafe extern "C" fn(
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f64,
+    *const f64,
+    i32,
+    *const f64,
+    i32,
+    f64,
+    *mut f64,
+    i32,
+);
+
+/// `int openblas_get_num_threads(void)`.
+type GetThreads = unsafe extern "C" fn() -> i32;
+
+/// An OpenBLAS loaded by path: `cblas_dgemm` and `openblas_get_num_threads`.
+struct Blas {
+    gemm: Cdgemm,
+    threads: GetThreads,
+}
+
+impl Blas {
+    fn open(path: &str) -> Blas {
+        let c = std::ffi::CString::new(path).expect("a path");
+        // SAFETY: a valid NUL-terminated path; the handle is never closed.
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null(), "budget-probe: cannot load {path}");
+        let sym = |name: &str| {
+            let n = std::ffi::CString::new(name).expect("a name");
+            // SAFETY: a live handle and a NUL-terminated name.
+            let f = unsafe { libc::dlsym(handle, n.as_ptr()) };
+            assert!(!f.is_null(), "budget-probe: {name} missing in {path}");
+            f
+        };
+        // SAFETY: the CBLAS and OpenBLAS prototypes of these two symbols; the library
+        // stays loaded for the rest of the process.
+        unsafe {
+            Blas {
+                gemm: std::mem::transmute::<*mut libc::c_void, Cdgemm>(sym("cblas_dgemm")),
+                threads: std::mem::transmute::<*mut libc::c_void, GetThreads>(sym(
+                    "openblas_get_num_threads",
+                )),
+            }
+        }
+    }
+
+    /// `c = a · a` (n×n, row-major); returns OpenBLAS's thread count during the call.
+    fn gemm(&self, n: usize, a: &[f64], c: &mut [f64]) -> i32 {
+        let ni = n as i32;
+        // SAFETY: row-major (101), no transposes (111); `a` and `c` hold n×n values.
+        unsafe {
+            (self.gemm)(
+                101,
+                111,
+                111,
+                ni,
+                ni,
+                ni,
+                1.0,
+                a.as_ptr(),
+                ni,
+                a.as_ptr(),
+                ni,
+                0.0,
+                c.as_mut_ptr(),
+                ni,
+            );
+            (self.threads)()
         }
     }
 }

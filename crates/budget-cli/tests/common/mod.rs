@@ -3,6 +3,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard, Once};
@@ -157,4 +160,86 @@ pub fn dones(lines: &[Line]) -> Vec<(u32, usize, usize, usize)> {
             )
         })
         .collect()
+}
+
+/// Fails with what to install when GNU make is missing.
+pub fn make_available() {
+    let ok = Command::new("make")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "GNU make is missing: run scripts/setup.sh (it installs the Debian package `make`)"
+    );
+}
+
+/// Makes a fifo jobserver holding `bytes` tokens, as make 4.4 does.
+pub struct Fifo {
+    pub path: std::path::PathBuf,
+    pub file: std::fs::File,
+}
+
+impl Fifo {
+    pub fn new(dir: &std::path::Path, bytes: usize) -> Fifo {
+        let path = dir.join("jobserver.fifo");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        file.write_all(&vec![b'+'; bytes]).unwrap();
+        Fifo { path, file }
+    }
+
+    pub fn available(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int into `n`, on our open fifo.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0);
+        n as usize
+    }
+
+    /// `MAKEFLAGS` for a make of `-j3` on this fifo.
+    pub fn makeflags(&self) -> String {
+        self.makeflags_j(3)
+    }
+
+    /// `MAKEFLAGS` for a make of `-jJOBS` on this fifo.
+    pub fn makeflags_j(&self, jobs: usize) -> String {
+        format!("-j{jobs} --jobserver-auth=fifo:{}", self.path.display())
+    }
+}
+
+/// A node budget file of `tokens` for one test, removed on drop.
+pub struct NodeFile(pub PathBuf);
+
+impl NodeFile {
+    pub fn new(name: &str, tokens: usize) -> NodeFile {
+        let path = budget_core::node::directory()
+            .unwrap()
+            .join(format!("test-{name}-{}.node", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(budget_core::node::create(&path, tokens).unwrap(), tokens);
+        NodeFile(path)
+    }
+}
+
+impl Drop for NodeFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Polls `done` every 2 ms, failing with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

@@ -98,6 +98,8 @@ pub(crate) struct Source {
     client: Client,
     /// Tokens asked of the helper thread and not delivered yet.
     pending: std::sync::Arc<AtomicUsize>,
+    /// Set once `try_acquire` is unsupported (or failed): no more attempts.
+    no_try: AtomicBool,
 }
 
 /// The jobserver tokens this process holds, with the pid they belong to: a forked
@@ -166,19 +168,36 @@ pub(crate) fn from_env() -> Option<Source> {
             warn_once(message);
             None
         }
-        Some(Ok(found)) => {
-            static AT_EXIT: std::sync::Once = std::sync::Once::new();
-            AT_EXIT.call_once(|| {
-                // SAFETY: a plain `extern "C" fn()` that lives for the whole program.
-                unsafe { libc::atexit(give_back_at_exit) };
-            });
-            drop(held_here());
-            Some(Source {
-                var: found.var.clone(),
-                auth: found.auth.clone(),
-                client: found.client.clone(),
-                pending: std::sync::Arc::new(AtomicUsize::new(0)),
-            })
+        Some(Ok(found)) => Some(Source::of(found)),
+    }
+}
+
+/// The jobserver of the environment as a second source of a node member: under
+/// `budget run` the tree's pipe, whose bytes `budget run` backs with node tokens, so
+/// a byte taken from it is a token of the node. Silent when there is none or it
+/// cannot be used (the node budget is what the process joined); never started (no
+/// helper thread: bytes are taken without waiting, [`Source::try_take`]).
+pub(crate) fn bridge() -> Option<Source> {
+    match captured() {
+        Some(Ok(found)) => Some(Source::of(found)),
+        _ => None,
+    }
+}
+
+impl Source {
+    fn of(found: &Found) -> Source {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: a plain `extern "C" fn()` that lives for the whole program.
+            unsafe { libc::atexit(give_back_at_exit) };
+        });
+        drop(held_here());
+        Source {
+            var: found.var.clone(),
+            auth: found.auth.clone(),
+            client: found.client.clone(),
+            pending: std::sync::Arc::new(AtomicUsize::new(0)),
+            no_try: AtomicBool::new(false),
         }
     }
 }
@@ -236,6 +255,45 @@ impl Source {
             self.pending.fetch_add(1, Ordering::SeqCst);
             helper.request_token();
         }
+    }
+
+    /// Takes up to `n` tokens that are in the jobserver now, without waiting (the
+    /// `jobserver` crate's `try_acquire`: a non-blocking read on a descriptor of its
+    /// own, so make's descriptors stay as they are); returns how many it took. Where
+    /// the crate cannot read without blocking (it says `Unsupported`), it takes none
+    /// and never tries again: the helper thread still brings tokens to growers.
+    pub(crate) fn try_take(&self, n: usize) -> usize {
+        if self.no_try.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let mut got = 0;
+        while got < n {
+            match self.client.try_acquire() {
+                Ok(Some(token)) => {
+                    let mut held = held_here();
+                    if EXITING.load(Ordering::SeqCst) {
+                        drop(token); // writes the byte back (see `EXITING`)
+                        break;
+                    }
+                    held.tokens.push(token);
+                    got += 1;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    if error.kind() == std::io::ErrorKind::Unsupported {
+                        self.no_try.store(true, Ordering::Relaxed);
+                    } else {
+                        warn_once(&format!(
+                            "budget: taking a jobserver token failed: {error}; regions take \
+                             tokens only as the helper thread brings them"
+                        ));
+                        self.no_try.store(true, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
+        }
+        got
     }
 
     /// Writes `n` held tokens back to the jobserver.

@@ -148,7 +148,8 @@ pub(crate) fn tokens(total: usize) -> Tokens {
     if let Some((member, tokens)) = node::from_env() {
         let path = member.path().to_path_buf();
         let _ = JOINED.set(Joined::Node { path, tokens });
-        return Tokens::joined(total, Box::new(Driver::new(Backend::Node(member), total)));
+        let backend = Backend::Node(member, jobserver::bridge());
+        return Tokens::joined(total, Box::new(Driver::new(backend, total)));
     }
     if let Some(source) = jobserver::from_env() {
         let _ = JOINED.set(Joined::Jobserver {
@@ -165,16 +166,51 @@ pub(crate) fn tokens(total: usize) -> Tokens {
 
 /// Where outside tokens come from.
 enum Backend {
-    Node(node::Member),
+    /// A node member, and the jobserver pipe of the tree if there is one (`budget
+    /// run` offers one whose bytes it backs with node tokens: its spare byte is a
+    /// node token a member may take, so a lone member still gets the whole node).
+    Node(node::Member, Option<jobserver::Source>),
     Jobserver(jobserver::Source),
 }
 
 impl Backend {
-    /// Outside tokens held now.
+    /// Outside tokens held now (a node member's bytes of the tree's pipe included).
     fn held(&self) -> usize {
         match self {
-            Backend::Node(m) => m.held(),
+            Backend::Node(m, bridge) => m.held() + bridge.as_ref().map_or(0, |b| b.held()),
             Backend::Jobserver(j) => j.held(),
+        }
+    }
+
+    /// Takes up to `n` outside tokens without waiting: a node member takes node
+    /// tokens (`now`: the bounded look of a region's entry), then bytes of the tree's
+    /// pipe. Returns how many.
+    fn try_take(&self, n: usize, now: bool) -> usize {
+        match self {
+            Backend::Node(member, bridge) => {
+                let got = if now {
+                    member.try_take_now(n)
+                } else {
+                    member.try_take(n)
+                };
+                match bridge {
+                    Some(bridge) if got < n => got + bridge.try_take(n - got),
+                    _ => got,
+                }
+            }
+            Backend::Jobserver(source) => source.try_take(n),
+        }
+    }
+
+    /// Gives one outside token back: a byte of the tree's pipe first (make may be
+    /// waiting for it), then a node token.
+    fn give_back_one(&self) {
+        match self {
+            Backend::Node(member, bridge) => match bridge {
+                Some(bridge) if bridge.held() > 0 => bridge.give_back(1),
+                _ => member.give_back(1),
+            },
+            Backend::Jobserver(source) => source.give_back(1),
         }
     }
 
@@ -183,7 +219,7 @@ impl Backend {
     /// client always has its implicit token besides (1 + ext).
     fn capacity(&self, ext: usize) -> usize {
         match self {
-            Backend::Node(_) => ext.max(1),
+            Backend::Node(..) => ext.max(1),
             Backend::Jobserver(_) => 1 + ext,
         }
     }
@@ -191,7 +227,7 @@ impl Backend {
     /// Outside tokens wanted for `using` tokens of work (0 when nothing runs).
     fn target(&self, using: usize) -> usize {
         match self {
-            Backend::Node(_) => using,
+            Backend::Node(..) => using,
             Backend::Jobserver(_) => using.saturating_sub(1),
         }
     }
@@ -208,6 +244,11 @@ struct Driver {
     wanted: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// Held by every change of the outside tokens held (the supplier thread's `step`
+    /// and a region's [`Supplier::take_now`]), so each reads the count of outside
+    /// tokens it changes from a consistent state: a node member's capacity is not
+    /// linear in its node tokens (`max(1, ext)`). Held for a few system calls at most.
+    taking: Mutex<()>,
     /// A grower of its own, registered while other processes wait: the existing
     /// hand-off gives it tokens the moment a region releases them, and the driver
     /// gives them back to the node budget.
@@ -245,6 +286,7 @@ impl Driver {
             wanted: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            taking: Mutex::new(()),
             reclaim: OnceLock::new(),
         }
     }
@@ -276,6 +318,7 @@ impl Driver {
                 }
             }
             self.wanted.store(false, Ordering::SeqCst);
+            let _taking = self.taking.lock();
             lingering = self.step(tokens, reclaim, lingering);
         }
     }
@@ -283,7 +326,7 @@ impl Driver {
     fn pending(&self) -> usize {
         match &self.backend {
             Backend::Jobserver(j) => j.pending(),
-            Backend::Node(_) => 0,
+            Backend::Node(..) => 0,
         }
     }
 
@@ -300,10 +343,7 @@ impl Driver {
             drop -= lost;
             // Logged before the token leaves: a logged holding never outlasts the real one.
             note(self.tokens.get().map_or(0, |t| t.held()), ext - 1);
-            match &self.backend {
-                Backend::Node(member) => member.give_back(1),
-                Backend::Jobserver(source) => source.give_back(1),
-            }
+            self.backend.give_back_one();
             ext -= 1;
             given += 1;
         }
@@ -321,12 +361,14 @@ impl Driver {
         let held = tokens.held();
         let in_use = held.saturating_sub(tokens.free());
         let demand = tokens.demand().saturating_sub(reclaim.wants());
-        let using = (in_use + demand).min(self.total);
+        // Library workers spinning after a wide call keep their cores from other
+        // processes until they sleep (`integration::hold_for_spinners`).
+        let using = (in_use + demand).max(tokens.held_outside()).min(self.total);
         let ext = self.backend.held();
         let wanted = self.backend.target(using);
         // While another process waits, hold at most the token of the own thread.
         let others = match &self.backend {
-            Backend::Node(member) => member.others_waiting(),
+            Backend::Node(member, _) => member.others_waiting(),
             Backend::Jobserver(_) => false,
         };
         let target = if others {
@@ -337,8 +379,8 @@ impl Driver {
         let mut ext_now = ext;
         if target > ext {
             match &self.backend {
-                Backend::Node(member) => {
-                    let got = member.try_take(target - ext);
+                Backend::Node(..) => {
+                    let got = self.backend.try_take(target - ext, false);
                     let added = self.backend.capacity(ext + got) - self.backend.capacity(ext);
                     if added > 0 {
                         tokens.deposit(added);
@@ -351,14 +393,14 @@ impl Driver {
                 Backend::Jobserver(source) => source.request(target - ext, tokens),
             }
         }
-        if let Backend::Node(member) = &self.backend {
+        if let Backend::Node(member, _) = &self.backend {
             member.set_waiting(ext_now < wanted);
         }
         let surplus = ext_now.saturating_sub(target);
         // The token of the own thread lingers even while others wait: between two
         // regions nothing is in use for a moment, and giving it back then would let
         // another process widen while this one's next region runs unpaid.
-        let own = usize::from(target == 0 && matches!(self.backend, Backend::Node(_)));
+        let own = usize::from(target == 0 && matches!(self.backend, Backend::Node(..)));
         let give = if others {
             surplus.saturating_sub(own).max(surplus.min(lingering))
         } else {
@@ -410,6 +452,38 @@ impl Supplier for Driver {
         if let Err(error) = spawned {
             tracing::warn!("budget: no supplier thread ({error}); regions stay at their tokens");
         }
+    }
+
+    fn take_now(&self, n: usize) -> usize {
+        let Some(tokens) = self.tokens.get() else {
+            return 0; // not started yet
+        };
+        let (got, added) = {
+            let _taking = self.taking.lock();
+            if let Backend::Node(member, _) = &self.backend {
+                // A waiting process gets the tokens that are freed: a region starting
+                // here does not race it for them (one `F_GETLK`).
+                if member.others_waiting() {
+                    return 0;
+                }
+            }
+            let ext = self.backend.held();
+            // Outside tokens for `n` more capacity: a node member with none held yet
+            // needs one more, which only pays for the own thread that runs anyway.
+            let need = self.backend.target(self.backend.capacity(ext) + n) - ext;
+            let got = self.backend.try_take(need, true);
+            let added = self.backend.capacity(ext + got) - self.backend.capacity(ext);
+            if got > 0 {
+                note(tokens.held() + added, ext + got);
+            }
+            (got, added)
+        };
+        if got > 0 {
+            // The supplier thread looks after them from now on: it gives them back
+            // once they are unused for the linger.
+            self.short();
+        }
+        added
     }
 
     fn short(&self) {

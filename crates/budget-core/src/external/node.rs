@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::sync::plain::Mutex;
 
@@ -227,6 +227,8 @@ pub struct Member {
     slots: Mutex<Vec<usize>>,
     /// Whether this process holds its read lock on the wait byte.
     waiting: AtomicBool,
+    /// Where [`Member::try_take_now`] looks first.
+    cursor: AtomicUsize,
 }
 
 impl Member {
@@ -244,6 +246,7 @@ impl Member {
             tokens,
             slots: Mutex::new(Vec::new()),
             waiting: AtomicBool::new(false),
+            cursor: AtomicUsize::new(0),
         })
     }
 
@@ -278,6 +281,35 @@ impl Member {
                 got += 1;
             }
         }
+        got
+    }
+
+    /// Takes up to `n` free node tokens for a region that starts now: as
+    /// [`Member::try_take`], but with a bounded number of attempts (`2n + 8` bytes,
+    /// starting after the byte it tried last), so that a region entry in a large node
+    /// costs a few system calls, not one per token of the node. Returns how many.
+    pub fn try_take_now(&self, n: usize) -> usize {
+        let mut slots = self.slots.lock();
+        let tries = (2 * n + 8).min(self.tokens);
+        let start = self.cursor.load(Ordering::Relaxed);
+        let mut got = 0;
+        let mut at = start;
+        for _ in 0..tries {
+            if got == n {
+                break;
+            }
+            let slot = at % self.tokens;
+            at = slot + 1;
+            if slots.contains(&slot) {
+                continue;
+            }
+            if lock(self.file, libc::F_WRLCK, SLOTS_AT + slot as i64).is_ok() {
+                slots.push(slot);
+                got += 1;
+            }
+        }
+        // Relaxed: a hint of where to look next, under the `slots` lock anyway.
+        self.cursor.store(at % self.tokens, Ordering::Relaxed);
         got
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use crate::stats::Counters;
+use crate::stats::{Counters, NarrowedBy};
 use crate::sync::{fence, AtomicUsize, Mutex, Ordering};
 
 #[cfg(all(test, budget_loom))]
@@ -88,6 +88,11 @@ pub(crate) trait Supplier: Send + Sync {
     /// A registered region wants tokens and none is free: fetch some (asynchronously:
     /// this runs on a releasing or pushing thread and must not block).
     fn short(&self);
+    /// A region or lease is starting and finds fewer free tokens than it asks for:
+    /// take up to `n` outside tokens for it now, with one non-blocking attempt per
+    /// token (never waiting for one), and return how many tokens of capacity the
+    /// process gained. The caller moves them out of `outside` ([`Tokens::adopt`]).
+    fn take_now(&self, n: usize) -> usize;
 }
 
 /// The budget's tokens: `free` plus the tokens every holder has equals the tokens the
@@ -109,6 +114,10 @@ pub(crate) struct Tokens {
     outside: std::sync::atomic::AtomicUsize,
     /// The outside budget this process joined, if any.
     supplier: Option<Box<dyn Supplier>>,
+    /// Tokens the process keeps from other processes until a deadline, for library
+    /// workers that busy-wait after a call ([`Tokens::hold_outside`]). Only read and
+    /// written in a process with a supplier.
+    hold: std::sync::Mutex<Option<(usize, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -132,6 +141,7 @@ impl Tokens {
             counters: Counters::default(),
             outside: std::sync::atomic::AtomicUsize::new(0),
             supplier: None,
+            hold: std::sync::Mutex::new(None),
         }
     }
 
@@ -177,6 +187,68 @@ impl Tokens {
     /// may bring one (a hint, as `free_hint`).
     pub(crate) fn may_grow(&self) -> bool {
         self.free_hint() > 0 || self.supplier.is_some()
+    }
+
+    /// Takes up to `max` tokens for a region or lease that starts now, without ever
+    /// waiting: free ones first, then, in a process that joined an outside budget,
+    /// outside tokens its supplier can take at once (one non-blocking attempt each).
+    /// Returns how many it took.
+    ///
+    /// This is what a block whose width is fixed at entry (a BLAS call, an OpenMP
+    /// team, a Python region) needs: the supplier thread brings tokens only to
+    /// registered demand, too late for a call that cannot grow.
+    #[inline]
+    pub(crate) fn take(&self, max: usize) -> usize {
+        let got = self.try_acquire(max);
+        if got < max && self.supplier.is_some() {
+            got + self.take_outside(max - got)
+        } else {
+            got
+        }
+    }
+
+    /// The outside part of [`Tokens::take`]: the supplier takes up to `n` tokens of
+    /// capacity now and they go straight to the taker (not through `free`, where an
+    /// older grower would get them first: the taker asked first).
+    #[cold]
+    fn take_outside(&self, n: usize) -> usize {
+        match &self.supplier {
+            Some(supplier) => {
+                let got = supplier.take_now(n);
+                if got > 0 {
+                    self.adopt(got);
+                }
+                got
+            }
+            None => 0,
+        }
+    }
+
+    /// Moves `n` tokens the supplier took for a taker at entry out of `outside`: the
+    /// taker holds them. Conservation: `total - outside` rises by `n` and so does
+    /// `Σ held`; `free` is unchanged.
+    fn adopt(&self, n: usize) {
+        let before = self
+            .outside
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        debug_assert!(before >= n, "more tokens adopted than were outside");
+        let in_use = self.total - (before - n) - self.free_hint().min(self.total - (before - n));
+        self.counters.note_in_use(in_use);
+    }
+
+    /// Why a region or lease that just took fewer tokens than it asked for was
+    /// narrowed: other processes hold outside tokens it could not take, else leases
+    /// hold tokens of this process, else other regions do. Cheap: the common case
+    /// (no outside budget) reads one rarely written counter.
+    #[inline]
+    pub(crate) fn narrowed_by(&self) -> NarrowedBy {
+        if self.supplier.is_some() && self.held() < self.total {
+            NarrowedBy::Processes
+        } else if self.counters.leased() > 0 {
+            NarrowedBy::Leases
+        } else {
+            NarrowedBy::Regions
+        }
     }
 
     /// Takes up to `max` free tokens without ever waiting; returns how many it took.
@@ -337,6 +409,36 @@ impl Tokens {
     pub(crate) fn reclaimed(&self, n: usize) {
         self.outside
             .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Keeps `n` tokens of this process out of other processes' reach until `until`
+    /// (the larger hold wins while both last): the supplier does not give them back
+    /// to the outside budget meanwhile. They stay free for this process's own
+    /// regions. A no-op without an outside budget.
+    pub(crate) fn hold_outside(&self, n: usize, until: std::time::Instant) {
+        if self.supplier.is_none() || n == 0 {
+            return;
+        }
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        *hold = match *hold {
+            Some((m, t)) if t > now && m >= n => Some((m, t.max(until))),
+            Some((_, t)) if t > now => Some((n, t.max(until))),
+            _ => Some((n, until)),
+        };
+    }
+
+    /// The tokens held by [`Tokens::hold_outside`] now (0 once its deadline passed).
+    pub(crate) fn held_outside(&self) -> usize {
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        match *hold {
+            Some((n, until)) if until > std::time::Instant::now() => n,
+            Some(_) => {
+                *hold = None;
+                0
+            }
+            None => 0,
+        }
     }
 
     /// What registered regions want beyond what they hold.

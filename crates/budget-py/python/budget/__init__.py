@@ -61,8 +61,7 @@ def region(max_threads: int | None = None) -> Region:
     >>> with budget.region(2) as r:
     ...     1 <= r.width <= 2
     True
-    >>> s = budget.stats()  # tokens back; OpenBLAS's spinning workers may hold some briefly
-    >>> s["in_use"] - s["spin_leased"]
+    >>> budget.stats()["in_use"]  # every token back
     0
     """
     return Region(max_threads)
@@ -89,11 +88,14 @@ def stats() -> dict:
     """The budget's counters as a dict.
 
     ``total`` (cores in the budget), ``in_use`` (tokens held now), ``peak_in_use``,
-    ``regions`` (Rust and Python regions entered), ``grants_below_request``,
+    ``leased`` (tokens held by leases: native pools, your own), ``regions`` (Rust and
+    Python regions entered), ``grants_below_request`` (regions that got less than they
+    asked for) and why, each counted under the first cause that applies:
+    ``narrowed_by_processes`` (other processes held the shared budget's tokens),
+    ``narrowed_by_leases``, ``narrowed_by_regions`` (other regions of this process);
     ``tokens_regrown``, ``overcommit`` (regions of a thread that found no token free),
-    ``worker_threads``, ``spin_leased`` (tokens counted for OpenBLAS workers still
-    spinning after a wide call) and ``cap`` (a ``threadpool_limits`` cap on region
-    widths, or ``None``).
+    ``worker_threads`` and ``cap`` (a ``threadpool_limits`` cap on region widths, or
+    ``None``).
 
     >>> import budget
     >>> s = budget.stats()
