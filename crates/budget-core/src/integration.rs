@@ -109,8 +109,12 @@ impl ScopeHooks for Scope<'_> {
 /// ```
 pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
     let tokens = &crate::registry::global().tokens;
-    let narrowed = (width < requested).then(|| tokens.narrowed_by());
-    tokens.counters.note_region(narrowed, overcommitted);
+    tokens
+        .counters
+        .note_region(width < requested, overcommitted);
+    if width < requested {
+        tokens.note_cause(false);
+    }
 }
 
 /// Keeps `tokens` cores of this process out of other processes' reach for `window`:

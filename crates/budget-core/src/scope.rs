@@ -85,12 +85,18 @@ where
     let registry = registry::global();
     let tokens = &registry.tokens;
     let requested = max.clamp(1, tokens.total());
-    let own = OwnToken::take(context::in_region(), tokens);
+    let nested = context::in_region();
+    let own = OwnToken::take(nested, tokens);
     // Free tokens first; in a process sharing an outside budget, outside ones that
     // can be had at once (a region never waits: one non-blocking try per token).
     let width = 1 + tokens.take(requested - 1);
-    let narrowed = (width < requested).then(|| tokens.narrowed_by());
-    tokens.counters.note_region(narrowed, own.overcommitted());
+    tokens
+        .counters
+        .note_region(width < requested, own.overcommitted());
+    if width < requested && (!nested || tokens.shares()) {
+        // A cause other than the enclosing regions is possible (`Stats`).
+        tokens.note_cause(nested);
+    }
     let span = tracing::trace_span!(
         "budget.region",
         requested,

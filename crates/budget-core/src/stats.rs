@@ -34,16 +34,17 @@ pub struct Stats {
     /// count included).
     pub regions: u64,
     /// Regions that got a smaller width than they asked for at entry. Each is
-    /// counted under one cause, the first that applies: `narrowed_by_processes`,
-    /// `narrowed_by_leases`, else `narrowed_by_regions`.
+    /// counted under one cause, the first that applies: `narrowed_by_processes`;
+    /// for a region nested in another, `narrowed_by_regions` (its enclosing regions
+    /// hold tokens); `narrowed_by_leases`; else `narrowed_by_regions`.
     pub grants_below_request: u64,
     /// Of `grants_below_request`: narrowed in a process that shares an outside budget
     /// (make's jobserver, a node budget, `budget run`) while other processes held the
     /// tokens it could not take.
     pub narrowed_by_processes: u64,
-    /// Of `grants_below_request`: narrowed while [`Lease`](crate::Lease)s held tokens
-    /// of this process (a Python region's, a native library's, your own), and not by
-    /// other processes.
+    /// Of `grants_below_request`: an outermost region narrowed while
+    /// [`Lease`](crate::Lease)s held tokens of this process (an integration's, your
+    /// own), and not by other processes.
     pub narrowed_by_leases: u64,
     /// Of `grants_below_request`: the rest, narrowed by other regions of this process.
     pub narrowed_by_regions: u64,
@@ -87,20 +88,16 @@ impl fmt::Display for Stats {
 pub(crate) struct Counters {
     peak_in_use: AtomicUsize,
     tokens_regrown: AtomicU64,
-    /// Tokens held by leases now. On a line of its own: leases write it, narrowed
-    /// region entries only read it.
-    leased: crossbeam_utils::CachePadded<AtomicUsize>,
 }
 
-/// Why a region got less than it asked for (see [`Stats::grants_below_request`]).
+/// Why a region got less than it asked for, when it is not other regions of this
+/// process (see [`Stats::grants_below_request`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NarrowedBy {
     /// Other processes hold the outside tokens this process could not take.
     Processes,
     /// Leases hold tokens of this process.
     Leases,
-    /// Other regions of this process hold them.
-    Regions,
 }
 
 impl Counters {
@@ -113,38 +110,37 @@ impl Counters {
     }
 
     #[inline]
-    pub(crate) fn note_region(&self, narrowed: Option<NarrowedBy>, overcommitted: bool) {
+    pub(crate) fn note_region(&self, narrowed: bool, overcommitted: bool) {
         tally::bump(Kind::Regions);
-        if let Some(cause) = narrowed {
-            self.note_narrowed(cause);
+        if narrowed {
+            tally::bump(Kind::Narrowed);
         }
         if overcommitted {
             tally::bump(Kind::Overcommit);
         }
     }
 
-    /// Counts a narrowed grant under its cause (per thread, as region entries).
-    #[inline]
-    pub(crate) fn note_narrowed(&self, cause: NarrowedBy) {
-        tally::bump(Kind::Narrowed);
+    /// Counts a narrowed region's cause when it is not other regions of this process
+    /// (those are the rest of `Narrowed`).
+    pub(crate) fn note_cause(&self, cause: NarrowedBy) {
         match cause {
             NarrowedBy::Processes => tally::bump(Kind::NarrowedByProcesses),
             NarrowedBy::Leases => tally::bump(Kind::NarrowedByLeases),
-            NarrowedBy::Regions => {}
         }
     }
 
-    /// Tokens held by leases now (Relaxed: a statistic and a hint for causes).
-    #[inline]
+    /// Tokens held by leases now: a sum over every thread's tally (a walk of the
+    /// tally slots; read at `stats()` and for the cause of an outermost narrowed
+    /// region, never on a fast path).
     pub(crate) fn leased(&self) -> usize {
-        self.leased.load(Ordering::Relaxed)
+        tally::sum(Kind::Leased) as usize
     }
 
-    /// `n` more tokens held by leases. Relaxed: it orders nothing.
+    /// `n` more tokens held by leases (a per-thread tally: no shared write).
     #[inline]
     pub(crate) fn lease_add(&self, n: usize) {
         if n > 0 {
-            self.leased.fetch_add(n, Ordering::Relaxed);
+            tally::add(Kind::Leased, n as u64);
         }
     }
 
@@ -152,7 +148,7 @@ impl Counters {
     #[inline]
     pub(crate) fn lease_sub(&self, n: usize) {
         if n > 0 {
-            self.leased.fetch_sub(n, Ordering::Relaxed);
+            tally::add(Kind::Leased, (n as u64).wrapping_neg());
         }
     }
 

@@ -1,6 +1,7 @@
-//! Per-thread tallies of region entries: counted with a plain load and store on a
-//! slot only the current thread writes (no locked instruction, no shared cache line
-//! on the hot path), summed over every slot when `stats()` reads them.
+//! Per-thread tallies of region entries and of the tokens leases hold: counted with a
+//! plain load and store on a slot only the current thread writes (no locked
+//! instruction, no shared cache line on the hot path), summed over every slot when
+//! `stats()` reads them.
 //!
 //! Slots live in an append-only, leaked list. A thread claims a free slot (or adds
 //! one) on its first region and frees it when it exits; the next thread to claim it
@@ -21,9 +22,13 @@ pub(crate) enum Kind {
     NarrowedByProcesses = 3,
     /// Narrowed while leases held tokens (and not by other processes).
     NarrowedByLeases = 4,
+    /// Tokens held by leases: added when a lease takes, subtracted when it gives
+    /// back, perhaps on another thread (wrapping: one slot may go "negative", the sum
+    /// over all slots is exact).
+    Leased = 5,
 }
 
-const KINDS: usize = 5;
+const KINDS: usize = 6;
 
 struct Slot {
     counts: [AtomicU64; KINDS],
@@ -95,6 +100,13 @@ fn claim() -> &'static Slot {
 /// Adds one to `kind` for the current thread.
 #[inline]
 pub(crate) fn bump(kind: Kind) {
+    add(kind, 1);
+}
+
+/// Adds `n` (wrapping: a subtraction is the addition of its two's complement) to
+/// `kind` for the current thread.
+#[inline]
+pub(crate) fn add(kind: Kind, n: u64) {
     let fast = FAST.try_with(Cell::get).unwrap_or(ptr::null());
     let slot = if fast.is_null() {
         match MINE.try_with(|owner| owner.0) {
@@ -103,7 +115,7 @@ pub(crate) fn bump(kind: Kind) {
                 slot
             }
             Err(_) => {
-                LATE[kind as usize].fetch_add(1, Ordering::Relaxed);
+                LATE[kind as usize].fetch_add(n, Ordering::Relaxed);
                 return;
             }
         }
@@ -113,7 +125,10 @@ pub(crate) fn bump(kind: Kind) {
     };
     // Only the owning thread writes its slot: load + store loses no count.
     let count = &slot.counts[kind as usize];
-    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    count.store(
+        count.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 /// The total of `kind` over every thread, past and present.
@@ -123,7 +138,7 @@ pub(crate) fn sum(kind: Kind) -> u64 {
     while !at.is_null() {
         // SAFETY: published slots are leaked, so `at` is valid for 'static.
         let slot = unsafe { &*at };
-        total += slot.counts[kind as usize].load(Ordering::Relaxed);
+        total = total.wrapping_add(slot.counts[kind as usize].load(Ordering::Relaxed));
         at = slot.next.cast_mut();
     }
     total

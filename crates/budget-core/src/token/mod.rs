@@ -200,7 +200,7 @@ impl Tokens {
     #[inline]
     pub(crate) fn take(&self, max: usize) -> usize {
         let got = self.try_acquire(max);
-        if got < max && self.supplier.is_some() {
+        if got < max && self.shares() {
             got + self.take_outside(max - got)
         } else {
             got
@@ -236,18 +236,24 @@ impl Tokens {
         self.counters.note_in_use(in_use);
     }
 
-    /// Why a region or lease that just took fewer tokens than it asked for was
-    /// narrowed: other processes hold outside tokens it could not take, else leases
-    /// hold tokens of this process, else other regions do. Cheap: the common case
-    /// (no outside budget) reads one rarely written counter.
+    /// Whether the process shares an outside budget (a jobserver, a node budget).
     #[inline]
-    pub(crate) fn narrowed_by(&self) -> NarrowedBy {
-        if self.supplier.is_some() && self.held() < self.total {
-            NarrowedBy::Processes
-        } else if self.counters.leased() > 0 {
-            NarrowedBy::Leases
-        } else {
-            NarrowedBy::Regions
+    pub(crate) fn shares(&self) -> bool {
+        self.supplier.is_some()
+    }
+
+    /// Counts the cause of a region's narrowing beyond "other regions" (already
+    /// counted by `Counters::note_region`): other processes hold outside tokens it
+    /// could not take; else, for an outermost region, leases hold tokens of this
+    /// process. A region nested in another that is not narrowed by other processes
+    /// is narrowed by the regions enclosing it, and the caller skips this (the
+    /// common case stays as cheap as before).
+    #[cold]
+    pub(crate) fn note_cause(&self, nested: bool) {
+        if self.shares() && self.held() < self.total {
+            self.counters.note_cause(NarrowedBy::Processes);
+        } else if !nested && self.counters.leased() > 0 {
+            self.counters.note_cause(NarrowedBy::Leases);
         }
     }
 
