@@ -100,6 +100,11 @@ def main():
     print("\nper call: time / the same call of `none` (median over rounds, [slowest round])")
     print(f"  {'call':<14}" + "".join(f"{i + 1:>13}" for i in range(7)))
     print(f"  {'none (ms)':<14}" + "".join(f"{b * 1e3:>13.1f}" for b in base))
+    # The noise floor: `none` against its own median.
+    floor = max(max(run[i] for run in results["none"]) / base[i] for i in range(7))
+    print(f"  {'none':<14}" + "".join(
+        f"{'1.00 [' + format(max(run[i] for run in results['none']) / base[i], '.2f') + ']':>13}"
+        for i in range(7)) + f"   (noise floor: slowest {floor:.2f}x)")
     for m in names[1:]:
         cells = []
         worst = 0.0
