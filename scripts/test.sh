@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it:
-#   setup, formatting, clippy, unit + integration + doc tests, loom models, docs,
+#   setup, formatting, clippy, the other platforms' checks (scripts/check-targets.sh),
+#   unit + integration + doc tests, loom models, docs,
 #   and the Python module (crates/budget-py, its own workspace): fmt, clippy, pytest.
 # Ends with one summary line "N passed, M failed" over every cargo test binary and
 # pytest.
@@ -22,6 +23,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "portability: clippy for macOS, Windows and aarch64 Linux, the facade's features, the MSRV"
+scripts/check-targets.sh
 
 step "cargo test (unit, integration, doc tests)"
 cargo test --workspace 2>&1 | tee -a "$log"

@@ -104,7 +104,7 @@ fn timed<'a>(
     let all_cores = measured.next().expect("all cores");
     let mut best: Option<(String, Measured)> = None;
     for (label, m) in labels[2..2 + candidates].iter().zip(measured.by_ref()) {
-        if best.as_ref().map_or(true, |(_, b)| m.median() < b.median()) {
+        if best.as_ref().is_none_or(|(_, b)| m.median() < b.median()) {
             best = Some((label.clone(), m));
         }
     }

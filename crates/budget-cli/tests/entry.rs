@@ -4,6 +4,7 @@
 //! `+` recipe) takes the free tokens when each region starts, without waiting, so a
 //! call whose width is fixed at entry (`s.native` around a BLAS call) gets the whole
 //! budget; and `stats()` says when other processes narrowed a region.
+#![cfg(unix)]
 
 mod common;
 

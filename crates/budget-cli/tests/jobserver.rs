@@ -2,6 +2,7 @@
 //! (pipe form), a fifo jobserver the test makes itself (make 4.4's form), and a
 //! pipe made with the `jobserver` crate; tokens come back when regions end, after a
 //! panic and at exit.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The node budget and `budget run`: a killed holder's tokens come back at once,
 //! a process tree under `budget run -j N` keeps its busy threads at or under
 //! max(N, processes), and the command's errors and exit status.
+#![cfg(unix)]
 
 mod common;
 

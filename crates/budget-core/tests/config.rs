@@ -268,6 +268,7 @@ fn good_values_set_the_total_without_a_warning() {
 }
 
 /// The first CPU in this process's affinity mask (CPU 0 may not be ours).
+#[cfg(target_os = "linux")]
 fn first_allowed_cpu() -> usize {
     // SAFETY: all-zeroes is a valid cpu_set_t.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -286,6 +287,7 @@ fn first_allowed_cpu() -> usize {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
 fn affinity_mask_of_one_cpu_gives_a_total_of_one() {
     let taskset = "/usr/bin/taskset";
     assert!(
@@ -399,6 +401,7 @@ fn slurm_cpus_per_task_lowers_a_whole_machine_total() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
 fn slurm_cpus_per_task_is_not_used_under_a_cpuset() {
     let taskset = "/usr/bin/taskset";
     assert!(

@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
+#[cfg(unix)]
 use crate::{pool, scan};
 
 /// Set in a forked child (by the child handler), never cleared: the process is a
@@ -51,16 +52,19 @@ pub(crate) fn in_child() -> bool {
     IN_CHILD.load(Ordering::Relaxed)
 }
 
+#[cfg(unix)]
 extern "C" fn prepare() {
     scan::lock_for_fork();
     pool::lock_for_fork();
 }
 
+#[cfg(unix)]
 extern "C" fn parent() {
     pool::unlock_after_fork();
     scan::unlock_after_fork();
 }
 
+#[cfg(unix)]
 extern "C" fn child() {
     IN_CHILD.store(true, Ordering::Relaxed);
     pool::unlock_after_fork();

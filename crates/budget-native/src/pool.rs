@@ -22,6 +22,7 @@
 //! concurrently; every set call here happens with [`POOLS`] held, and BLAS code that
 //! runs concurrently with a set call only reads the count.
 
+#[cfg(unix)]
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -226,20 +227,24 @@ pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
     }
 }
 
+#[cfg(unix)]
 type ForkGuard = MutexGuard<'static, Vec<PoolState>>;
 
+#[cfg(unix)]
 thread_local! {
     /// The locks held across a `fork` by the forking thread (which is also the only
     /// thread of the child).
     static HELD_FOR_FORK: RefCell<Option<ForkGuard>> = const { RefCell::new(None) };
 }
 
+#[cfg(unix)]
 /// Takes the pools' lock for a `fork` (see the `fork` module).
 pub(crate) fn lock_for_fork() {
     let guard = pools();
     HELD_FOR_FORK.with(|h| *h.borrow_mut() = Some(guard));
 }
 
+#[cfg(unix)]
 /// Releases what [`lock_for_fork`] took, in the parent and in the child alike. Calls
 /// in flight on the parent's other threads stay listed in the child: its counts can
 /// only be narrower for it.

@@ -7,8 +7,11 @@
 //! known are kept (their handles, and the process-wide state keyed by them), new ones
 //! are resolved.
 
+#[cfg(unix)]
 use std::cell::RefCell;
-use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
+#[cfg(unix)]
+use std::sync::RwLockWriteGuard;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::control::{family_of, Entry};
 use crate::dl;
@@ -64,12 +67,14 @@ pub(crate) fn entries() -> Arc<[Arc<Entry>]> {
     entries
 }
 
+#[cfg(unix)]
 thread_local! {
     /// The cache's lock, held across a `fork` by the forking thread.
     static HELD_FOR_FORK: RefCell<Option<RwLockWriteGuard<'static, Option<Snapshot>>>> =
         const { RefCell::new(None) };
 }
 
+#[cfg(unix)]
 /// Takes the cache's lock for a `fork` (the `fork` module's prepare handler); released
 /// by [`unlock_after_fork`] in both processes. A std lock: its whole state is in the
 /// lock, so releasing the guard in the child leaves it usable there.
@@ -78,6 +83,7 @@ pub(crate) fn lock_for_fork() {
     HELD_FOR_FORK.with(|h| *h.borrow_mut() = Some(guard));
 }
 
+#[cfg(unix)]
 /// Releases the lock [`lock_for_fork`] took.
 pub(crate) fn unlock_after_fork() {
     drop(HELD_FOR_FORK.with(|h| h.borrow_mut().take()));

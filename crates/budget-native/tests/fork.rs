@@ -2,6 +2,7 @@
 //! process-wide lock, and OpenMP code in a child runs at width 1 where libgomp cannot
 //! fork its team. Each test in a child process of its own (the harness), which then
 //! forks grandchildren that a watchdog in the parent kills if they hang.
+#![cfg(unix)]
 
 use std::time::{Duration, Instant};
 

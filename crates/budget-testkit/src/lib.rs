@@ -22,6 +22,7 @@
 pub mod blas;
 pub mod budget;
 pub mod child;
+#[cfg(unix)]
 pub mod forked;
 pub mod kernels;
 pub mod libs;

@@ -2,7 +2,9 @@
 //! `.cache/native/libs.env`, written by `scripts/setup-native.sh`) and a `dlopen`
 //! handle ([`Lib`]).
 
-use std::ffi::{c_int, c_void, CStr, CString};
+use std::ffi::{c_int, c_void};
+#[cfg(unix)]
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
 /// The workspace's root directory.
@@ -88,6 +90,7 @@ pub fn require_path(key: &str) -> PathBuf {
 pub struct Lib {
     /// The path it was loaded from (or the bare file name given).
     pub path: PathBuf,
+    #[cfg_attr(not(unix), allow(dead_code))] // never made off Unix
     handle: *mut c_void,
 }
 
@@ -112,6 +115,17 @@ impl Lib {
     /// ```
     /// assert!(budget_testkit::Lib::open("libnot-there.so".as_ref()).is_err());
     /// ```
+    #[cfg(not(unix))]
+    pub fn open(path: &Path) -> Result<Lib, String> {
+        Err(format!(
+            "{}: loading a library by path is Unix-only in this test kit",
+            path.display()
+        ))
+    }
+
+    /// Loads the library at `path` (or a bare file name, found as the loader does);
+    /// the loader's message on failure.
+    #[cfg(unix)]
     pub fn open(path: &Path) -> Result<Lib, String> {
         let c =
             CString::new(path.to_str().ok_or("path is not UTF-8")?).map_err(|e| e.to_string())?;
@@ -161,6 +175,17 @@ impl Lib {
     /// // SAFETY: any fn pointer type will do for a symbol that is not there.
     /// assert!(unsafe { libc.try_func::<unsafe extern "C" fn()>("no_such_fn") }.is_none());
     /// ```
+    #[cfg(not(unix))]
+    pub unsafe fn try_func<F: Copy>(&self, _name: &str) -> Option<F> {
+        None
+    }
+
+    /// The function `name`, typed as `F`; `None` if the library lacks it.
+    ///
+    /// # Safety
+    ///
+    /// `F` must be the function's C prototype (a function pointer type).
+    #[cfg(unix)]
     pub unsafe fn try_func<F: Copy>(&self, name: &str) -> Option<F> {
         assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
         let c = CString::new(name).ok()?;

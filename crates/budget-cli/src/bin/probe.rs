@@ -23,11 +23,21 @@
 //!                       prints the median and slowest, in µs, and the widths seen
 //! ```
 
+// The probe drives the process tests, which are Unix-only (make, signals, dlopen).
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use std::time::{Duration, Instant};
 
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("budget-probe: the process tests' probe runs on Unix only");
+    std::process::exit(2);
+}
+
+#[cfg(unix)]
 fn now_ns() -> u64 {
     // SAFETY: timespec is plain data; clock_gettime writes it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
@@ -62,6 +72,7 @@ fn open_log(path: &str) -> &'static std::fs::File {
     Box::leak(Box::new(file))
 }
 
+#[cfg(unix)]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -265,11 +276,13 @@ type Cdgemm = unsafe extern "C" fn(
 type GetThreads = unsafe extern "C" fn() -> i32;
 
 /// An OpenBLAS loaded by path: `cblas_dgemm` and `openblas_get_num_threads`.
+#[cfg(unix)]
 struct Blas {
     gemm: Cdgemm,
     threads: GetThreads,
 }
 
+#[cfg(unix)]
 impl Blas {
     fn open(path: &str) -> Blas {
         let c = std::ffi::CString::new(path).expect("a path");

@@ -1,6 +1,11 @@
 //! What the kernel says about this process's CPUs: the affinity mask, the online
 //! CPUs and the cgroup (v1 or v2) CPU quota, the last parsed from text so that tests
 //! can feed it made-up cgroup files.
+//!
+//! The affinity and cgroup calls are Linux's (elsewhere they say "nothing known" and
+//! std's `available_parallelism` decides); the cgroup parsers are plain functions,
+//! compiled and unit-tested everywhere, used only on Linux.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::path::{Path, PathBuf};
 

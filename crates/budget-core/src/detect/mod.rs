@@ -420,7 +420,7 @@ fn machine_total(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> (usiz
         return (1, Source::AvailableParallelism);
     };
     let quota_cores = inputs.cgroup_quota.map(rounded_quota);
-    let below_mask = |n: usize| inputs.affinity.map_or(true, |a| n < a);
+    let below_mask = |n: usize| inputs.affinity.is_none_or(|a| n < a);
     let source = if quota_cores == Some(std_count) && below_mask(std_count) {
         Source::CgroupQuota
     } else if inputs.affinity == Some(std_count) {

@@ -17,6 +17,7 @@ use crate::token::{Grower, Supplier, Tokens};
 
 pub(crate) mod jobserver;
 pub mod node;
+mod sys;
 
 /// The environment variable that turns joining make's jobserver off: `0` (or
 /// `false`, `no`, `off`). On by default.
@@ -123,11 +124,7 @@ fn log_line(what: &str) {
             .ok()
     });
     if let Some(mut file) = log.as_ref() {
-        // SAFETY: timespec is plain data; clock_gettime fills it.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid clock id and a writable timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let ns = sys::monotonic_ns();
         let line = format!("{ns} {} {what}\n", std::process::id());
         // One write of one line with O_APPEND: lines of processes never interleave.
         let _ = std::io::Write::write_all(&mut file, line.as_bytes());

@@ -12,20 +12,32 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::sync::plain::Mutex;
 
+use super::sys::{self, Lock};
 use super::{is_off, ENV_NODE};
 
+/// Whether this OS has the node budget (Linux, macOS and other Unix: POSIX byte-range
+/// locks). Elsewhere (Windows) every function of this module returns an
+/// `ErrorKind::Unsupported` error and `BUDGET_NODE` is ignored with one warning.
+///
+/// # Examples
+///
+/// ```
+/// if !budget_core::node::SUPPORTED {
+///     assert!(budget_core::node::directory().is_err());
+/// }
+/// ```
+pub const SUPPORTED: bool = sys::NODE_SUPPORTED;
+
 /// The byte where token `i` is locked: `SLOTS_AT + i`, past the text header.
-const SLOTS_AT: i64 = 4096;
+const SLOTS_AT: u64 = 4096;
 /// The byte on which a process that waits for tokens holds a shared (read) lock, so
 /// holders see that someone waits and give surplus back at once.
-const WAIT_AT: i64 = SLOTS_AT - 1;
+const WAIT_AT: u64 = SLOTS_AT - 1;
 
 /// The directory of this user's node budget files: `$XDG_RUNTIME_DIR/budget`, else
 /// `/dev/shm/budget-$UID` (or the temp directory's), made with mode 0700.
@@ -41,25 +53,13 @@ const WAIT_AT: i64 = SLOTS_AT - 1;
 /// assert!(dir.is_dir());
 /// ```
 pub fn directory() -> io::Result<PathBuf> {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::uid();
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         Some(xdg) if xdg.is_absolute() && xdg.is_dir() => xdg.join("budget"),
         _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/budget-{uid}")),
         _ => std::env::temp_dir().join(format!("budget-{uid}")),
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::symlink_metadata(&dir)?;
-    if !meta.is_dir() || meta.uid() != uid {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is not a directory of this user", dir.display()),
-        ));
-    }
+    sys::private_dir(&dir)?;
     Ok(dir)
 }
 
@@ -83,13 +83,7 @@ pub fn create(path: &Path, tokens: usize) -> io::Result<usize> {
     if !path.exists() {
         let aside = path.with_extension(format!("tmp{}", std::process::id()));
         {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&aside)?;
+            let mut file = sys::create_private(&aside)?;
             write!(
                 file,
                 "budget-node 1\ntokens {tokens}\ncreator {}\n",
@@ -111,10 +105,8 @@ pub fn create(path: &Path, tokens: usize) -> io::Result<usize> {
 fn header(path: &Path) -> io::Result<(usize, Option<u32>)> {
     let file = shared_file(path)?;
     let mut text = vec![0u8; 256];
-    // SAFETY: `text` is a writable buffer of the length passed; pread does not move
-    // the shared file offset (nobody else uses it either).
-    let n = unsafe { libc::pread(file.as_raw_fd(), text.as_mut_ptr().cast(), text.len(), 0) };
-    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // At offset 0, without moving the shared file offset (nobody else uses it either).
+    let n = sys::read_at(file, &mut text, 0)?;
     let text = String::from_utf8_lossy(&text[..n]);
     let mut lines = text.lines();
     let bad = || {
@@ -149,11 +141,7 @@ fn shared_file(path: &Path) -> io::Result<&'static File> {
     if let Some((_, file)) = files.iter().find(|(p, _)| p == path) {
         return Ok(file);
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
+    let file = sys::open_shared(path)?;
     let file: &'static File = Box::leak(Box::new(file));
     files.push((path.to_path_buf(), file));
     Ok(file)
@@ -179,29 +167,26 @@ pub fn for_this_cpu_set() -> io::Result<PathBuf> {
     Ok(path)
 }
 
-/// The affinity mask as hex, lowest CPU first, trailing zero bytes dropped.
-fn affinity_key() -> String {
-    // SAFETY: cpu_set_t is a plain bit array; all-zeroes is a valid value.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is writable and we pass its exact size; pid 0 is this thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return "all".to_owned();
-    }
-    let mut bytes: Vec<u8> = (0..libc::CPU_SETSIZE as usize / 8)
+/// The key of an affinity mask (`cpus[i]`: CPU `i` is in it) in a file name: hex
+/// bytes, lowest CPU first, trailing zero bytes dropped (CPUs 0 and 1: `03`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux reads a mask
+pub(crate) fn mask_key(cpus: &[bool]) -> String {
+    let mut bytes: Vec<u8> = cpus
+        .chunks(8)
         .map(|byte| {
-            (0..8).fold(0u8, |acc, bit| {
-                // SAFETY: the index is below CPU_SETSIZE; `set` is initialised.
-                let on = unsafe { libc::CPU_ISSET(byte * 8 + bit, &set) };
-                acc | (u8::from(on) << bit)
-            })
+            byte.iter()
+                .enumerate()
+                .fold(0u8, |acc, (bit, &on)| acc | (u8::from(on) << bit))
         })
         .collect();
     while bytes.last() == Some(&0) {
         bytes.pop();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn affinity_key() -> String {
+    sys::affinity_key()
 }
 
 /// This process's membership in a node budget: the node tokens it holds, as locks.
@@ -276,7 +261,7 @@ impl Member {
             if slots.contains(&slot) {
                 continue;
             }
-            if lock(self.file, libc::F_WRLCK, SLOTS_AT + slot as i64).is_ok() {
+            if sys::lock(self.file, Lock::Exclusive, SLOTS_AT + slot as u64).is_ok() {
                 slots.push(slot);
                 got += 1;
             }
@@ -303,7 +288,7 @@ impl Member {
             if slots.contains(&slot) {
                 continue;
             }
-            if lock(self.file, libc::F_WRLCK, SLOTS_AT + slot as i64).is_ok() {
+            if sys::lock(self.file, Lock::Exclusive, SLOTS_AT + slot as u64).is_ok() {
                 slots.push(slot);
                 got += 1;
             }
@@ -319,7 +304,7 @@ impl Member {
         for _ in 0..n {
             let Some(slot) = slots.pop() else { break };
             // Unlocking a byte we hold cannot fail but for a bad descriptor.
-            let _ = lock(self.file, libc::F_UNLCK, SLOTS_AT + slot as i64);
+            let _ = sys::lock(self.file, Lock::Unlock, SLOTS_AT + slot as u64);
         }
     }
 
@@ -327,49 +312,15 @@ impl Member {
     /// give their surplus back without a linger.
     pub fn set_waiting(&self, waiting: bool) {
         if self.waiting.swap(waiting, Ordering::Relaxed) != waiting {
-            let kind = if waiting {
-                libc::F_RDLCK
-            } else {
-                libc::F_UNLCK
-            };
-            let _ = lock(self.file, kind, WAIT_AT);
+            let kind = if waiting { Lock::Shared } else { Lock::Unlock };
+            let _ = sys::lock(self.file, kind, WAIT_AT);
         }
     }
 
     /// Whether another process waits for node tokens.
     pub fn others_waiting(&self) -> bool {
-        holder(self.file, WAIT_AT).is_some()
+        sys::holder(self.file, WAIT_AT).is_some()
     }
-}
-
-/// `fcntl(F_SETLK)` of one byte: never waits.
-fn lock(file: &File, kind: i32, at: i64) -> io::Result<()> {
-    // SAFETY: flock is plain data; all-zeroes is valid and we set every field used.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = at as libc::off_t;
-    fl.l_len = 1;
-    // SAFETY: the descriptor is open (leaked, never closed) and `fl` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// The pid of another process holding a lock on byte `at`, by `F_GETLK`.
-fn holder(file: &File, at: i64) -> Option<u32> {
-    // SAFETY: as in `lock`.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = at as libc::off_t;
-    fl.l_len = 1;
-    // SAFETY: as in `lock`; F_GETLK writes the conflicting lock into `fl`.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid as u32)
 }
 
 /// A process holding node tokens, from [`inspect`].
@@ -422,7 +373,7 @@ pub fn inspect(path: &Path) -> io::Result<Report> {
     let (tokens, creator) = header(path)?;
     let mut holders: Vec<Holder> = Vec::new();
     for slot in 0..tokens {
-        if let Some(pid) = holder(file, SLOTS_AT + slot as i64) {
+        if let Some(pid) = sys::holder(file, SLOTS_AT + slot as u64) {
             match holders.iter_mut().find(|h| h.pid == pid) {
                 Some(h) => h.tokens += 1,
                 None => holders.push(Holder {
@@ -439,7 +390,7 @@ pub fn inspect(path: &Path) -> io::Result<Report> {
         tokens,
         creator,
         holders,
-        waiting: holder(file, WAIT_AT),
+        waiting: sys::holder(file, WAIT_AT),
     })
 }
 
@@ -506,5 +457,19 @@ pub(crate) fn from_env() -> Option<(Member, usize)> {
             ));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_key;
+
+    #[test]
+    fn mask_keys_name_cpu_sets() {
+        let cpus = |on: &[usize], n: usize| (0..n).map(|i| on.contains(&i)).collect::<Vec<_>>();
+        assert_eq!(mask_key(&cpus(&[0, 1], 1024)), "03");
+        assert_eq!(mask_key(&cpus(&[8], 1024)), "0001");
+        assert_eq!(mask_key(&cpus(&[0, 9, 15], 16)), "0182");
+        assert_eq!(mask_key(&cpus(&[], 64)), "");
     }
 }

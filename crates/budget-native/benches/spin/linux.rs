@@ -49,7 +49,6 @@
 //! spinning worker must share a CPU with one of them, so the ratio shows what the
 //! spin loop itself (`sched_yield` or not) gives back, apart from where the
 //! scheduler places the threads.
-#![allow(missing_docs)]
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::hint::black_box;
@@ -246,7 +245,14 @@ fn fp_work(iters: u64) -> f64 {
     x
 }
 
+/// Binds the calling thread to CPU `cpu` (the `--pin` diagnostic; Linux only).
+#[cfg(not(target_os = "linux"))]
+fn pin_to(_cpu: usize) {
+    panic!("--pin needs Linux's sched_setaffinity");
+}
+
 /// Binds the calling thread to CPU `cpu` (the `--pin` diagnostic).
+#[cfg(target_os = "linux")]
 fn pin_to(cpu: usize) {
     // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -535,7 +541,7 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn main() {
+pub(crate) fn main() {
     let args = parse_args();
     let iters = args.iters.unwrap_or_else(calibrate);
     if let Some(name) = args.child {

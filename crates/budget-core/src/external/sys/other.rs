@@ -1,0 +1,62 @@
+//! Systems without POSIX byte-range locks (Windows, and anything not Unix): the node
+//! budget is not supported; every call says so with `ErrorKind::Unsupported`, and a
+//! process asked to join one (`BUDGET_NODE`) warns once and keeps its own budget.
+//! Windows' `LockFileEx` locks (released by the kernel when a process dies) would fit
+//! the same protocol; they are not built yet.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use super::Lock;
+
+/// Whether this OS has the node budget.
+pub(crate) const NODE_SUPPORTED: bool = false;
+
+fn unsupported<T>() -> io::Result<T> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the node budget is not supported on this OS (it needs POSIX byte-range locks)",
+    ))
+}
+
+/// No user id here: 0 names the directory.
+pub(crate) fn uid() -> u32 {
+    0
+}
+
+pub(crate) fn private_dir(_dir: &Path) -> io::Result<()> {
+    unsupported()
+}
+
+pub(crate) fn create_private(_path: &Path) -> io::Result<File> {
+    unsupported()
+}
+
+pub(crate) fn open_shared(_path: &Path) -> io::Result<File> {
+    unsupported()
+}
+
+pub(crate) fn read_at(_file: &File, _buf: &mut [u8], _offset: u64) -> io::Result<usize> {
+    unsupported()
+}
+
+pub(crate) fn lock(_file: &File, _kind: Lock, _at: u64) -> io::Result<()> {
+    unsupported()
+}
+
+pub(crate) fn holder(_file: &File, _at: u64) -> Option<u32> {
+    None
+}
+
+pub(crate) fn affinity_key() -> String {
+    "all".to_owned()
+}
+
+/// Nanoseconds since the Unix epoch: comparable between processes, as the token
+/// log needs.
+pub(crate) fn monotonic_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
