@@ -3,7 +3,10 @@
 //! handles to a loaded object through which its symbols are resolved ([`Handle`]).
 //!
 //! On Linux this is `dl_iterate_phdr`, `dlopen(RTLD_NOLOAD)` and `dlsym` on that handle,
-//! as threadpoolctl does. Elsewhere nothing is ever found, so every control is a no-op.
+//! as threadpoolctl does; on macOS the loaded images come from dyld
+//! (`_dyld_image_count`, `_dyld_get_image_name`; compile-checked only, no macOS here)
+//! and the handles are the same POSIX calls. Elsewhere (Windows) nothing is ever
+//! found, so every control is a no-op.
 
 use std::ffi::c_void;
 use std::path::PathBuf;
@@ -15,7 +18,10 @@ use std::path::PathBuf;
 /// the process, so every function pointer resolved through it stays valid forever.
 #[derive(Debug)]
 pub(crate) struct Handle {
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_os = "linux", target_vendor = "apple")),
+        allow(dead_code)
+    )]
     raw: *mut c_void,
 }
 
@@ -25,14 +31,53 @@ unsafe impl Send for Handle {}
 // SAFETY: as above; `&Handle` only allows `dlsym`, which is thread-safe.
 unsafe impl Sync for Handle {}
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_vendor = "apple"))]
 mod imp {
     use super::Handle;
-    use std::ffi::{c_int, c_void, CStr, CString};
+    #[cfg(target_os = "linux")]
+    use std::ffi::c_int;
+    use std::ffi::{c_void, CStr, CString};
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
+    // dyld's image list (libSystem; `libc` marks its own declarations deprecated in
+    // favour of the `mach2` crate, a dependency for two functions).
+    #[cfg(target_vendor = "apple")]
+    extern "C" {
+        fn _dyld_image_count() -> u32;
+        fn _dyld_get_image_name(image_index: u32) -> *const std::ffi::c_char;
+    }
+
+    /// The number of images dyld has loaded, as the generation: a `dlclose` followed
+    /// by a `dlopen` of another image between two looks goes unseen (rare; the next
+    /// change of count rescans).
+    #[cfg(target_vendor = "apple")]
+    pub(crate) fn generation() -> (u64, u64) {
+        // SAFETY: no preconditions.
+        (u64::from(unsafe { _dyld_image_count() }), 0)
+    }
+
+    /// Every image dyld has loaded but the main program (image 0).
+    #[cfg(target_vendor = "apple")]
+    pub(crate) fn loaded_objects() -> Vec<PathBuf> {
+        // SAFETY: no preconditions.
+        let count = unsafe { _dyld_image_count() };
+        (1..count)
+            .filter_map(|i| {
+                // SAFETY: `i` is below the count; the name is null (an image unloaded
+                // meanwhile) or a NUL-terminated string owned by dyld, copied at once.
+                let name = unsafe { _dyld_get_image_name(i) };
+                (!name.is_null()).then(|| {
+                    // SAFETY: as above.
+                    let bytes = unsafe { CStr::from_ptr(name) }.to_bytes().to_vec();
+                    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+                })
+            })
+            .collect()
+    }
+
     /// `(dlpi_adds, dlpi_subs)`: how many objects were ever loaded and unloaded.
+    #[cfg(target_os = "linux")]
     pub(crate) fn generation() -> (u64, u64) {
         unsafe extern "C" fn first(
             info: *mut libc::dl_phdr_info,
@@ -59,6 +104,7 @@ mod imp {
         out
     }
 
+    #[cfg(target_os = "linux")]
     pub(crate) fn loaded_objects() -> Vec<PathBuf> {
         unsafe extern "C" fn push(
             info: *mut libc::dl_phdr_info,
@@ -133,7 +179,7 @@ mod imp {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
 mod imp {
     use super::Handle;
     use std::ffi::c_void;
