@@ -1,45 +1,101 @@
-//! `budget run`: a process tree under one node budget, also offered to it as a make
-//! jobserver; signals passed on to the command, its exit status passed back. Unix
-//! only (the node budget needs POSIX byte-range locks, the forwarding Unix signals);
-//! elsewhere it says so.
+//! `budget run`: a process tree under one node budget, its exit status passed back.
+//! The run itself is the same everywhere; what the OS adds is in `os`: on Unix the
+//! tree is also offered a make jobserver backed by the node's tokens, and the signals
+//! another process sends are passed on to the command; on Windows (compile-checked
+//! only) the node budget alone, and Ctrl-C reaches the console's whole group by
+//! itself.
 
-#[cfg(unix)]
-pub(crate) use unix::run;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
 
-/// `budget run` where the node budget is not built: says so (exit 125).
-#[cfg(not(unix))]
-pub(crate) fn run(_args: crate::RunArgs) -> std::process::ExitCode {
-    eprintln!(
-        "budget run: not supported on this OS (the node budget needs POSIX byte-range \
-         locks; see the README's platform table)"
-    );
-    std::process::ExitCode::from(125)
+use budget_core::node;
+
+use crate::{machine_budget, RunArgs};
+
+/// The variables `--static-env` sets.
+const STATIC_VARS: [&str; 7] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
+
+/// Runs `args.command` under a node budget of `-j` tokens (the machine's budget by
+/// default); returns its exit status (125: no node budget, 126: cannot run, 127: not
+/// found, 128 + n: killed by signal n).
+pub(crate) fn run(args: RunArgs) -> ExitCode {
+    if !node::SUPPORTED {
+        eprintln!("budget run: not supported on this OS (no crash-released file locks)");
+        return ExitCode::from(125);
+    }
+    let tokens = args.jobs.unwrap_or_else(|| machine_budget().total);
+    let path = match make_node(tokens) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("budget: cannot make the node budget file: {error}");
+            return ExitCode::from(125);
+        }
+    };
+    let program = &args.command[0];
+    let mut cmd = Command::new(program);
+    cmd.args(&args.command[1..]);
+    cmd.env(budget_core::ENV_NODE, &path);
+    if let Some(k) = args.static_env {
+        for var in STATIC_VARS {
+            cmd.env(var, k.to_string());
+        }
+    }
+    os::offer_jobserver(&path, tokens, &mut cmd);
+    os::install_forwarding();
+    let status = match cmd.spawn() {
+        Ok(mut child) => {
+            os::note_child(child.id());
+            child.wait()
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&path);
+            let name = program.to_string_lossy();
+            return if error.kind() == std::io::ErrorKind::NotFound {
+                eprintln!("budget: {name}: command not found");
+                ExitCode::from(127)
+            } else {
+                eprintln!("budget: cannot run {name}: {error}");
+                ExitCode::from(126)
+            };
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    match status {
+        Ok(status) => os::exit_code(status),
+        Err(error) => {
+            eprintln!("budget: waiting for the command failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A node budget file of `tokens` for this run, named by our pid.
+fn make_node(tokens: usize) -> std::io::Result<PathBuf> {
+    let path = node::directory()?.join(format!("run-{}.node", std::process::id()));
+    let _ = std::fs::remove_file(&path); // a stale one of a dead run with our pid
+    node::create(&path, tokens)?;
+    Ok(path)
 }
 
 #[cfg(unix)]
-mod unix {
+mod os {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::ExitStatusExt;
-    use std::path::{Path, PathBuf};
-    use std::process::{Command, ExitCode};
+    use std::path::Path;
+    use std::process::{Command, ExitCode, ExitStatus};
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::time::Duration;
 
     use budget_core::node;
-
-    use crate::{machine_budget, RunArgs};
-
-    /// The variables `--static-env` sets.
-    const STATIC_VARS: [&str; 7] = [
-        "OMP_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "BLIS_NUM_THREADS",
-        "VECLIB_MAXIMUM_THREADS",
-        "NUMEXPR_NUM_THREADS",
-        "RAYON_NUM_THREADS",
-    ];
 
     /// The pid of the command `budget run` waits for, for the signal handler.
     static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -56,7 +112,7 @@ mod unix {
         }
     }
 
-    fn install_forwarding() {
+    pub(super) fn install_forwarding() {
         for signal in [libc::SIGINT, libc::SIGTERM] {
             // SAFETY: sigaction is plain data; all-zeroes is a valid start.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -67,68 +123,28 @@ mod unix {
         }
     }
 
-    pub(crate) fn run(args: RunArgs) -> ExitCode {
-        let tokens = args.jobs.unwrap_or_else(|| machine_budget().total);
-        let path = match make_node(tokens) {
-            Ok(path) => path,
-            Err(error) => {
-                eprintln!("budget: cannot make the node budget file: {error}");
-                return ExitCode::from(125);
-            }
-        };
-        let program = &args.command[0];
-        let mut cmd = Command::new(program);
-        cmd.args(&args.command[1..]);
-        cmd.env(budget_core::ENV_NODE, &path);
-        if let Some(k) = args.static_env {
-            for var in STATIC_VARS {
-                cmd.env(var, k.to_string());
-            }
+    /// The command's pid, for the signal handler.
+    pub(super) fn note_child(pid: u32) {
+        CHILD.store(pid as i32, Ordering::SeqCst);
+    }
+
+    /// The command's exit code, or 128 + the signal that killed it.
+    pub(super) fn exit_code(status: ExitStatus) -> ExitCode {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitCode::from(code as u8),
+            (None, Some(signal)) => ExitCode::from((128 + signal) as u8),
+            (None, None) => ExitCode::FAILURE,
         }
-        match jobserver_bridge(&path, tokens) {
-            Ok(client) => client.configure_make(&mut cmd),
+    }
+
+    /// Offers the tree a make jobserver backed by the node's tokens.
+    pub(super) fn offer_jobserver(path: &Path, tokens: usize, cmd: &mut Command) {
+        match jobserver_bridge(path, tokens) {
+            Ok(client) => client.configure_make(cmd),
             Err(error) => {
                 eprintln!("budget: no jobserver for the tree ({error}); going on without")
             }
         }
-        install_forwarding();
-        let status = match cmd.spawn() {
-            Ok(mut child) => {
-                CHILD.store(child.id() as i32, Ordering::SeqCst);
-                child.wait()
-            }
-            Err(error) => {
-                let _ = std::fs::remove_file(&path);
-                let name = program.to_string_lossy();
-                return if error.kind() == std::io::ErrorKind::NotFound {
-                    eprintln!("budget: {name}: command not found");
-                    ExitCode::from(127)
-                } else {
-                    eprintln!("budget: cannot run {name}: {error}");
-                    ExitCode::from(126)
-                };
-            }
-        };
-        let _ = std::fs::remove_file(&path);
-        match status {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => ExitCode::from(code as u8),
-                (None, Some(signal)) => ExitCode::from((128 + signal) as u8),
-                (None, None) => ExitCode::FAILURE,
-            },
-            Err(error) => {
-                eprintln!("budget: waiting for the command failed: {error}");
-                ExitCode::FAILURE
-            }
-        }
-    }
-
-    /// A node budget file of `tokens` for this run, named by our pid.
-    fn make_node(tokens: usize) -> std::io::Result<PathBuf> {
-        let path = node::directory()?.join(format!("run-{}.node", std::process::id()));
-        let _ = std::fs::remove_file(&path); // a stale one of a dead run with our pid
-        node::create(&path, tokens)?;
-        Ok(path)
     }
 
     /// The jobserver offered to the tree: a pipe, empty at first. A thread of ours
@@ -188,6 +204,29 @@ mod unix {
             _ => Err(std::io::Error::other(format!(
                 "unexpected jobserver {auth:?}"
             ))),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod os {
+    use std::path::Path;
+    use std::process::{Command, ExitCode, ExitStatus};
+
+    /// No jobserver bridge here (it reads its pipe through `/proc`): the tree shares
+    /// the node budget only.
+    pub(super) fn offer_jobserver(_path: &Path, _tokens: usize, _cmd: &mut Command) {}
+
+    /// Nothing to forward: Ctrl-C reaches the console's whole process group.
+    pub(super) fn install_forwarding() {}
+
+    pub(super) fn note_child(_pid: u32) {}
+
+    /// The command's exit code.
+    pub(super) fn exit_code(status: ExitStatus) -> ExitCode {
+        match status.code() {
+            Some(code) => ExitCode::from(code as u8),
+            None => ExitCode::FAILURE,
         }
     }
 }

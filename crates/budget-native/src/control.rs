@@ -67,18 +67,24 @@ pub(crate) struct Entry {
     _handle: Option<Handle>,
 }
 
-/// The family a loaded object's file name says it is, as threadpoolctl matches them.
+/// The family a loaded object's file name says it is, as threadpoolctl matches them:
+/// Linux's `.so`, macOS's `.dylib` (Homebrew's `libomp`, `libopenblas`) and Windows'
+/// DLLs (`openblas.dll`, `mkl_rt.2.dll`, MSVC's OpenMP `vcomp140.dll`, `libiomp5md`),
+/// whose names are matched without regard to case.
 pub(crate) fn family_of(path: &Path) -> Option<Family> {
-    let name = path.file_name()?.to_str()?;
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
     const PREFIXES: &[(&str, Family)] = &[
         ("libopenblas", Family::OpenBlas),
         ("libscipy_openblas", Family::OpenBlas),
+        ("openblas", Family::OpenBlas),
         ("libblis", Family::Blis),
         ("libmkl_rt", Family::Mkl),
+        ("mkl_rt", Family::Mkl),
         ("libflexiblas", Family::FlexiBlas),
         ("libgomp", Family::OpenMp),
         ("libomp", Family::OpenMp),
         ("libiomp", Family::OpenMp),
+        ("vcomp", Family::OpenMp),
     ];
     PREFIXES
         .iter()
@@ -450,4 +456,40 @@ fn openblas_spin_window() -> std::time::Duration {
         .filter(|&e| e > 0)
         .map_or(28, |e| e.clamp(4, 30));
     std::time::Duration::from_nanos((1u64 << exp) / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{family_of, Family};
+    use std::path::Path;
+
+    #[test]
+    fn file_names_of_each_os_name_their_family() {
+        let f = |name: &str| family_of(Path::new(name));
+        // Linux
+        assert_eq!(
+            f("/usr/lib/x86_64-linux-gnu/libgomp.so.1"),
+            Some(Family::OpenMp)
+        );
+        assert_eq!(
+            f("libscipy_openblas64_-ff651d7f.so"),
+            Some(Family::OpenBlas)
+        );
+        // macOS (Homebrew)
+        assert_eq!(
+            f("/opt/homebrew/opt/libomp/lib/libomp.dylib"),
+            Some(Family::OpenMp)
+        );
+        assert_eq!(f("libopenblas.0.dylib"), Some(Family::OpenBlas));
+        // Windows (bare names: a backslashed path is one file name on Unix)
+        assert_eq!(f("libscipy_openblas64_-abc.dll"), Some(Family::OpenBlas));
+        assert_eq!(f("OPENBLAS.DLL"), Some(Family::OpenBlas));
+        assert_eq!(f("mkl_rt.2.dll"), Some(Family::Mkl));
+        assert_eq!(f("VCOMP140.DLL"), Some(Family::OpenMp));
+        assert_eq!(f("libiomp5md.dll"), Some(Family::OpenMp));
+        // Not ours
+        assert_eq!(f("libc.so.6"), None);
+        assert_eq!(f("kernel32.dll"), None);
+        assert_eq!(f("libSystem.B.dylib"), None);
+    }
 }

@@ -5,8 +5,10 @@
 //! On Linux this is `dl_iterate_phdr`, `dlopen(RTLD_NOLOAD)` and `dlsym` on that handle,
 //! as threadpoolctl does; on macOS the loaded images come from dyld
 //! (`_dyld_image_count`, `_dyld_get_image_name`; compile-checked only, no macOS here)
-//! and the handles are the same POSIX calls. Elsewhere (Windows) nothing is ever
-//! found, so every control is a no-op.
+//! and the handles are the same POSIX calls. On Windows the loaded modules
+//! (`K32EnumProcessModules`, `GetModuleFileNameW`), a reference taken with
+//! `GetModuleHandleExW` and symbols from `GetProcAddress` (compile-checked only).
+//! Elsewhere nothing is ever found, so every control is a no-op.
 
 use std::ffi::c_void;
 use std::path::PathBuf;
@@ -179,7 +181,108 @@ mod imp {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+#[cfg(windows)]
+mod imp {
+    use super::Handle;
+    use std::ffi::{c_void, CString, OsString};
+    use std::os::windows::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use windows_sys::Win32::Foundation::HMODULE;
+    use windows_sys::Win32::System::LibraryLoader::{
+        GetModuleFileNameW, GetModuleHandleExW, GetProcAddress,
+        GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS, GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+    };
+    use windows_sys::Win32::System::ProcessStatus::K32EnumProcessModules;
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+
+    /// The modules of this process, the program first.
+    fn modules() -> Vec<HMODULE> {
+        // SAFETY: a pseudo-handle for this process; no preconditions.
+        let process = unsafe { GetCurrentProcess() };
+        let mut mods: Vec<HMODULE> = vec![std::ptr::null_mut(); 256];
+        loop {
+            let mut needed = 0u32;
+            let bytes = std::mem::size_of_val(mods.as_slice()) as u32;
+            // SAFETY: `mods` is writable for `bytes` bytes; `needed` is writable.
+            let ok =
+                unsafe { K32EnumProcessModules(process, mods.as_mut_ptr(), bytes, &mut needed) };
+            if ok == 0 {
+                return Vec::new();
+            }
+            let n = needed as usize / std::mem::size_of::<HMODULE>();
+            if n <= mods.len() {
+                mods.truncate(n);
+                return mods;
+            }
+            mods.resize(n, std::ptr::null_mut());
+        }
+    }
+
+    /// The module count, as the generation: an unload followed by a load between two
+    /// looks goes unseen (rare; the next change of count rescans).
+    pub(crate) fn generation() -> (u64, u64) {
+        (modules().len() as u64, 0)
+    }
+
+    fn file_name(module: HMODULE) -> Option<PathBuf> {
+        let mut buf = vec![0u16; 2048];
+        // SAFETY: `module` came from K32EnumProcessModules; `buf` is writable for the
+        // length passed.
+        let n = unsafe { GetModuleFileNameW(module, buf.as_mut_ptr(), buf.len() as u32) };
+        (n > 0).then(|| PathBuf::from(OsString::from_wide(&buf[..n as usize])))
+    }
+
+    /// Every loaded module but the program.
+    pub(crate) fn loaded_objects() -> Vec<PathBuf> {
+        modules()
+            .into_iter()
+            .skip(1)
+            .filter_map(file_name)
+            .collect()
+    }
+
+    impl Handle {
+        /// A handle to `path` if (and only if) it is loaded already; the reference it
+        /// takes is never released, so the module stays mapped.
+        pub(crate) fn open_loaded(path: &Path) -> Option<Handle> {
+            let wide: Vec<u16> = path.as_os_str().encode_wide().chain(Some(0)).collect();
+            let mut module: HMODULE = std::ptr::null_mut();
+            // SAFETY: a NUL-terminated wide string and a writable HMODULE; flags 0
+            // takes a reference on a module already loaded and loads nothing.
+            let ok = unsafe { GetModuleHandleExW(0, wide.as_ptr(), &mut module) };
+            (ok != 0 && !module.is_null()).then_some(Handle { raw: module })
+        }
+
+        /// The address of the export `name` of this module, or `None`.
+        pub(crate) fn symbol(&self, name: &str) -> Option<*mut c_void> {
+            let c = CString::new(name).ok()?;
+            // SAFETY: a module handle we hold a reference on and a NUL-terminated name.
+            let f = unsafe { GetProcAddress(self.raw, c.as_ptr().cast()) }?;
+            Some(f as *mut c_void)
+        }
+
+        /// Like [`Handle::symbol`], but only if the code is in this very module (an
+        /// export forwarded to another DLL does not count).
+        pub(crate) fn own_symbol(&self, name: &str, _path: &Path) -> Option<*mut c_void> {
+            let p = self.symbol(name)?;
+            let mut owner: HMODULE = std::ptr::null_mut();
+            // SAFETY: `p` is an address inside a loaded module; with FROM_ADDRESS the
+            // "name" argument is that address; UNCHANGED_REFCOUNT takes no reference.
+            let ok = unsafe {
+                GetModuleHandleExW(
+                    GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS
+                        | GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                    p as *const u16,
+                    &mut owner,
+                )
+            };
+            (ok != 0 && owner == self.raw).then_some(p)
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
 mod imp {
     use super::Handle;
     use std::ffi::c_void;

@@ -3,7 +3,9 @@
 //! token. The kernel drops a process's locks when it dies, so a crash leaks no
 //! token; `F_GETLK` names the holder's pid, so `budget info` can list who holds
 //! what. Why this lock kind and not `flock` or open-file-description locks is in
-//! `README.md` beside this file.
+//! `README.md` beside this file. On Windows the same bytes are locked with
+//! `LockFileEx` (also released by the kernel when a process ends; no holder pid):
+//! the OS calls are in `sys/`.
 //!
 //! One rule comes with it: a process's POSIX locks on a file all go when the process
 //! closes *any* descriptor of that file. So each file is opened once per process,
@@ -20,8 +22,8 @@ use crate::sync::plain::Mutex;
 use super::sys::{self, Lock};
 use super::{is_off, ENV_NODE};
 
-/// Whether this OS has the node budget (Linux, macOS and other Unix: POSIX byte-range
-/// locks). Elsewhere (Windows) every function of this module returns an
+/// Whether this OS has the node budget (Unix: POSIX byte-range locks; Windows:
+/// `LockFileEx`). Elsewhere every function of this module returns an
 /// `ErrorKind::Unsupported` error and `BUDGET_NODE` is ignored with one warning.
 ///
 /// # Examples
@@ -313,12 +315,21 @@ impl Member {
     pub fn set_waiting(&self, waiting: bool) {
         if self.waiting.swap(waiting, Ordering::Relaxed) != waiting {
             let kind = if waiting { Lock::Shared } else { Lock::Unlock };
-            let _ = sys::lock(self.file, kind, WAIT_AT);
+            if sys::lock(self.file, kind, WAIT_AT).is_err() && waiting {
+                // Not said (on Windows a holder may be probing the byte this very
+                // moment): say it again at the next call.
+                self.waiting.store(false, Ordering::Relaxed);
+            }
         }
     }
 
     /// Whether another process waits for node tokens.
     pub fn others_waiting(&self) -> bool {
+        if sys::HOLDER_SEES_OWN && self.waiting.load(Ordering::Relaxed) {
+            // Our own shared lock hides the others' (Windows): we wait ourselves, so
+            // there is no surplus to give back early anyway.
+            return false;
+        }
         sys::holder(self.file, WAIT_AT).is_some()
     }
 }

@@ -6,16 +6,22 @@
 //! | OS | node budget | why |
 //! |---|---|---|
 //! | Linux, macOS and other Unix | yes: classic POSIX `fcntl` locks | the kernel drops a dead process's locks |
-//! | Windows and others | not supported (an `Unsupported` error, said once) | `LockFileEx` would do; not built yet |
+//! | Windows | yes: `LockFileEx` (compile-checked only) | the kernel drops a dead process's locks; no holder pid |
+//! | others | not supported (an `Unsupported` error, said once) | no crash-released lock known |
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;
+
+#[cfg(not(any(unix, windows)))]
 mod other;
-#[cfg(not(unix))]
+#[cfg(not(any(unix, windows)))]
 pub(crate) use other::*;
 
 /// What a byte-range lock call does.

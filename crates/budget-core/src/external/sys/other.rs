@@ -1,14 +1,15 @@
-//! Systems without POSIX byte-range locks (Windows, and anything not Unix): the node
+//! Systems with neither POSIX nor Windows byte-range locks: the node
 //! budget is not supported; every call says so with `ErrorKind::Unsupported`, and a
 //! process asked to join one (`BUDGET_NODE`) warns once and keeps its own budget.
-//! Windows' `LockFileEx` locks (released by the kernel when a process dies) would fit
-//! the same protocol; they are not built yet.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
 
 use super::Lock;
+
+/// Whether [`holder`] also sees this process's own locks (POSIX `F_GETLK` does not).
+pub(crate) const HOLDER_SEES_OWN: bool = false;
 
 /// Whether this OS has the node budget.
 pub(crate) const NODE_SUPPORTED: bool = false;

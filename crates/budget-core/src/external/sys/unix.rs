@@ -9,6 +9,9 @@ use std::path::Path;
 
 use super::Lock;
 
+/// Whether [`holder`] also sees this process's own locks (POSIX `F_GETLK` does not).
+pub(crate) const HOLDER_SEES_OWN: bool = false;
+
 /// Whether this OS has the node budget.
 pub(crate) const NODE_SUPPORTED: bool = true;
 
