@@ -55,6 +55,11 @@ pub use budget_core::{
     Lease, RegionThread, Scope, Source, Stats, ENV_NUM_THREADS, MAX_THREADS,
 };
 
+/// Sharing the budget with other processes: the outside budget this process joined
+/// ([`joined`], [`Joined`]), the tokens it holds ([`held_tokens`]), the node budget's
+/// files and members ([`node`]), and the variables that steer them.
+pub use budget_core::{held_tokens, joined, node, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG};
+
 /// Hooks for integrations (code that runs a region's work on threads of its own):
 /// [`ScopeHooks`](integration::ScopeHooks), [`RegionThread`], [`Lease`].
 /// Applications do not need them.

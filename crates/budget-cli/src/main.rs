@@ -60,7 +60,7 @@ pub(crate) struct RunArgs {
     #[arg(long = "static-env", value_name = "K", value_parser = parse_jobs)]
     static_env: Option<usize>,
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(required = true, trailing_var_arg = true)]
     command: Vec<OsString>,
 }
 

@@ -40,6 +40,9 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         }
     };
     let program = &args.command[0];
+    if let Some(hint) = make_jobs_hint(&args.command) {
+        eprintln!("{hint}");
+    }
     let mut cmd = Command::new(program);
     cmd.args(&args.command[1..]);
     cmd.env(budget_core::ENV_NODE, &path);
@@ -75,6 +78,33 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A one-line hint when CMD is make given its own job count (`make -j4`, `-j 4`,
+/// `--jobs=4`): that count, not the budget, bounds its recipes.
+fn make_jobs_hint(command: &[std::ffi::OsString]) -> Option<String> {
+    let name = std::path::Path::new(command.first()?)
+        .file_name()?
+        .to_str()?;
+    if !matches!(name, "make" | "gmake") {
+        return None;
+    }
+    let args: Vec<&str> = command[1..].iter().filter_map(|a| a.to_str()).collect();
+    let jobs = args.iter().enumerate().find_map(|(i, a)| {
+        let n = a
+            .strip_prefix("--jobs=")
+            .or_else(|| a.strip_prefix("-j").filter(|n| !n.is_empty()))
+            .or_else(|| {
+                matches!(*a, "-j" | "--jobs")
+                    .then(|| args.get(i + 1).copied())
+                    .flatten()
+            })?;
+        n.parse::<usize>().ok()
+    })?;
+    Some(format!(
+        "budget: `{name} -j{jobs}` runs up to {jobs} recipes at once whatever the budget; \
+         under budget run give make no -j (it takes the budget's jobserver from MAKEFLAGS)"
+    ))
 }
 
 /// A node budget file of `tokens` for this run, named by our pid.
@@ -227,6 +257,37 @@ mod os {
         match status.code() {
             Some(code) => ExitCode::from(code as u8),
             None => ExitCode::FAILURE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::make_jobs_hint;
+
+    fn hint(args: &[&str]) -> Option<String> {
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        make_jobs_hint(&args)
+    }
+
+    #[test]
+    fn make_given_its_own_job_count_gets_a_hint() {
+        for args in [
+            &["make", "-j4"][..],
+            &["make", "-j", "4"],
+            &["/usr/bin/make", "--jobs=4", "all"],
+            &["gmake", "-C", "dir", "--jobs", "4"],
+        ] {
+            let h = hint(args).unwrap_or_else(|| panic!("no hint for {args:?}"));
+            assert!(h.contains("-j4") && h.contains("4 recipes"), "{h}");
+        }
+        for args in [
+            &["make"][..],
+            &["make", "all"],
+            &["make", "-j"],
+            &["cargo", "-j4"],
+        ] {
+            assert_eq!(hint(args), None, "{args:?}");
         }
     }
 }

@@ -316,3 +316,39 @@ fn make_inside_budget_run_uses_the_node_budget() {
     );
     assert!(peak_sum(&lines, "ext") <= 2);
 }
+
+/// `-jN`, `-j N`, `--jobs N` and `--jobs=N`, as make and cargo take them; a make
+/// given its own `-j` under `budget run` gets a one-line hint.
+#[test]
+fn budget_run_takes_the_job_count_as_make_and_cargo_do() {
+    watchdog(240);
+    let _serial = serial();
+    for form in [&["-j3"][..], &["-j", "3"], &["--jobs", "3"], &["--jobs=3"]] {
+        let out = budget()
+            .arg("run")
+            .args(form)
+            .args(["--", "sh", "-c", "cat \"$BUDGET_NODE\""])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{form:?}: {out:?}");
+        assert!(
+            text.contains("tokens 3"),
+            "{form:?}: the node has 3 tokens: {text}"
+        );
+    }
+    make_available();
+    let out = budget()
+        .args(["run", "-j", "2", "--", "make", "-j4", "--version"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("runs up to 4 recipes"))
+            .count(),
+        1,
+        "one hint: {err}"
+    );
+}

@@ -1,9 +1,28 @@
 //! [`Builder`]: setting the budget explicitly before its first use.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use crate::detect::{Source, MAX_THREADS};
 use crate::registry;
+
+/// Names a worker thread from its index.
+type ThreadName = Arc<dyn Fn(usize) -> String + Send + Sync>;
+
+/// How worker threads are started: budget's own and those of the rayon pools
+/// budget-rayon leases. Set once, by the builder that started the budget.
+#[derive(Clone, Default)]
+pub(crate) struct ThreadSettings {
+    pub(crate) stack_size: Option<usize>,
+    pub(crate) name: Option<ThreadName>,
+}
+
+static THREADS: OnceLock<ThreadSettings> = OnceLock::new();
+
+/// The worker thread settings in force (the defaults if no builder set them).
+pub(crate) fn thread_settings() -> ThreadSettings {
+    THREADS.get().cloned().unwrap_or_default()
+}
 
 /// Configures the process-wide budget before anything uses it.
 ///
@@ -22,9 +41,20 @@ use crate::registry;
 ///     Err(other) => panic!("{other}"),
 /// }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Builder {
     num_threads: Option<usize>,
+    threads: ThreadSettings,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("num_threads", &self.num_threads)
+            .field("stack_size", &self.threads.stack_size)
+            .field("thread_name", &self.threads.name.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
 }
 
 impl Builder {
@@ -55,6 +85,37 @@ impl Builder {
         self
     }
 
+    /// Sets the stack size, in bytes, of the worker threads budget starts: its own
+    /// pool's and the rayon pools' that regions lease (as
+    /// `rayon::ThreadPoolBuilder::stack_size`). Default: std's (2 MiB, or
+    /// `RUST_MIN_STACK`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = budget_core::Builder::new().stack_size(8 << 20);
+    /// # drop(builder);
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.threads.stack_size = Some(bytes);
+        self
+    }
+
+    /// Names the worker threads budget starts, from their index in their pool (as
+    /// `rayon::ThreadPoolBuilder::thread_name`). Default: `budget-worker-{i}` and
+    /// `budget-rayon-{width}-{i}`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = budget_core::Builder::new().thread_name(|i| format!("solver-{i}"));
+    /// # drop(builder);
+    /// ```
+    pub fn thread_name(mut self, name: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
+        self.threads.name = Some(Arc::new(name));
+        self
+    }
+
     /// Starts the process-wide budget with these settings.
     ///
     /// # Errors
@@ -76,6 +137,12 @@ impl Builder {
             Some(n) => (n, Source::Builder),
             None => crate::detect::configured_total_and_source(),
         };
+        // Before the registry exists, so its first worker starts with them; a second
+        // builder (refused below) changes nothing.
+        let fresh = THREADS.get().is_none() && !registry::started();
+        if fresh {
+            let _ = THREADS.set(self.threads);
+        }
         registry::install(Some(total))?;
         crate::detect::record_build(total, source);
         Ok(())

@@ -143,3 +143,30 @@ pub fn hold_for_spinners(tokens: usize, window: std::time::Duration) {
         .tokens
         .hold_outside(tokens, std::time::Instant::now() + window);
 }
+
+/// The stack size set by [`Builder::stack_size`](crate::Builder::stack_size), for
+/// integrations that start worker threads of their own (budget-rayon's pools).
+///
+/// # Examples
+///
+/// ```
+/// let _bytes: Option<usize> = budget_core::integration::worker_stack_size();
+/// ```
+pub fn worker_stack_size() -> Option<usize> {
+    crate::builder::thread_settings().stack_size
+}
+
+/// The name [`Builder::thread_name`](crate::Builder::thread_name) gives the worker
+/// thread of index `index`, if a name was set, for integrations that start worker
+/// threads of their own.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(budget_core::integration::worker_thread_name(0), None); // none set here
+/// ```
+pub fn worker_thread_name(index: usize) -> Option<String> {
+    crate::builder::thread_settings()
+        .name
+        .map(|name| name(index))
+}

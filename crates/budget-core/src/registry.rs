@@ -55,6 +55,12 @@ pub(crate) fn global() -> &'static Registry {
     install(None).unwrap_or_else(|_| unreachable!("install(None) does not fail"))
 }
 
+/// Whether a registry was ever installed in this process (or the parent it was
+/// forked from).
+pub(crate) fn started() -> bool {
+    !GLOBAL.load(Ordering::Acquire).is_null()
+}
+
 /// Installs a registry of `total` tokens (the configured total when `None`).
 /// With `Some`, fails if a registry of this process is already running.
 pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildError> {
@@ -187,9 +193,15 @@ impl Registry {
         };
         if spawn {
             let index = self.threads.load(Ordering::Relaxed);
-            let started = std::thread::Builder::new()
-                .name(format!("budget-worker-{index}"))
-                .spawn(move || self.worker_main());
+            let settings = crate::builder::thread_settings();
+            let name = settings
+                .name
+                .map_or_else(|| format!("budget-worker-{index}"), |name| name(index));
+            let mut thread = std::thread::Builder::new().name(name);
+            if let Some(bytes) = settings.stack_size {
+                thread = thread.stack_size(bytes);
+            }
+            let started = thread.spawn(move || self.worker_main());
             if let Err(error) = started {
                 // The request stays queued; the region's own thread runs its tasks.
                 self.threads.fetch_sub(1, Ordering::Relaxed);

@@ -219,6 +219,37 @@ fn child() {
             );
             println!("TOTAL={}", budget_core::stats().total);
         }
+        "builder_threads" => {
+            assert_eq!(
+                budget_core::Builder::new()
+                    .num_threads(2)
+                    .stack_size(6 << 20)
+                    .thread_name(|i| format!("solver-{i}"))
+                    .build_global(),
+                Ok(())
+            );
+            // Two tasks that wait for each other: one runs on a worker thread.
+            let barrier = Barrier::new(2);
+            let names = std::sync::Mutex::new(Vec::new());
+            budget_core::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|_| {
+                        barrier.wait();
+                        let me = std::thread::current();
+                        names
+                            .lock()
+                            .unwrap()
+                            .push((me.name().unwrap_or("").to_owned(), stack_size()));
+                    });
+                }
+            });
+            for (name, stack) in names.into_inner().unwrap() {
+                if name.starts_with("solver-") {
+                    println!("WORKER={name}");
+                    println!("STACK={stack}");
+                }
+            }
+        }
         other => panic!("unknown {MODE} {other:?}"),
     }
 }
@@ -416,5 +447,44 @@ fn slurm_cpus_per_task_is_not_used_under_a_cpuset() {
     if machine.online.is_some_and(|n| n > 1) {
         assert_eq!(child.word("SOURCE"), "affinity", "{}", child.describe());
         child.says("1 (not used");
+    }
+}
+
+/// The calling thread's stack size in bytes (0 where it cannot be read).
+fn stack_size() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pthread_attr_t is plain data; pthread_getattr_np fills it for the
+        // calling thread, and it is destroyed after one read.
+        unsafe {
+            let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+                return 0;
+            }
+            let mut size = 0;
+            libc::pthread_attr_getstacksize(&attr, &mut size);
+            libc::pthread_attr_destroy(&mut attr);
+            size
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// `Builder::stack_size` and `thread_name` apply to budget's worker threads.
+#[test]
+fn builder_names_and_sizes_worker_threads() {
+    let child = run_child("builder_threads", None, &[]);
+    assert!(
+        child.after("WORKER").starts_with("solver-"),
+        "{}",
+        child.describe()
+    );
+    if cfg!(target_os = "linux") {
+        assert!(
+            child.value("STACK") >= 6 << 20,
+            "a stack of 6 MiB at least: {}",
+            child.describe()
+        );
     }
 }

@@ -262,9 +262,16 @@ impl Drop for PoolLease {
 fn build(cache: &Cache, capacity: usize) -> Arc<Pool> {
     let region = Arc::new(AtomicUsize::new(0));
     let mark = region.clone();
-    let threads = rayon::ThreadPoolBuilder::new()
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(bytes) = budget_core::integration::worker_stack_size() {
+        builder = builder.stack_size(bytes);
+    }
+    let threads = builder
         .num_threads(capacity)
-        .thread_name(move |i| format!("budget-rayon-{capacity}-{i}"))
+        .thread_name(move |i| {
+            budget_core::integration::worker_thread_name(i)
+                .unwrap_or_else(|| format!("budget-rayon-{capacity}-{i}"))
+        })
         .start_handler(move |_| {
             ON_POOL.with(|c| {
                 c.get_or_init(|| mark.clone());
