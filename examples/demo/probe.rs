@@ -142,11 +142,17 @@ struct Sampler {
 }
 
 impl Sampler {
+    /// Starts sampling; returns once the sampler runs, so that its first look falls
+    /// inside the strategy's run (a short run on a busy machine could otherwise end
+    /// before the sampler's thread was first scheduled).
     fn start() -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let ready = Arc::new(std::sync::Barrier::new(2));
+        let go = Arc::clone(&ready);
         let handle = thread::spawn(move || {
             let me = own_tid();
+            go.wait();
             let mut peak = None;
             loop {
                 if let Some(n) = busy_threads(&me) {
@@ -158,12 +164,15 @@ impl Sampler {
                 thread::sleep(Duration::from_millis(1));
             }
         });
+        ready.wait();
         Sampler { stop, handle }
     }
 
+    /// The most threads seen running at once; `None` when no look saw any (the run
+    /// was over between two looks): a running strategy has at least its own thread.
     fn stop(self) -> Option<usize> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().ok().flatten()
+        self.handle.join().ok().flatten().filter(|&n| n > 0)
     }
 }
 

@@ -277,10 +277,15 @@ pub(crate) fn verdict(names: &[&str], rows: &[Row]) -> String {
             .filter(|r| r.strategy == "budget" && r.call == Some(c))
             .count()
     };
+    let near_ideal = if eligible == 0 {
+        "no scenario has its best static setting within 1.1× of ideal".to_owned()
+    } else {
+        format!("{near_ideal} of {eligible} scenarios")
+    };
     format!(
         "budget fastest or within 5% of the fastest (medians): {near_fastest} of {ran} scenarios\n\
          budget within 1.15× of ideal where the best static setting is within 1.1×: \
-         {near_ideal} of {eligible} scenarios\n\
+         {near_ideal}\n\
          budget against the best static setting, round by round: faster in every round in {}, \
          slower in every round in {}, too close to call in {} of {ran} scenarios",
         calls(Call::Budget),

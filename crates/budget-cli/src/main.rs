@@ -52,12 +52,23 @@ enum Cmd {
 #[derive(clap::Args)]
 pub(crate) struct RunArgs {
     /// Tokens for the whole tree (default: this machine's budget).
-    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        value_parser = parse_jobs,
+        allow_negative_numbers = true
+    )]
     jobs: Option<usize>,
     /// Also sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
     /// BLIS_NUM_THREADS, VECLIB_MAXIMUM_THREADS, NUMEXPR_NUM_THREADS and
     /// RAYON_NUM_THREADS to K for programs that are not budget-enabled.
-    #[arg(long = "static-env", value_name = "K", value_parser = parse_jobs)]
+    #[arg(
+        long = "static-env",
+        value_name = "K",
+        value_parser = parse_jobs,
+        allow_negative_numbers = true
+    )]
     static_env: Option<usize>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true)]
