@@ -181,13 +181,7 @@ fn criterion_group(c: &mut Criterion, name: &str, strategies: &[Strategy<'_>]) {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    budget_testkit::measure::median(v)
 }
 
 /// Runs every strategy once per round, in turn, and prints medians, spreads and

@@ -152,15 +152,7 @@ fn narrowed_by_other_processes_is_counted() {
     watchdog(240);
     let _serial = serial();
     let dir = temp_dir("entry-narrowed");
-    let node = NodeFile::new("entry-narrowed", 2);
-    let ready = dir.join("ready");
-    let mut holder = probe()
-        .env("BUDGET_NODE", &node.0)
-        .arg("hold")
-        .arg(&ready)
-        .spawn()
-        .unwrap();
-    wait_until(30, "the holder to reach width 2", || ready.exists());
+    let (node, mut holder) = holder_of_two(&dir, "entry-narrowed");
     let mut cmd = probe();
     cmd.args(["fixed", "1", "0"]).env("BUDGET_NODE", &node.0);
     let (widths, stats) = fixed(cmd, "a probe beside a holder of both tokens");

@@ -15,15 +15,7 @@ fn a_killed_holder_gives_its_node_tokens_back_at_once() {
     watchdog(240);
     let _serial = serial();
     let dir = temp_dir("sigkill");
-    let node = NodeFile::new("sigkill", 2);
-    let ready = dir.join("ready");
-    let mut holder = probe()
-        .env("BUDGET_NODE", &node.0)
-        .arg("hold")
-        .arg(&ready)
-        .spawn()
-        .unwrap();
-    wait_until(30, "the holder to reach width 2", || ready.exists());
+    let (node, mut holder) = holder_of_two(&dir, "sigkill");
     let log = dir.join("grow.log");
     let mut grower = probe()
         .env("BUDGET_NODE", &node.0)

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use budget_native::NativeExt;
 use budget_rayon::RayonExt;
 use budget_testkit::kernels::Blas;
+use budget_testkit::measure::median;
 use rayon::prelude::*;
 
 const STRATEGIES: [&str; 6] = [
@@ -147,12 +148,6 @@ fn main() {
 fn with_load(f: impl FnOnce(&str)) {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     f(text.split_whitespace().next().unwrap_or("?"));
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn spread(v: &[f64]) -> (f64, f64) {

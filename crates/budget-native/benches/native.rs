@@ -35,6 +35,7 @@ use rayon::prelude::*;
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 use budget_testkit::kernels::{Blas, Omp};
+use budget_testkit::measure::median;
 
 fn record(id: &str, iters: u64, d: Duration) -> Duration {
     TIMES
@@ -183,12 +184,6 @@ fn main() {
 
     c.final_summary();
     print_ratios();
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn print_ratios() {

@@ -26,6 +26,7 @@ pub mod child;
 pub mod forked;
 pub mod kernels;
 pub mod libs;
+pub mod measure;
 pub mod workloads;
 
 pub use child::{in_child, in_child_env};

@@ -243,3 +243,18 @@ pub fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// A node budget of 2 tokens for one test, and a probe (`hold`) that holds both in a
+/// region until killed; returns once it does.
+pub fn holder_of_two(dir: &Path, name: &str) -> (NodeFile, Child) {
+    let node = NodeFile::new(name, 2);
+    let ready = dir.join("ready");
+    let holder = probe()
+        .env("BUDGET_NODE", &node.0)
+        .arg("hold")
+        .arg(&ready)
+        .spawn()
+        .unwrap();
+    wait_until(30, "the holder to reach width 2", || ready.exists());
+    (node, holder)
+}

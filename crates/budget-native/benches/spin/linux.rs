@@ -303,13 +303,7 @@ fn calibrate() -> u64 {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    budget_testkit::measure::median(v)
 }
 
 /// This process's CPU time (all threads), in ms.

@@ -34,3 +34,35 @@ pub(crate) enum Lock {
     /// Release what this process holds on the byte.
     Unlock,
 }
+
+/// Makes `dir` with `builder` unless it exists, then checks with `ours` that what is
+/// there is a directory this user may trust.
+#[cfg_attr(not(any(unix, windows)), allow(dead_code))]
+fn make_dir(
+    builder: &std::fs::DirBuilder,
+    dir: &std::path::Path,
+    ours: impl Fn(&std::fs::Metadata) -> bool,
+) -> std::io::Result<()> {
+    match builder.create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || !ours(&meta) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory of this user", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Nanoseconds since the Unix epoch, for systems without a monotonic clock shared by
+/// processes: comparable between processes, as the token log needs.
+#[cfg(not(unix))]
+fn epoch_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -54,10 +54,7 @@ pub(crate) fn affinity_key() -> String {
     "all".to_owned()
 }
 
-/// Nanoseconds since the Unix epoch: comparable between processes, as the token
-/// log needs.
+/// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    super::epoch_ns()
 }

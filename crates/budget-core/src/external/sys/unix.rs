@@ -24,19 +24,9 @@ pub(crate) fn uid() -> u32 {
 /// Makes `dir` with mode 0700 if missing, and checks that it is a directory of this
 /// user.
 pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() || meta.uid() != uid() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is not a directory of this user", dir.display()),
-        ));
-    }
-    Ok(())
+    super::make_dir(DirBuilder::new().mode(0o700), dir, |meta| {
+        meta.uid() == uid()
+    })
 }
 
 /// Creates (or truncates) `path` for writing, readable by this user only, not

@@ -36,18 +36,7 @@ pub(crate) fn uid() -> u32 {
 /// Makes `dir` if missing and checks that it is a directory (the user's temporary
 /// directory is private to the user already).
 pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    if !std::fs::symlink_metadata(dir)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is not a directory", dir.display()),
-        ));
-    }
-    Ok(())
+    super::make_dir(&DirBuilder::new(), dir, |_| true)
 }
 
 /// Creates (or truncates) `path` for writing (std's handles are not inherited).
@@ -121,10 +110,7 @@ pub(crate) fn affinity_key() -> String {
     "all".to_owned()
 }
 
-/// Nanoseconds since the Unix epoch: comparable between processes, as the token
-/// log needs.
+/// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    super::epoch_ns()
 }
