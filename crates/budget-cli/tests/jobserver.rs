@@ -208,6 +208,33 @@ fn a_jobserver_variable_that_points_nowhere_warns_once_and_falls_back() {
     assert_eq!(dones(&lines)[0].1, 2, "the local budget: width 2");
 }
 
+/// `fifo:PATH` naming a regular file or `/dev/null` is no jobserver: the process
+/// warns once, keeps its own budget, and the file is never read or written.
+#[test]
+fn a_fifo_path_that_is_not_a_fifo_is_never_touched() {
+    watchdog(240);
+    let _serial = serial();
+    let dir = temp_dir("not-fifo");
+    let file = dir.join("regular");
+    std::fs::write(&file, "abcdefghij").unwrap();
+    for path in [file.display().to_string(), "/dev/null".to_owned()] {
+        let log = dir.join("log");
+        let _ = std::fs::remove_file(&log);
+        let log_s = log.display().to_string();
+        let out = probe()
+            .env("MAKEFLAGS", format!("-j3 --jobserver-auth=fifo:{path}"))
+            .args(["regions", "4", "16", "1000", &log_s])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches("is not a fifo").count(), 1, "{stderr}");
+        let lines = read_log(&log);
+        assert!(lines[0].words.join(" ").contains("Local"), "{lines:#?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "abcdefghij");
+    }
+}
+
 #[test]
 fn budget_jobserver_0_turns_joining_off() {
     watchdog(240);

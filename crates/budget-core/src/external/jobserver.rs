@@ -49,20 +49,32 @@ fn captured() -> &'static Option<Result<Found, String>> {
         if std::env::var(ENV_JOBSERVER).is_ok_and(|v| is_off(&v) && !v.trim().is_empty()) {
             return None;
         }
+        // Before the crate touches (or takes ownership of) any descriptor: is this
+        // provably make's jobserver, inherited by this process, and not a file or
+        // pipe of the program's own that reuses the numbers make passed?
+        let named = ["CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"]
+            .iter()
+            .find_map(|&var| std::env::var_os(var).map(|value| (var, value)));
+        if let Some((var, value)) = &named {
+            if let Some(auth) = value.to_str().and_then(auth_in) {
+                if let Err(why) = check_inherited(auth) {
+                    return Some(Err(format!(
+                        "budget: ignoring the jobserver in {var} ({auth}): {why}; using this \
+                         process's own budget. Under make 4.3 only recipes marked `+` (or \
+                         running $(MAKE)) get the jobserver; set {ENV_JOBSERVER}=0 to silence \
+                         this."
+                    )));
+                }
+            }
+        }
         // SAFETY: this runs at load (or at the latest on the budget's first use),
-        // before the descriptors make passed could be reused by this program; the
-        // crate checks they are pipes, and only duplicates them (`/dev/fd/N`).
+        // before the descriptors make passed could be reused by this program, and
+        // `check_inherited` found them inherited across `exec` and of one pipe (or a
+        // fifo); the crate only duplicates them (`/dev/fd/N`).
         let found = unsafe { Client::from_env_ext(true) };
         let (var, value) = found.var?;
         let value = value.to_string_lossy().into_owned();
-        let auth = value
-            .split_whitespace()
-            .find_map(|w| {
-                w.strip_prefix("--jobserver-auth=")
-                    .or_else(|| w.strip_prefix("--jobserver-fds="))
-            })
-            .unwrap_or("")
-            .to_owned();
+        let auth = auth_in(&value).unwrap_or("").to_owned();
         match found.client {
             Ok(client) => Some(Ok(Found {
                 var: var.to_owned(),
@@ -80,6 +92,87 @@ fn captured() -> &'static Option<Result<Found, String>> {
             },
         }
     })
+}
+
+/// The jobserver named in a make flags variable, as make and the `jobserver` crate
+/// read it: the last `--jobserver-auth=`, else the last `--jobserver-fds=`.
+fn auth_in(value: &str) -> Option<&str> {
+    ["--jobserver-auth=", "--jobserver-fds="]
+        .iter()
+        .find_map(|arg| value.rsplit_once(arg).map(|(_, s)| s))
+        .and_then(|s| s.split(' ').next())
+}
+
+/// Whether the jobserver `auth` names is make's, before anything reads or writes it:
+/// a `fifo:PATH` must be a fifo; descriptors `R,W` must be open, inherited across
+/// `exec` (make clears close-on-exec; what Python and Rust open themselves has it
+/// set), the read and write ends of one and the same pipe. A program's own
+/// descriptors that reuse the numbers of a recipe not marked `+` (make 4.3 closes
+/// them) fail one of these, so they are never read or written.
+#[cfg(unix)]
+fn check_inherited(auth: &str) -> Result<(), String> {
+    if let Some(path) = auth.strip_prefix("fifo:") {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+        return if meta.file_type().is_fifo() {
+            Ok(())
+        } else {
+            Err(format!("{path} is not a fifo"))
+        };
+    }
+    let Some((r, w)) = auth.split_once(',') else {
+        return Ok(()); // not a form this check knows: the crate decides
+    };
+    let (Ok(r), Ok(w)) = (r.parse::<i32>(), w.parse::<i32>()) else {
+        return Ok(());
+    };
+    let mut ends = Vec::with_capacity(2);
+    for (fd, end) in [(r, "read"), (w, "write")] {
+        // SAFETY: F_GETFD, F_GETFL and fstat only read a descriptor's state; an
+        // invalid number fails with EBADF.
+        let (fd_flags, fl_flags) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFD),
+                libc::fcntl(fd, libc::F_GETFL),
+            )
+        };
+        if fd_flags == -1 || fl_flags == -1 {
+            return Err(format!("descriptor {fd} is not open"));
+        }
+        if fd_flags & libc::FD_CLOEXEC != 0 {
+            return Err(format!(
+                "descriptor {fd} was opened by this program (close-on-exec), not inherited \
+                 from make"
+            ));
+        }
+        let mode = fl_flags & libc::O_ACCMODE;
+        let usable = match end {
+            "read" => mode == libc::O_RDONLY || mode == libc::O_RDWR,
+            _ => mode == libc::O_WRONLY || mode == libc::O_RDWR,
+        };
+        if !usable {
+            return Err(format!("descriptor {fd} is not open for {end}ing"));
+        }
+        // SAFETY: `stat` is plain data, written by fstat on an open descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut st) } == -1 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return Err(format!("descriptor {fd} is not a pipe"));
+        }
+        ends.push((st.st_dev, st.st_ino));
+    }
+    if ends[0] != ends[1] {
+        return Err(format!(
+            "descriptors {r} and {w} are not the two ends of one pipe"
+        ));
+    }
+    Ok(())
+}
+
+/// Elsewhere (Windows: a semaphore's name) the crate's own checks decide.
+#[cfg(not(unix))]
+fn check_inherited(_auth: &str) -> Result<(), String> {
+    Ok(())
 }
 
 /// Prints `message` once per process (the first caller's).
@@ -302,5 +395,62 @@ impl Source {
         for _ in 0..n {
             drop(held.tokens.pop());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth_in;
+
+    #[test]
+    fn the_last_auth_wins_as_make_says() {
+        assert_eq!(auth_in("-j2 --jobserver-auth=3,4"), Some("3,4"));
+        assert_eq!(
+            auth_in("--jobserver-auth=3,4 -j --jobserver-auth=fifo:/tmp/f"),
+            Some("fifo:/tmp/f")
+        );
+        assert_eq!(auth_in("-j --jobserver-fds=5,6"), Some("5,6"));
+        assert_eq!(auth_in("-j2"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_an_inherited_pipe_or_a_fifo_passes() {
+        use super::check_inherited;
+        let dir = std::env::temp_dir().join(format!("budget-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("regular");
+        std::fs::write(&file, "abcdefghij").unwrap();
+        let err = check_inherited(&format!("fifo:{}", file.display())).unwrap_err();
+        assert!(err.contains("not a fifo"), "{err}");
+        assert!(check_inherited("fifo:/dev/null")
+            .unwrap_err()
+            .contains("not a fifo"));
+        // A pipe of this program's own (std sets close-on-exec).
+        let (r, w) = std::io::pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        let own = format!("{},{}", r.as_raw_fd(), w.as_raw_fd());
+        assert!(check_inherited(&own).unwrap_err().contains("close-on-exec"));
+        // Inheritable, but the ends of two different pipes.
+        let (r2, w2) = std::io::pipe().unwrap();
+        for fd in [r.as_raw_fd(), w2.as_raw_fd(), w.as_raw_fd(), r2.as_raw_fd()] {
+            // SAFETY: clears FD_CLOEXEC on descriptors this test owns.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        }
+        let crossed = format!("{},{}", r.as_raw_fd(), w2.as_raw_fd());
+        assert!(check_inherited(&crossed)
+            .unwrap_err()
+            .contains("not the two ends"));
+        let swapped = format!("{},{}", w.as_raw_fd(), r.as_raw_fd());
+        assert!(check_inherited(&swapped)
+            .unwrap_err()
+            .contains("not open for reading"));
+        // One inherited pipe, read end first: make's.
+        assert_eq!(
+            check_inherited(&format!("{},{}", r.as_raw_fd(), w.as_raw_fd())),
+            Ok(())
+        );
+        assert!(check_inherited("987,988").unwrap_err().contains("not open"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
