@@ -214,10 +214,22 @@ static HELD: Mutex<Held> = Mutex::new(Held {
 /// Exiting with 1 jobserver tokens available; should be 2").
 static EXITING: AtomicBool = AtomicBool::new(false);
 
-/// The jobserver crate's helper thread, taken and joined by the exit handler: a byte
-/// it has read but not delivered yet then reaches the callback (and goes back)
-/// before the process ends.
-static HELPER: Mutex<Option<HelperThread>> = Mutex::new(None);
+/// The jobserver crate's helper thread, with the pid of the process it runs in; taken
+/// and joined by the exit handler: a byte it has read but not delivered yet then
+/// reaches the callback (and goes back) before the process ends.
+static HELPER: Mutex<Option<(u32, HelperThread)>> = Mutex::new(None);
+
+/// Lets go of a helper handle: joins it in the process it runs in, and forgets it in
+/// a forked child, where its thread does not exist. (Dropping it there signalled the
+/// missing thread for about a second, 100 × 10 ms, at the child's first region and
+/// again at its exit.)
+fn release_helper(helper: Option<(u32, HelperThread)>) {
+    match helper {
+        Some((pid, helper)) if pid == std::process::id() => drop(helper),
+        Some((_, inherited)) => std::mem::forget(inherited),
+        None => {}
+    }
+}
 
 fn held_here() -> crate::sync::plain::MutexGuard<'static, Held> {
     let mut held = HELD.lock();
@@ -241,7 +253,7 @@ extern "C" fn give_back_at_exit() {
         let _held = HELD.lock();
         EXITING.store(true, Ordering::SeqCst);
     }
-    drop(helper);
+    release_helper(helper);
     // 2. Write back every token still held (each `Acquired`'s drop writes its byte).
     let mut held = HELD.lock();
     if held.pid == std::process::id() {
@@ -322,7 +334,10 @@ impl Source {
             }
         });
         match helper {
-            Ok(helper) => *HELPER.lock() = Some(helper),
+            Ok(helper) => {
+                let old = HELPER.lock().replace((std::process::id(), helper));
+                release_helper(old);
+            }
             Err(error) => warn_once(&format!(
                 "budget: no jobserver helper thread ({error}); regions stay at one token"
             )),
@@ -340,8 +355,11 @@ impl Source {
     /// Asks for tokens until `more` are held or on their way.
     pub(crate) fn request(&self, more: usize, _tokens: &Tokens) {
         let helper = HELPER.lock();
-        let Some(helper) = helper.as_ref() else {
-            return; // not started, or the process is exiting
+        let Some((_, helper)) = helper
+            .as_ref()
+            .filter(|(pid, _)| *pid == std::process::id())
+        else {
+            return; // not started (here), or the process is exiting
         };
         let pending = self.pending.load(Ordering::SeqCst);
         for _ in pending..more {
