@@ -37,8 +37,9 @@ enum Cmd {
     /// --static-env K to give them K threads each through OMP_NUM_THREADS and its kin.
     ///
     /// The exit status is CMD's (128 + the signal's number when a signal ended it);
-    /// SIGINT and SIGTERM sent to budget are passed on to CMD; 127 when CMD does
-    /// not exist.
+    /// 127 when CMD does not exist. HUP, INT, QUIT, TERM, USR1, USR2 and WINCH sent
+    /// to budget are passed on to CMD; TSTP stops CMD and then budget, CONT resumes
+    /// both, as a shell's job control does.
     Run(RunArgs),
     /// Shows this machine's budget and where each number comes from, the jobserver
     /// or node budget this environment joins, and who holds node tokens now.

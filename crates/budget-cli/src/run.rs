@@ -130,20 +130,55 @@ mod os {
     /// The pid of the command `budget run` waits for, for the signal handler.
     static CHILD: AtomicI32 = AtomicI32::new(0);
 
+    /// The signals a shell passes on to its job, and `budget run` to its command.
+    const FORWARDED: [libc::c_int; 7] = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ];
+
     extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-        // Only what another process sent (kill, not the terminal: the terminal's
-        // SIGINT reaches the whole foreground group, CMD included, by itself).
         // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
         let code = unsafe { (*info).si_code };
+        // From another process (kill), not the terminal: the terminal's signals reach
+        // the whole foreground group, CMD included, by themselves.
+        let sent = code <= 0;
         let child = CHILD.load(Ordering::SeqCst);
-        if code <= 0 && child > 0 {
-            // SAFETY: kill is async-signal-safe.
-            unsafe { libc::kill(child, signal) };
+        // SAFETY: kill, getpid and raise are async-signal-safe.
+        unsafe {
+            match signal {
+                libc::SIGTSTP => {
+                    // Stop the command, then ourselves, as a shell's job control does
+                    // (the terminal's Ctrl-Z stopped the command already).
+                    if sent && child > 0 {
+                        libc::kill(child, libc::SIGTSTP);
+                    }
+                    libc::raise(libc::SIGSTOP);
+                }
+                libc::SIGCONT => {
+                    // We run again (the kernel resumed us): so does the command.
+                    if child > 0 {
+                        libc::kill(child, libc::SIGCONT);
+                    }
+                }
+                _ => {
+                    if sent && child > 0 {
+                        libc::kill(child, signal);
+                    }
+                }
+            }
         }
     }
 
+    /// Passes on the signals a shell passes on (HUP, INT, QUIT, TERM, USR1, USR2,
+    /// WINCH) to the command, whose exit status `budget run` then returns; a TSTP
+    /// stops the command and then `budget`, a CONT resumes both.
     pub(super) fn install_forwarding() {
-        for signal in [libc::SIGINT, libc::SIGTERM] {
+        for signal in FORWARDED.into_iter().chain([libc::SIGTSTP, libc::SIGCONT]) {
             // SAFETY: sigaction is plain data; all-zeroes is a valid start.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
             action.sa_sigaction = forward as *const () as usize;

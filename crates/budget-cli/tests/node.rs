@@ -344,3 +344,113 @@ fn budget_run_takes_the_job_count_as_make_and_cargo_do() {
         "one hint: {err}"
     );
 }
+
+/// The state letter of process `pid` (`/proc/PID/stat`: R, S, T, ...).
+fn state_of(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .unwrap_or('?')
+}
+
+/// The first child process of `pid`.
+fn child_of(pid: u32) -> u32 {
+    let mut found = 0;
+    wait_until(10, "budget run to start its command", || {
+        let list =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        found = list
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        found != 0
+    });
+    found
+}
+
+/// The catchable signals a shell passes on to its job go to the command, and the
+/// exit status is the command's; TSTP stops the command and then `budget`, CONT
+/// resumes both.
+#[test]
+fn budget_run_passes_on_the_signals_a_shell_does() {
+    watchdog(240);
+    let _serial = serial();
+    for (name, signal) in [
+        ("HUP", libc::SIGHUP),
+        ("QUIT", libc::SIGQUIT),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("WINCH", libc::SIGWINCH),
+    ] {
+        let script = format!("trap 'exit 7' {name}; while :; do sleep 0.02; done");
+        let mut run = budget()
+            .args(["run", "--", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        let cmd = child_of(run.id());
+        // Let the shell set its trap before the signal comes.
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill with a live pid and a valid signal.
+        assert_eq!(unsafe { libc::kill(run.id() as i32, signal) }, 0);
+        let status = wait_for(&mut run, 20, &format!("budget run after SIG{name}"));
+        assert_eq!(
+            status.code(),
+            Some(7),
+            "SIG{name} reached the command ({cmd})"
+        );
+    }
+    // TSTP and CONT: the command traps them (a stop that is not caught is discarded
+    // when the test's process group is orphaned, as it may be under a CI runner), and
+    // `budget` itself stops and resumes.
+    let dir = temp_dir("run-tstp");
+    let marks = dir.join("marks");
+    let script = format!(
+        "trap 'echo tstp >> {m}' TSTP; trap 'echo cont >> {m}' CONT; while :; do sleep 0.02; done",
+        m = marks.display()
+    );
+    let mut run = budget()
+        .args(["run", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let cmd = child_of(run.id());
+    // A failed assertion must not leave a stopped `budget` holding the test's output
+    // pipe (the test command would wait on it for ever).
+    let _cleanup = KillOnDrop(vec![run.id(), cmd]);
+    std::thread::sleep(Duration::from_millis(200));
+    let marked = |what: &str| {
+        std::fs::read_to_string(&marks)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == what)
+    };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(run.id() as i32, libc::SIGTSTP) }, 0);
+    wait_until(10, "the command to get TSTP and budget to stop", || {
+        marked("tstp") && state_of(run.id()) == 'T'
+    });
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(run.id() as i32, libc::SIGCONT) }, 0);
+    wait_until(
+        10,
+        "budget to run again and the command to get CONT",
+        || marked("cont") && state_of(run.id()) != 'T',
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(run.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_for(&mut run, 20, "budget run after SIGTERM");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "command {cmd}");
+}
+
+/// Kills these processes (stopped ones too) when dropped.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill with a pid this test started; SIGKILL also ends a stopped
+            // process. Both are reaped or ours until the test returns.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
