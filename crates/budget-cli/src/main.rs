@@ -122,8 +122,18 @@ fn info(json: bool) -> ExitCode {
             "disabled": std::env::var(budget_core::ENV_JOBSERVER).ok(),
         }),
     };
-    let node_env = std::env::var(budget_core::ENV_NODE).ok();
-    let reports: Vec<serde_json::Value> = node::list()
+    let node_env = std::env::var_os(budget_core::ENV_NODE)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty());
+    // The node files of this user's directory, and the one BUDGET_NODE names when it
+    // lives elsewhere.
+    let mut paths = node::list();
+    if let Some(named) = std::env::var_os(budget_core::ENV_NODE).map(std::path::PathBuf::from) {
+        if named.is_absolute() && named.is_file() && !paths.contains(&named) {
+            paths.push(named);
+        }
+    }
+    let reports: Vec<serde_json::Value> = paths
         .iter()
         .filter_map(|p| node::inspect(p).ok())
         .map(|r| {
@@ -131,7 +141,8 @@ fn info(json: bool) -> ExitCode {
                 .creator
                 .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
             serde_json::json!({
-                "path": r.path,
+                // A path that is not UTF-8 (a directory named so) is shown lossily.
+                "path": r.path.to_string_lossy(),
                 "tokens": r.tokens,
                 "creator": r.creator,
                 "creator_alive": alive,

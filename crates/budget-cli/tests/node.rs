@@ -454,3 +454,51 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `budget info` with a node directory whose path is not UTF-8 prints its report
+/// (the path shown lossily) instead of panicking, and lists a joined node file that
+/// lives outside the directory.
+#[test]
+fn budget_info_survives_odd_paths_and_shows_the_joined_node() {
+    use std::os::unix::ffi::OsStrExt;
+    watchdog(240);
+    let _serial = serial();
+    let dir = temp_dir("info-odd");
+    let odd = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::set_permissions(&odd, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // A node file in the odd directory, made by a process that joins BUDGET_NODE=1.
+    let made = probe()
+        .args(["fixed", "1", "0"])
+        .env("XDG_RUNTIME_DIR", &odd)
+        .env("BUDGET_NODE", "1")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let outside = dir.join("outside.node");
+    budget_core::node::create(&outside, 3).unwrap();
+    for json in [true, false] {
+        let mut cmd = budget();
+        cmd.arg("info")
+            .env("XDG_RUNTIME_DIR", &odd)
+            .env("BUDGET_NODE", &outside);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "json {json}: {out:?}");
+        assert!(
+            text.contains("caf\u{fffd}"),
+            "the odd directory's node: {text}"
+        );
+        assert!(
+            text.contains("outside.node"),
+            "the joined node outside: {text}"
+        );
+        if json {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["node_budgets"].as_array().unwrap().len(), 2, "{text}");
+        }
+    }
+}
