@@ -130,3 +130,18 @@ def test_control_the_same_race_through_threadpoolctl(capsys):
         outcomes[kind] = outcomes.get(kind, 0) + 1
     with capsys.disabled():
         print(f"\n[control] 16 threads racing threadpoolctl.threadpool_limits(k), 2 runs: {outcomes}")
+
+
+def test_a_region_inside_a_limit_obeys_it():
+    # budget.limit(1) caps a region opened inside it, as threadpool_limits(1) does:
+    # width 1, and every library at 1 inside the region.
+    with budget.limit(1):
+        with budget.region() as r:
+            assert (r.width, r.requested) == (1, 1)
+            assert set(native_counts().values()) == {1}, native_counts()
+    with budget.limit(2):
+        with budget.region(8) as r:
+            assert r.requested == 2
+            assert r.width <= 2
+    with budget.region() as r:
+        assert r.requested == budget.stats()["total"]

@@ -110,6 +110,20 @@ pub(crate) fn open_region(requested: usize) -> Grant {
     })
 }
 
+/// The smallest width of the `budget.limit` frames open on this thread, if any: a
+/// region opened inside a limit asks for no more (as threadpoolctl's limit caps what
+/// runs inside it).
+pub(crate) fn limit_in_force() -> Option<usize> {
+    FRAMES.with(|cell| {
+        cell.borrow()
+            .stack
+            .iter()
+            .filter(|f| matches!(f.kind, Kind::Limit))
+            .map(|f| f.width)
+            .min()
+    })
+}
+
 /// Opens a limit frame: every loaded OpenMP/BLAS library set to `width` (≥ 1), no
 /// tokens taken. Returns the frame id.
 ///

@@ -63,9 +63,11 @@ impl Region {
             ));
         }
         let total = budget_core::stats().total;
+        // Capped by threadpoolctl's limit, and by a `budget.limit` open on this thread.
         let requested = slf
             .max_threads
             .unwrap_or(total)
+            .min(frames::limit_in_force().unwrap_or(usize::MAX))
             .clamp(1, cap::allowed(total));
         // The native settings may wait on budget-native's process-wide lock: never hold
         // the GIL meanwhile (another thread holding the lock may be waiting for it).
