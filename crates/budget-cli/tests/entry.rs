@@ -201,3 +201,42 @@ fn spinning_workers_keep_their_tokens_from_other_processes() {
         "the tokens were kept through the window: {text}"
     );
 }
+
+/// `BUDGET_NODE=1` after a process that counted 1 core (Slurm's
+/// `--cpus-per-task=1`) on the same CPU set: a lone process still gets its whole
+/// budget (the file is per core count), and two Slurm jobs do not share a file.
+#[test]
+fn budget_node_1_files_are_per_core_count_and_slurm_job() {
+    watchdog(240);
+    let _serial = serial();
+    let dir = temp_dir("entry-node-size");
+    let one = probe()
+        .args(["fixed", "1", "0"])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("BUDGET_NODE", "1")
+        .env("SLURM_CPUS_PER_TASK", "1")
+        .env_remove("BUDGET_NUM_THREADS")
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{one:?}");
+    let mut cmd = probe_fixed();
+    cmd.env("XDG_RUNTIME_DIR", &dir).env("BUDGET_NODE", "1");
+    let (widths, _) = fixed(cmd, "BUDGET_NODE=1 after a 1-core process");
+    assert_full(&widths, "after a 1-core process on the same CPU set");
+    for job in ["11", "12"] {
+        let out = probe()
+            .args(["fixed", "1", "0"])
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env("BUDGET_NODE", "1")
+            .env("SLURM_JOB_ID", job)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.join("budget"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".node"))
+        .collect();
+    assert_eq!(names.len(), 4, "1 core, 2 cores, job 11, job 12: {names:?}");
+}

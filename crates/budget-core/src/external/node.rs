@@ -149,9 +149,10 @@ fn shared_file(path: &Path) -> io::Result<&'static File> {
     Ok(file)
 }
 
-/// The node file of this user and this process's CPU set (made if missing, with
-/// this process's core count), keyed by the affinity mask: disjoint cpusets (two
-/// Slurm jobs) get different files.
+/// The node file of this user, this process's CPU set and its core count (made if
+/// missing): `cpus-<mask>-<cores>[-slurm<job>].node`. Disjoint cpusets get different
+/// files; so do processes that count different cores on one set (a Slurm step with
+/// `--cpus-per-task=1` beside a lone process), and two Slurm jobs without cpusets.
 ///
 /// # Errors
 ///
@@ -164,9 +165,20 @@ fn shared_file(path: &Path) -> io::Result<&'static File> {
 /// assert!(path.file_name().unwrap().to_string_lossy().starts_with("cpus-"));
 /// ```
 pub fn for_this_cpu_set() -> io::Result<PathBuf> {
-    let path = directory()?.join(format!("cpus-{}.node", affinity_key()));
-    create(&path, crate::available_cores())?;
+    let cores = crate::available_cores();
+    let job = std::env::var("SLURM_JOB_ID").ok();
+    let path = directory()?.join(cpu_set_file_name(&affinity_key(), cores, job.as_deref()));
+    create(&path, cores)?;
     Ok(path)
+}
+
+/// The file name [`for_this_cpu_set`] uses (a Slurm job id is kept only if it is a
+/// plain number, so no value can reach outside the directory).
+fn cpu_set_file_name(mask: &str, cores: usize, slurm_job: Option<&str>) -> String {
+    match slurm_job.filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_digit())) {
+        Some(job) => format!("cpus-{mask}-{cores}-slurm{job}.node"),
+        None => format!("cpus-{mask}-{cores}.node"),
+    }
 }
 
 /// The key of an affinity mask (`cpus[i]`: CPU `i` is in it) in a file name: hex
@@ -474,6 +486,16 @@ pub(crate) fn from_env() -> Option<(Member, usize)> {
 #[cfg(test)]
 mod tests {
     use super::mask_key;
+
+    #[test]
+    fn cpu_set_files_are_per_size_and_slurm_job() {
+        use super::cpu_set_file_name as name;
+        assert_eq!(name("03", 2, None), "cpus-03-2.node");
+        assert_ne!(name("03", 1, None), name("03", 2, None));
+        assert_eq!(name("03", 2, Some("4711")), "cpus-03-2-slurm4711.node");
+        assert_eq!(name("03", 2, Some("../x")), "cpus-03-2.node");
+        assert_eq!(name("03", 2, Some("")), "cpus-03-2.node");
+    }
 
     #[test]
     fn mask_keys_name_cpu_sets() {
