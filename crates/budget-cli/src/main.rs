@@ -32,6 +32,10 @@ enum Cmd {
     /// CARGO_MAKEFLAGS) drawing on the same N tokens, so `make -j` and cargo inside
     /// share them; under make 4.3 only recipes marked `+` see it.
     ///
+    /// Inside a tree that already shares a node budget (a budget run within a budget
+    /// run), it joins that budget instead of making a new one, and -j caps each
+    /// process below it.
+    ///
     /// Programs that are not budget-enabled get nothing from the budget: OpenMP,
     /// OpenBLAS or MKL in them start one thread per core as usual. Pass
     /// --static-env K to give them K threads each through OMP_NUM_THREADS and its kin.

@@ -31,27 +31,43 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         eprintln!("budget run: not supported on this OS (no crash-released file locks)");
         return ExitCode::from(125);
     }
-    let tokens = args.jobs.unwrap_or_else(|| machine_budget().total);
-    let path = match make_node(tokens) {
-        Ok(path) => path,
-        Err(error) => {
-            eprintln!("budget: cannot make the node budget file: {error}");
-            return ExitCode::from(125);
-        }
-    };
     let program = &args.command[0];
     if let Some(hint) = make_jobs_hint(&args.command) {
         eprintln!("{hint}");
     }
     let mut cmd = Command::new(program);
     cmd.args(&args.command[1..]);
-    cmd.env(budget_core::ENV_NODE, &path);
     if let Some(k) = args.static_env {
         for var in STATIC_VARS {
             cmd.env(var, k.to_string());
         }
     }
-    os::offer_jobserver(&path, tokens, &mut cmd);
+    // Inside a tree that already shares a node budget (a `budget run` in a `budget
+    // run`, or as a recipe of a make under one), join it, as a sub-make joins its
+    // parent's jobserver: one pool for the whole tree. Its `-j` then caps each
+    // process of this subtree (`BUDGET_NUM_THREADS`) instead of adding tokens.
+    let path = match inherited_node() {
+        Some(_) => {
+            if let Some(cap) = args.jobs {
+                cmd.env(budget_core::ENV_NUM_THREADS, cap.to_string());
+            }
+            // BUDGET_NODE and the tree's jobserver pass on unchanged.
+            None
+        }
+        None => {
+            let tokens = args.jobs.unwrap_or_else(|| machine_budget().total);
+            let path = match make_node(tokens) {
+                Ok(path) => path,
+                Err(error) => {
+                    eprintln!("budget: cannot make the node budget file: {error}");
+                    return ExitCode::from(125);
+                }
+            };
+            cmd.env(budget_core::ENV_NODE, &path);
+            os::offer_jobserver(&path, tokens, &mut cmd);
+            Some(path)
+        }
+    };
     os::install_forwarding();
     let status = match cmd.spawn() {
         Ok(mut child) => {
@@ -59,7 +75,9 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             child.wait()
         }
         Err(error) => {
-            let _ = std::fs::remove_file(&path);
+            if let Some(path) = &path {
+                let _ = std::fs::remove_file(path);
+            }
             let name = program.to_string_lossy();
             return if error.kind() == std::io::ErrorKind::NotFound {
                 eprintln!("budget: {name}: command not found");
@@ -70,7 +88,9 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             };
         }
     };
-    let _ = std::fs::remove_file(&path);
+    if let Some(path) = &path {
+        let _ = std::fs::remove_file(path);
+    }
     match status {
         Ok(status) => os::exit_code(status),
         Err(error) => {
@@ -105,6 +125,15 @@ fn make_jobs_hint(command: &[std::ffi::OsString]) -> Option<String> {
         "budget: `{name} -j{jobs}` runs up to {jobs} recipes at once whatever the budget; \
          under budget run give make no -j (it takes the budget's jobserver from MAKEFLAGS)"
     ))
+}
+
+/// The node budget this process's tree already shares: `BUDGET_NODE` naming a node
+/// file that opens (a `budget run` above us, or `share_node`). `1` (the CPU set's
+/// file, chosen by each process) does not count: a run makes a tree of its own then.
+fn inherited_node() -> Option<PathBuf> {
+    let value = std::env::var_os(budget_core::ENV_NODE)?;
+    let path = PathBuf::from(value);
+    (path.is_absolute() && node::Member::open(&path).is_ok()).then_some(path)
 }
 
 /// A node budget file of `tokens` for this run, named by our pid.

@@ -502,3 +502,47 @@ fn budget_info_survives_odd_paths_and_shows_the_joined_node() {
         }
     }
 }
+
+/// A `budget run` inside a `budget run` joins the outer node budget (one pool for
+/// the tree, as a sub-make joins its parent's jobserver); its `-j` caps each process
+/// below it instead of adding tokens.
+#[test]
+fn a_nested_budget_run_joins_the_budget_it_inherits() {
+    watchdog(240);
+    let _serial = serial();
+    let budget_bin = env!("CARGO_BIN_EXE_budget");
+    let out = budget()
+        .args(["run", "-j", "2", "--", "sh", "-c"])
+        .arg(format!(
+            "echo \"outer $BUDGET_NODE\"; {budget_bin} run -- sh -c 'echo \"inner $BUDGET_NODE\"'"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let node = |which: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(which))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert!(!node("outer ").is_empty(), "{text}");
+    assert_eq!(
+        node("outer "),
+        node("inner "),
+        "one node for the tree: {text}"
+    );
+    // `budget run -j 1 -- budget run -j 8 -- probe`: the probe's regions have width 1.
+    let mut cmd = budget();
+    cmd.args(["run", "-j", "1", "--", budget_bin, "run", "-j", "8", "--"])
+        .arg(probe_path())
+        .args(["fixed", "2", "0"]);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("fixed [(1, 0), (1, 0)]"),
+        "width 1 in a tree of 1: {text}"
+    );
+}
