@@ -23,7 +23,7 @@ def probe(want=0):
         width = r.width
         held = held_at_least(want, 5) if want else budget.joined()["held"]
     j = budget.joined()
-    return j["kind"], j.get("path"), j.get("tokens"), width, held
+    return j["kind"], j.get("path"), j.get("tokens"), width, held, os.getpid()
 
 if __name__ == "__main__":
     path = budget.share_node(4)  # before this process's first region: it joins too
@@ -39,12 +39,14 @@ if __name__ == "__main__":
             if alone == 4:
                 break
         print("alone", alone, "held", held, flush=True)
-        with joblib.Parallel(n_jobs=1, backend="loky") as par:
+        # n_jobs=2: the calls run in a real worker process (n_jobs=1 runs them here).
+        with joblib.Parallel(n_jobs=2, backend="loky") as par:
             par([joblib.delayed(probe)()])  # the worker starts (and joins) now
             with budget.region(3) as r:
                 held = held_at_least(3)
                 assert held >= 3, held
-                kind, wpath, tokens, busy, _ = par([joblib.delayed(probe)()])[0]
+                kind, wpath, tokens, busy, _, wpid = par([joblib.delayed(probe)()])[0]
+            print("loky worker in another process", wpid != os.getpid(), flush=True)
             print("loky worker", kind, wpath == path, tokens, "width while 3 held:", busy, flush=True)
             # Once this process's region ended its tokens go back to the node within a
             # few ms (one own token lingers): the worker's regions get them.
@@ -56,7 +58,7 @@ if __name__ == "__main__":
                 time.sleep(0.02)
             print("loky worker holds once freed:", freed[-1], flush=True)
         with mp.get_context("fork").Pool(1) as pool:
-            kind, fpath, _, _, _ = pool.apply(probe)
+            kind, fpath, _, _, _, _ = pool.apply(probe)
         print("fork worker", kind, fpath == path, flush=True)
     finally:
         os.remove(path)
@@ -73,6 +75,7 @@ def test_loky_and_fork_workers_share_the_node_budget():
     # tokens the worker's region was narrowed. (The node's rule would give it 1, its
     # own thread; 2 is seen at times: reported to the node budget's authors, see
     # crates/budget-py/README.md.)
+    assert "loky worker in another process True" in out, out
     assert "loky worker node True 4 width while 3 held:" in out, out
     busy = int(out.split("width while 3 held:")[1].split()[0])
     assert 1 <= busy < 4, out
