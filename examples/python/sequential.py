@@ -8,7 +8,9 @@ ways, interleaved round by round (the order rotates):
 - ``region``: each call in ``with budget.region():``;
 - ``budget run``: the same script under ``budget run -j <cores>``;
 - ``BUDGET_NODE=1``: the same script joining the node budget of its CPU set (in a
-  private runtime directory, so no other process shares it).
+  private runtime directory, so no other process shares it);
+- ``make + recipe``: the same script as a ``+`` recipe of ``make -j<cores>`` (make's
+  jobserver).
 
 No OPENBLAS_/OMP_ variable is set (they are the user's). Each call's time is compared
 with the same call (same index) of ``none``: the median over rounds and the slowest
@@ -69,6 +71,17 @@ def budget_cli():
     return path
 
 
+def make_command(dir, cmd, cores):
+    """`make -j<cores>` running `cmd` as a `+` recipe (it gets make's jobserver); the
+    recipe's output is make's."""
+    script = os.path.join(dir, "seq.py")
+    with open(script, "w") as f:
+        f.write(SCRIPT)
+    with open(os.path.join(dir, "Makefile"), "w") as f:
+        f.write(f"all:\n\t+{cmd[0]} {script} {cmd[-1]}\n")
+    return ["make", "-s", f"-j{cores}", "-C", dir]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -82,6 +95,7 @@ def main():
         "region": (py + ["1"], user_env()),
         "budget run": ([budget_cli(), "run", "-j", str(cores), "--"] + py + ["1"], user_env()),
         "BUDGET_NODE=1": (py + ["1"], user_env(BUDGET_NODE="1", XDG_RUNTIME_DIR=runtime)),
+        "make + recipe": (make_command(runtime, py + ["1"], cores), user_env()),
     }
     names = list(modes)
     results = {m: [] for m in names}

@@ -24,13 +24,19 @@ print("BYTES", os.read(r, 64).decode())
 """
 
 
-def test_the_programs_own_pipe_is_never_taken_for_make():
-    proc = run_python(OWN_PIPE, env=user_env())
+def run_script(code):
+    """Runs `code` as a user's fresh process; returns its `KEY value` lines as a dict
+    and its stderr."""
+    proc = run_python(code, env=user_env())
     assert proc.returncode == 0, proc.stderr
-    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    return dict(line.split(" ", 1) for line in proc.stdout.splitlines()), proc.stderr
+
+
+def test_the_programs_own_pipe_is_never_taken_for_make():
+    out, stderr = run_script(OWN_PIPE)
     assert out["BYTES"] == "0123456789", out
     assert out["JOINED"] == "local", out
-    assert "close-on-exec" in proc.stderr, proc.stderr
+    assert "close-on-exec" in stderr, stderr
 
 
 CROSSED = """
@@ -50,11 +56,9 @@ print("BYTES", os.read(a_r, 64).decode())
 
 
 def test_two_different_pipes_are_not_a_jobserver():
-    proc = run_python(CROSSED, env=user_env())
-    assert proc.returncode == 0, proc.stderr
-    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    out, stderr = run_script(CROSSED)
     assert (out["JOINED"], out["BYTES"]) == ("local", "xyz"), out
-    assert "not the two ends of one pipe" in proc.stderr, proc.stderr
+    assert "not the two ends of one pipe" in stderr, stderr
 
 
 def test_a_plus_recipe_of_real_make_joins(tmp_path):

@@ -72,18 +72,10 @@ fn main() {
             let k = (k + round) % STRATEGIES.len();
             let t0 = Instant::now();
             let (call, looped) = match k {
-                0 => {
-                    blas.set_threads(1);
-                    blas.gemm(&a, &b, &mut c, big);
-                    let call = ms(t0);
-                    let t = Instant::now();
-                    mats.par_iter().for_each(|m| blas.qr(m, n));
-                    let looped = ms(t);
-                    blas.set_threads(default_threads);
-                    (call, looped)
-                }
-                1 => {
-                    blas.set_threads(cores);
+                // static (the big call at 1 too) and hand (the big call at all
+                // cores): both run the loop at BLAS = 1.
+                0 | 1 => {
+                    blas.set_threads(if k == 0 { 1 } else { cores });
                     blas.gemm(&a, &b, &mut c, big);
                     let call = ms(t0);
                     let t = Instant::now();

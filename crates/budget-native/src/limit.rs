@@ -62,12 +62,12 @@ struct ProcessWide {
 /// } // counts restored here
 /// ```
 pub fn limit(n: usize) -> Limit {
-    limit_call(pool::Call { width: n })
+    limit_width(n)
 }
 
-/// [`limit`] for `call.width`, with what a region adds for process-wide pools.
-fn limit_call(call: pool::Call) -> Limit {
-    let width = call.width.max(1);
+/// [`limit`] and [`NativeExt::native`]: every library set to `width`.
+fn limit_width(width: usize) -> Limit {
+    let width = width.max(1);
     fork::register();
     let entries = scan::entries();
     // In a forked child, libgomp cannot fork its team: OpenMP code runs at 1.
@@ -121,9 +121,7 @@ fn limit_call(call: pool::Call) -> Limit {
     }
     for entry in entries.iter() {
         // Never wider than the environment asked of this library (see `envcap`).
-        let capped = |width| pool::Call {
-            width: crate::envcap::capped(entry.family, width),
-        };
+        let capped = |width| crate::envcap::capped(entry.family, width);
         match entry.control {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
                 process_wide.push(ProcessWide {
@@ -136,8 +134,7 @@ fn limit_call(call: pool::Call) -> Limit {
             } => {
                 // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
                 stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
-                let call = capped(omp_width);
-                let ticket = pool::enter(entry, call);
+                let ticket = pool::enter(entry, capped(omp_width));
                 // SAFETY: as above; the OpenMP count this call may run at.
                 unsafe { omp_set(c_int::try_from(ticket.used).unwrap_or(c_int::MAX)) };
                 process_wide.push(ProcessWide {
@@ -269,7 +266,7 @@ impl NativeExt for budget_core::Scope<'_> {
             return budget_core::scope_with(self.requested(), |inner| inner.native(f));
         }
         let width = self.width();
-        let _guard = limit_call(pool::Call { width });
+        let _guard = limit_width(width);
         f()
     }
 }

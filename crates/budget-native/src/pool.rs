@@ -38,13 +38,6 @@ struct PoolState {
     current: i64,
 }
 
-/// A call of a process-wide library, as [`enter`] is asked for it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Call {
-    /// The width granted to the call.
-    pub(crate) width: usize,
-}
-
 /// A call in flight, as [`exit`] must be given it.
 #[derive(Debug)]
 pub(crate) struct Ticket {
@@ -103,14 +96,14 @@ fn grows_once(control: &Control) -> bool {
     matches!(*control, Control::ProcessWideInt { spin: Some(_), .. })
 }
 
-/// Sets `entry`'s count for `call`; returns its [`Ticket`] (the count it runs at is
+/// Sets `entry`'s count for a call of `width`; returns its [`Ticket`] (the count it runs at is
 /// `used`), which [`exit`] must be given.
 ///
 /// # Blocking
 ///
 /// Takes the process-wide lock for the duration of at most three set calls.
-pub(crate) fn enter(entry: &Arc<Entry>, call: Call) -> Ticket {
-    let width = call.width.max(1) as i64;
+pub(crate) fn enter(entry: &Arc<Entry>, width: usize) -> Ticket {
+    let width = width.max(1) as i64;
     let mut pools = pools();
     let index = match pools.iter().position(|p| Arc::ptr_eq(&p.entry, entry)) {
         Some(i) => i,
@@ -218,11 +211,9 @@ pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
         Control::ProcessWideInt {
             spin: Some(window), ..
         },
-        true,
-    ) = (&p.entry.control, ticket.used > 1)
+        2..,
+    ) = (&p.entry.control, ticket.used)
     {
-        // The workers spin for `window`: their cores stay this process's, kept from
-        // other processes (never from this process's next region; README).
         budget_core::integration::hold_for_spinners(ticket.used, *window);
     }
 }

@@ -93,14 +93,16 @@ pub(crate) fn open_region(requested: usize) -> Grant {
         }
         frames.regions += 1;
         let want = requested.max(1) - 1;
-        let mut extra = Lease::try_new_for_region(want);
-        let width = 1 + extra.count();
-        if width <= want && crate::node::joined() {
-            // Sharing a node budget or a jobserver: the supplier fetches only for
-            // registered demand (`node.rs`). Never waits; what arrives during the block
-            // is held by it and freed at its exit, for the next region to take.
-            extra.want(want + 1 - width);
-        }
+        let mut extra = Lease::try_new_for_region(0);
+        // One look, never waiting: what is free now (outside tokens included). Sharing
+        // a node budget or a jobserver, the rest is registered as demand for the
+        // supplier to fetch (`node.rs`); what arrives during the block is held by it and
+        // freed at its exit, for the next region to take.
+        let width = 1 + if crate::node::joined() {
+            extra.want(want)
+        } else {
+            extra.try_grow(want)
+        };
         let id = frames.push(width, Kind::Region { extra });
         Grant {
             id,

@@ -9,10 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// The CPUs in the calling thread's affinity mask. std counts them too but does not
-/// say so apart from the quota.
+/// The calling thread's affinity mask: `cpus[i]` is whether CPU `i` is in it.
 #[cfg(target_os = "linux")]
-pub(super) fn affinity_count() -> Option<usize> {
+pub(crate) fn affinity_cpus() -> Option<Vec<bool>> {
     // SAFETY: cpu_set_t is a plain bit array for which all-zeroes is a valid value.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a live, writable cpu_set_t and we pass its exact size; pid 0
@@ -22,14 +21,25 @@ pub(super) fn affinity_count() -> Option<usize> {
     if rc != 0 {
         return None;
     }
-    // SAFETY: `set` was filled by a successful sched_getaffinity.
-    let count = unsafe { libc::CPU_COUNT(&set) };
-    usize::try_from(count).ok().filter(|&n| n > 0)
+    Some(
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: the index is below CPU_SETSIZE; `set` was filled above.
+            .map(|cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect(),
+    )
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn affinity_count() -> Option<usize> {
+pub(crate) fn affinity_cpus() -> Option<Vec<bool>> {
     None
+}
+
+/// The CPUs in the calling thread's affinity mask. std counts them too but does not
+/// say so apart from the quota.
+pub(super) fn affinity_count() -> Option<usize> {
+    affinity_cpus()
+        .map(|cpus| cpus.iter().filter(|&&on| on).count())
+        .filter(|&n| n > 0)
 }
 
 /// The machine's online CPUs: the size of a mask that is "the whole machine".

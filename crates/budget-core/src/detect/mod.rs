@@ -26,6 +26,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+pub(crate) use machine::affinity_cpus;
 use machine::{affinity_count, cgroup_quota_from_proc, online_cpus};
 
 mod machine;

@@ -246,6 +246,9 @@ struct Driver {
     /// tokens it changes from a consistent state: a node member's capacity is not
     /// linear in its node tokens (`max(1, ext)`). Held for a few system calls at most.
     taking: Mutex<()>,
+    /// Tokens kept from other processes until a deadline ([`Supplier::hold`]): read
+    /// at each tick.
+    hold: Mutex<Option<(usize, std::time::Instant)>>,
     /// A grower of its own, registered while other processes wait: the existing
     /// hand-off gives it tokens the moment a region releases them, and the driver
     /// gives them back to the node budget.
@@ -284,6 +287,7 @@ impl Driver {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             taking: Mutex::new(()),
+            hold: Mutex::new(None),
             reclaim: OnceLock::new(),
         }
     }
@@ -317,6 +321,18 @@ impl Driver {
             self.wanted.store(false, Ordering::SeqCst);
             let _taking = self.taking.lock();
             lingering = self.step(tokens, reclaim, lingering);
+        }
+    }
+
+    /// The tokens [`Supplier::hold`] keeps now (0 once its deadline passed).
+    fn held_for_spinners(&self) -> usize {
+        let mut hold = self.hold.lock();
+        match *hold {
+            Some((n, until)) if until > std::time::Instant::now() => n,
+            _ => {
+                *hold = None;
+                0
+            }
         }
     }
 
@@ -360,7 +376,9 @@ impl Driver {
         let demand = tokens.demand().saturating_sub(reclaim.wants());
         // Library workers spinning after a wide call keep their cores from other
         // processes until they sleep (`integration::hold_for_spinners`).
-        let using = (in_use + demand).max(tokens.held_outside()).min(self.total);
+        let using = (in_use + demand)
+            .max(self.held_for_spinners())
+            .min(self.total);
         let ext = self.backend.held();
         let wanted = self.backend.target(using);
         // While another process waits, hold at most the token of the own thread.
@@ -455,7 +473,7 @@ impl Supplier for Driver {
         let Some(tokens) = self.tokens.get() else {
             return 0; // not started yet
         };
-        let (got, added) = {
+        let (first, added) = {
             let _taking = self.taking.lock();
             if let Backend::Node(member, _) = &self.backend {
                 // A waiting process gets the tokens that are freed: a region starting
@@ -473,14 +491,28 @@ impl Supplier for Driver {
             if got > 0 {
                 note(tokens.held() + added, ext + got);
             }
-            (got, added)
+            (got > 0 && ext == 0, added)
         };
-        if got > 0 {
+        if first {
             // The supplier thread looks after them from now on: it gives them back
-            // once they are unused for the linger.
+            // once they are unused for the linger. It ticks while it holds any, so
+            // only a first outside token needs to wake it.
             self.short();
         }
         added
+    }
+
+    fn hold(&self, n: usize, until: std::time::Instant) {
+        if n == 0 {
+            return;
+        }
+        let mut hold = self.hold.lock();
+        // The most tokens any unexpired hold asked for, until the latest deadline.
+        let now = std::time::Instant::now();
+        *hold = Some(match *hold {
+            Some((m, t)) if t > now => (m.max(n), t.max(until)),
+            _ => (n, until),
+        });
     }
 
     fn short(&self) {

@@ -183,7 +183,6 @@ fn cpu_set_file_name(mask: &str, cores: usize, slurm_job: Option<&str>) -> Strin
 
 /// The key of an affinity mask (`cpus[i]`: CPU `i` is in it) in a file name: hex
 /// bytes, lowest CPU first, trailing zero bytes dropped (CPUs 0 and 1: `03`).
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux reads a mask
 pub(crate) fn mask_key(cpus: &[bool]) -> String {
     let mut bytes: Vec<u8> = cpus
         .chunks(8)
@@ -199,8 +198,9 @@ pub(crate) fn mask_key(cpus: &[bool]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The affinity mask as a file-name key; "all" where the OS gives no mask.
 fn affinity_key() -> String {
-    sys::affinity_key()
+    crate::detect::affinity_cpus().map_or_else(|| "all".to_owned(), |cpus| mask_key(&cpus))
 }
 
 /// This process's membership in a node budget: the node tokens it holds, as locks.
@@ -226,7 +226,7 @@ pub struct Member {
     slots: Mutex<Vec<usize>>,
     /// Whether this process holds its read lock on the wait byte.
     waiting: AtomicBool,
-    /// Where [`Member::try_take_now`] looks first.
+    /// Where the next take looks first.
     cursor: AtomicUsize,
 }
 
@@ -266,43 +266,32 @@ impl Member {
 
     /// Takes up to `n` free node tokens without waiting; returns how many.
     pub fn try_take(&self, n: usize) -> usize {
-        let mut slots = self.slots.lock();
-        let mut got = 0;
-        for slot in 0..self.tokens {
-            if got == n {
-                break;
-            }
-            if slots.contains(&slot) {
-                continue;
-            }
-            if sys::lock(self.file, Lock::Exclusive, SLOTS_AT + slot as u64).is_ok() {
-                slots.push(slot);
-                got += 1;
-            }
-        }
-        got
+        self.take_looking_at(n, self.tokens)
     }
 
     /// Takes up to `n` free node tokens for a region that starts now: as
-    /// [`Member::try_take`], but with a bounded number of attempts (`2n + 8` bytes,
-    /// starting after the byte it tried last), so that a region entry in a large node
-    /// costs a few system calls, not one per token of the node. Returns how many.
+    /// [`Member::try_take`], but with a bounded number of attempts (`2n + 8` bytes),
+    /// so that a region entry in a large node costs a few system calls, not one per
+    /// token of the node. Returns how many.
     pub fn try_take_now(&self, n: usize) -> usize {
+        self.take_looking_at(n, 2 * n + 8)
+    }
+
+    /// Takes up to `n` free node tokens, trying at most `tries` bytes (all of them
+    /// when `tries` reaches the node's size), from the one after the byte tried last.
+    fn take_looking_at(&self, n: usize, tries: usize) -> usize {
         let mut slots = self.slots.lock();
-        let tries = (2 * n + 8).min(self.tokens);
-        let start = self.cursor.load(Ordering::Relaxed);
+        let mut at = self.cursor.load(Ordering::Relaxed);
         let mut got = 0;
-        let mut at = start;
-        for _ in 0..tries {
+        for _ in 0..tries.min(self.tokens) {
             if got == n {
                 break;
             }
             let slot = at % self.tokens;
             at = slot + 1;
-            if slots.contains(&slot) {
-                continue;
-            }
-            if sys::lock(self.file, Lock::Exclusive, SLOTS_AT + slot as u64).is_ok() {
+            if !slots.contains(&slot)
+                && sys::lock(self.file, Lock::Exclusive, SLOTS_AT + slot as u64).is_ok()
+            {
                 slots.push(slot);
                 got += 1;
             }

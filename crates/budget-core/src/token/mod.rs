@@ -93,6 +93,10 @@ pub(crate) trait Supplier: Send + Sync {
     /// token (never waiting for one), and return how many tokens of capacity the
     /// process gained. The caller moves them out of `outside` ([`Tokens::adopt`]).
     fn take_now(&self, n: usize) -> usize;
+    /// Keeps `n` tokens of the process out of other processes' reach until `until`
+    /// (library workers that busy-wait after a call): the supplier gives none of them
+    /// back to the outside budget meanwhile.
+    fn hold(&self, n: usize, until: std::time::Instant);
 }
 
 /// The budget's tokens: `free` plus the tokens every holder has equals the tokens the
@@ -114,10 +118,6 @@ pub(crate) struct Tokens {
     outside: std::sync::atomic::AtomicUsize,
     /// The outside budget this process joined, if any.
     supplier: Option<Box<dyn Supplier>>,
-    /// Tokens the process keeps from other processes until a deadline, for library
-    /// workers that busy-wait after a call ([`Tokens::hold_outside`]). Only read and
-    /// written in a process with a supplier.
-    hold: std::sync::Mutex<Option<(usize, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -141,7 +141,6 @@ impl Tokens {
             counters: Counters::default(),
             outside: std::sync::atomic::AtomicUsize::new(0),
             supplier: None,
-            hold: std::sync::Mutex::new(None),
         }
     }
 
@@ -212,16 +211,11 @@ impl Tokens {
     /// older grower would get them first: the taker asked first).
     #[cold]
     fn take_outside(&self, n: usize) -> usize {
-        match &self.supplier {
-            Some(supplier) => {
-                let got = supplier.take_now(n);
-                if got > 0 {
-                    self.adopt(got);
-                }
-                got
-            }
-            None => 0,
+        let got = self.supplier.as_ref().map_or(0, |s| s.take_now(n));
+        if got > 0 {
+            self.adopt(got);
         }
+        got
     }
 
     /// Moves `n` tokens the supplier took for a taker at entry out of `outside`: the
@@ -232,8 +226,9 @@ impl Tokens {
             .outside
             .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
         debug_assert!(before >= n, "more tokens adopted than were outside");
-        let in_use = self.total - (before - n) - self.free_hint().min(self.total - (before - n));
-        self.counters.note_in_use(in_use);
+        let held = self.total - (before - n);
+        self.counters
+            .note_in_use(held.saturating_sub(self.free_hint()));
     }
 
     /// Whether the process shares an outside budget (a jobserver, a node budget).
@@ -418,32 +413,11 @@ impl Tokens {
     }
 
     /// Keeps `n` tokens of this process out of other processes' reach until `until`
-    /// (the larger hold wins while both last): the supplier does not give them back
-    /// to the outside budget meanwhile. They stay free for this process's own
-    /// regions. A no-op without an outside budget.
+    /// ([`Supplier::hold`]); they stay free for this process's own regions. A no-op
+    /// without an outside budget.
     pub(crate) fn hold_outside(&self, n: usize, until: std::time::Instant) {
-        if self.supplier.is_none() || n == 0 {
-            return;
-        }
-        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        *hold = match *hold {
-            Some((m, t)) if t > now && m >= n => Some((m, t.max(until))),
-            Some((_, t)) if t > now => Some((n, t.max(until))),
-            _ => Some((n, until)),
-        };
-    }
-
-    /// The tokens held by [`Tokens::hold_outside`] now (0 once its deadline passed).
-    pub(crate) fn held_outside(&self) -> usize {
-        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
-        match *hold {
-            Some((n, until)) if until > std::time::Instant::now() => n,
-            Some(_) => {
-                *hold = None;
-                0
-            }
-            None => 0,
+        if let Some(supplier) = &self.supplier {
+            supplier.hold(n, until);
         }
     }
 

@@ -1,6 +1,5 @@
 //! The operating-system calls of the outside budgets, one file per OS family: the
-//! node budget's private files and byte-range locks, the affinity key of its default
-//! file, and the clock of the token log. The decisions (which byte, when to take,
+//! node budget's private files and byte-range locks, and the clock of the token log. The decisions (which byte, when to take,
 //! what a header says) stay in `node.rs` and `mod.rs` above, the same on every OS.
 //!
 //! | OS | node budget | why |

@@ -50,10 +50,6 @@ pub(crate) fn holder(_file: &File, _at: u64) -> Option<u32> {
     None
 }
 
-pub(crate) fn affinity_key() -> String {
-    "all".to_owned()
-}
-
 /// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {
     super::epoch_ns()

@@ -90,32 +90,6 @@ pub(crate) fn holder(file: &File, at: u64) -> Option<u32> {
     (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid as u32)
 }
 
-/// The affinity mask as hex, lowest CPU first, trailing zero bytes dropped; "all"
-/// where the OS has no affinity mask to read.
-#[cfg(target_os = "linux")]
-pub(crate) fn affinity_key() -> String {
-    // SAFETY: cpu_set_t is a plain bit array; all-zeroes is a valid value.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is writable and we pass its exact size; pid 0 is this thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return "all".to_owned();
-    }
-    let cpus: Vec<bool> = (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: the index is below CPU_SETSIZE; `set` is initialised.
-        .map(|cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect();
-    super::super::node::mask_key(&cpus)
-}
-
-/// The affinity mask as hex; "all" where the OS has no affinity mask to read
-/// (macOS: threads have affinity tags, processes no CPU mask).
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn affinity_key() -> String {
-    "all".to_owned()
-}
-
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable between the processes of a machine
 /// (the token log of a tree of processes).
 pub(crate) fn monotonic_ns() -> u64 {

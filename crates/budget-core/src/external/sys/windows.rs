@@ -105,11 +105,6 @@ pub(crate) fn holder(file: &File, at: u64) -> Option<u32> {
     }
 }
 
-/// No affinity mask is read here: one default node file per user.
-pub(crate) fn affinity_key() -> String {
-    "all".to_owned()
-}
-
 /// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {
     super::epoch_ns()
