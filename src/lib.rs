@@ -51,14 +51,19 @@
 //!   From the `budget-native` crate.
 
 pub use budget_core::{
-    available_cores, detect, scope, scope_with, stats, BuildError, Builder, Detected, ForEachInput,
-    Lease, RegionThread, Scope, Source, Stats, ENV_NUM_THREADS, MAX_THREADS,
+    available_cores, detect, scope, scope_with, stats, user_thread_variable, BuildError, Builder,
+    Detected, ForEachInput, Lease, RegionThread, Scope, Source, Stats, ENV_NUM_THREADS,
+    ENV_STATIC_ENV, MAX_THREADS,
 };
 
 /// Sharing the budget with other processes: the outside budget this process joined
 /// ([`joined`], [`Joined`]), the tokens it holds ([`held_tokens`]), the node budget's
-/// files and members ([`node`]), and the variables that steer them.
-pub use budget_core::{held_tokens, joined, node, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG};
+/// files and members ([`node`]), giving make's tokens back before `_exit` or `exec`
+/// ([`release_outside_tokens`]), and the variables that steer them.
+pub use budget_core::{
+    held_tokens, joined, node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE,
+    ENV_TOKEN_LOG,
+};
 
 /// Hooks for integrations (code that runs a region's work on threads of its own):
 /// [`ScopeHooks`](integration::ScopeHooks), [`RegionThread`], [`Lease`].

@@ -132,3 +132,11 @@ def test_narrowed_by_other_processes_is_counted(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_under_budget_run_static_env_a_budget_enabled_script_keeps_its_widths():
+    # --static-env 1 is for the programs of the tree that are not budget-enabled:
+    # NumPy's OpenBLAS in a script that uses budget still runs at each region's width.
+    cmd = (budget_cli(), "run", "-j", "2", "--static-env", "1", "--")
+    total, seen, _ = run_sequential("0.2", 3, cmd_prefix=cmd)
+    assert seen[0.2] == [(2, 2)] * 3, (total, seen)

@@ -2,7 +2,9 @@
 budget share one budget of tokens with the process that made it (budget.share_node,
 BUDGET_NODE)."""
 
-from conftest import run_python
+import os
+
+from conftest import run_python, user_env
 
 NODE = """
 import multiprocessing as mp
@@ -140,3 +142,145 @@ def test_a_short_region_in_a_joined_process_starts_at_once_and_registers_demand(
     assert "child out" in out, out
     assert "held while open 2 width 1" in out, out
     assert "held after exit 1" in out, out
+
+
+SIZE = """
+import json, os, sys
+import budget
+
+errors = {}
+if sys.argv[1:] == ["bad"]:
+    for bad in (5000, 0, -1, 4097):
+        try:
+            budget.share_node(bad)
+        except Exception as e:
+            errors[bad] = f"{type(e).__name__}: {e}"
+# Nothing was made for the refused sizes: the default file is not there.
+directory = os.path.join(os.environ["XDG_RUNTIME_DIR"], "budget")
+left = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+path = budget.share_node()
+print(json.dumps({
+    "limit": getattr(budget, "MAX_THREADS", None),
+    "errors": errors,
+    "left": left,
+    "path": path,
+    "tokens": budget.joined()["tokens"],
+    "total": budget.stats()["total"],
+}))
+os.remove(path)
+"""
+
+
+def run_as_user(code, *args, **env):
+    """Runs `code` with `args` in a fresh interpreter with a user's environment (no
+    BUDGET_NUM_THREADS of the test session) and `env`; returns what it printed."""
+    import subprocess
+    import sys
+    import textwrap
+
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=user_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+    return r.stdout
+
+
+def share_node_size(tmp_path, *args, **env):
+    """Runs SIZE with `args`, a private runtime directory and `env`; returns what it
+    printed."""
+    import json
+
+    os.chmod(tmp_path, 0o700)
+    out = run_as_user(SIZE, *args, XDG_RUNTIME_DIR=str(tmp_path), **env)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_share_node_defaults_to_the_processs_own_total(tmp_path):
+    # The default is the total this process's budget has: BUDGET_NUM_THREADS, and
+    # Slurm's count where it applies (the total without a node budget says which).
+    out = share_node_size(tmp_path, BUDGET_NUM_THREADS="1")
+    assert (out["tokens"], out["total"]) == (1, 1), out
+    plain = run_as_user("import budget; print(budget.stats()['total'])", SLURM_CPUS_PER_TASK="1")
+    slurm_total = int(plain.split()[-1])
+    out = share_node_size(tmp_path, SLURM_CPUS_PER_TASK="1")
+    assert (out["tokens"], out["total"]) == (slurm_total, slurm_total), out
+
+
+def test_share_node_refuses_a_size_past_the_limit_and_leaves_no_file(tmp_path):
+    out = share_node_size(tmp_path, "bad", BUDGET_NUM_THREADS="2")
+    assert sorted(out["errors"]) == ["-1", "0", "4097", "5000"], out
+    for bad, message in out["errors"].items():
+        assert message.startswith("ValueError: "), message
+        assert "from 1 to 4096" in message and bad in message, message
+    assert out["left"] == [], out
+    # A later share_node() in the same process works.
+    assert os.path.basename(out["path"]).startswith("python-"), out
+    assert out["tokens"] == 2, out
+    assert out["limit"] == 4096, out
+
+
+def test_share_node_errors_name_the_path_and_keep_the_users_file(tmp_path, monkeypatch):
+    import budget
+
+    # share_node sets BUDGET_NODE when it succeeds: never for the rest of the session.
+    monkeypatch.delenv("BUDGET_NODE", raising=False)
+    missing = str(tmp_path / "no-such-dir" / "x.node")
+    try:
+        budget.share_node(2, path=missing)
+        raise AssertionError("made a node file in a missing directory")
+    except OSError as e:
+        assert missing in str(e), str(e)
+    assert "BUDGET_NODE" not in os.environ
+    # A file that is not a node budget file: refused, named, left as it was.
+    other = tmp_path / "notes.txt"
+    other.write_text("mine\n")
+    try:
+        budget.share_node(2, path=str(other))
+        raise AssertionError("took over a file that is not a node budget file")
+    except OSError as e:
+        assert str(other) in str(e), str(e)
+    assert other.read_text() == "mine\n"
+    assert "BUDGET_NODE" not in os.environ
+
+
+def test_share_node_replaces_a_broken_file_of_its_own_name(tmp_path):
+    # A file left at this process's default path that is not a node budget file (a
+    # dead process of the same pid, or an older version's) is made anew.
+    code = """
+import os, budget
+d = os.path.join(os.environ["XDG_RUNTIME_DIR"], "budget")
+os.makedirs(d, mode=0o700, exist_ok=True)
+own = os.path.join(d, f"python-{os.getpid()}.node")
+open(own, "w").write("budget-node 1\\ntokens 5000\\n")
+path = budget.share_node(2)
+print(path == own, budget.joined()["tokens"])
+os.remove(path)
+"""
+    os.chmod(tmp_path, 0o700)
+    r = run_python(code, env=user_env(XDG_RUNTIME_DIR=str(tmp_path)))
+    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+    assert r.stdout.split() == ["True", "2"], r.stdout
+
+
+def test_share_node_falls_back_when_xdg_runtime_dir_is_unusable(tmp_path):
+    # XDG_RUNTIME_DIR/budget is taken by a regular file: the node file goes to the
+    # next directory (/dev/shm/budget-$UID, else the temp directory's).
+    os.chmod(tmp_path, 0o700)
+    (tmp_path / "budget").write_text("not a directory\n")
+    code = """
+import os, budget
+path = budget.share_node(2)
+print(path)
+print(budget.joined()["tokens"])
+os.remove(path)
+"""
+    r = run_python(code, env=user_env(XDG_RUNTIME_DIR=str(tmp_path)))
+    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+    path, tokens = r.stdout.split()
+    assert not path.startswith(str(tmp_path)), path
+    assert f"budget-{os.getuid()}" in path, path
+    assert tokens == "2", r.stdout

@@ -38,7 +38,9 @@ enum Cmd {
     ///
     /// Programs that are not budget-enabled get nothing from the budget: OpenMP,
     /// OpenBLAS or MKL in them start one thread per core as usual. Pass
-    /// --static-env K to give them K threads each through OMP_NUM_THREADS and its kin.
+    /// --static-env K to give them K threads each through OMP_NUM_THREADS and its kin;
+    /// budget-enabled programs in the tree ignore those counts and keep their dynamic
+    /// widths (a count changed inside the tree afterwards caps them as usual).
     ///
     /// The exit status is CMD's (128 + the signal's number when a signal ended it);
     /// 127 when CMD does not exist. HUP, INT, QUIT, TERM, USR1, USR2 and WINCH sent
@@ -67,7 +69,8 @@ pub(crate) struct RunArgs {
     jobs: Option<usize>,
     /// Also sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
     /// BLIS_NUM_THREADS, VECLIB_MAXIMUM_THREADS, NUMEXPR_NUM_THREADS and
-    /// RAYON_NUM_THREADS to K for programs that are not budget-enabled.
+    /// RAYON_NUM_THREADS to K for programs that are not budget-enabled, and lists
+    /// them in BUDGET_STATIC_ENV: budget-enabled programs do not take them as caps.
     #[arg(
         long = "static-env",
         value_name = "K",
@@ -171,6 +174,7 @@ fn info(json: bool) -> ExitCode {
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
             .collect::<serde_json::Map<_, _>>(),
+        "static_env": report.static_env,
         "jobserver": jobserver,
         "BUDGET_NODE": node_env,
         "node_budget_supported": node::SUPPORTED,

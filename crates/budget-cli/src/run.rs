@@ -38,9 +38,14 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     let mut cmd = Command::new(program);
     cmd.args(&args.command[1..]);
     if let Some(k) = args.static_env {
+        let k = k.to_string();
         for var in STATIC_VARS {
-            cmd.env(var, k.to_string());
+            cmd.env(var, &k);
         }
+        // For programs that are not budget-enabled: budget-enabled ones see in this
+        // list that the counts are ours, not a cap, and keep their dynamic widths.
+        let marker = budget_core::static_env_marker(STATIC_VARS.map(|var| (var, k.as_str())));
+        cmd.env(budget_core::ENV_STATIC_ENV, marker);
     }
     // Inside a tree that already shares a node budget (a `budget run` in a `budget
     // run`, or as a recipe of a make under one), join it, as a sub-make joins its

@@ -240,3 +240,39 @@ fn budget_node_1_files_are_per_core_count_and_slurm_job() {
         .collect();
     assert_eq!(names.len(), 4, "1 core, 2 cores, job 11, job 12: {names:?}");
 }
+
+/// `--static-env K` gives K threads to the programs in the tree that are not
+/// budget-enabled; a budget-enabled one ignores the counts `budget run` set and keeps
+/// its dynamic widths: its regions and the BLAS calls in them run at 2 under
+/// `--static-env 1`.
+#[test]
+fn static_env_leaves_budget_enabled_programs_dynamic() {
+    watchdog(240);
+    let _serial = serial();
+    let mut cmd = budget();
+    cmd.args(["run", "-j", "2", "--static-env", "1", "--", probe_path()])
+        .args(["fixed", "3", "200"]);
+    let (widths, _) = fixed(cmd, "budget run -j 2 --static-env 1 -- probe");
+    assert_full(&widths, "under budget run --static-env 1");
+}
+
+/// A count set inside the tree after `budget run` (here `OPENBLAS_NUM_THREADS=1` over
+/// `--static-env 2`) is the user's: it still caps the library it names.
+#[test]
+fn a_count_changed_inside_a_static_env_tree_still_caps() {
+    watchdog(240);
+    let _serial = serial();
+    let mut cmd = budget();
+    cmd.args(["run", "-j", "2", "--static-env", "2", "--", "env"])
+        .arg("OPENBLAS_NUM_THREADS=1")
+        .args([probe_path(), "fixed", "3", "200"]);
+    let (widths, _) = fixed(
+        cmd,
+        "budget run --static-env 2 -- env OPENBLAS_NUM_THREADS=1 probe",
+    );
+    assert_eq!(
+        widths,
+        [(2, 1); 3],
+        "regions at 2, OpenBLAS capped at the user's 1"
+    );
+}

@@ -71,6 +71,87 @@ fn a_killed_holder_gives_its_node_tokens_back_at_once() {
         .is_empty());
 }
 
+/// A waiter that is stopped (SIGSTOP, Ctrl-Z, a debugger, a frozen cgroup) does not
+/// keep the other processes at one token while the node's tokens lie free: it stops
+/// being seen as waiting within two epochs of its wait byte (200 ms). Before, the
+/// third process below stayed at width 1 for as long as the waiter was stopped.
+#[test]
+fn a_stopped_waiter_does_not_keep_others_narrow() {
+    watchdog(240);
+    let _serial = serial();
+    let dir = temp_dir("stopped-waiter");
+    let (node, mut holder) = holder_of_two(&dir, "stopped-waiter");
+    let waiter_log = dir.join("waiter.log");
+    let mut waiter = probe()
+        .env("BUDGET_NODE", &node.0)
+        .arg("grow")
+        .arg("2")
+        .arg(&waiter_log)
+        .spawn()
+        .unwrap();
+    let _cleanup = KillOnDrop(vec![holder.id(), waiter.id()]);
+    wait_until(30, "the waiter to say it waits", || {
+        budget_core::node::inspect(&node.0).unwrap().waiting == Some(waiter.id())
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(waiter.id() as i32, libc::SIGSTOP) }, 0);
+    holder.kill().unwrap(); // both tokens free now; the waiter cannot take them
+    holder.wait().unwrap();
+    let log = dir.join("third.log");
+    let mut third = probe()
+        .env("BUDGET_NODE", &node.0)
+        .arg("grow")
+        .arg("2")
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    let _third = KillOnDrop(vec![third.id()]);
+    let status = wait_for(&mut third, 60, "the third process to reach width 2");
+    // SAFETY: as above.
+    unsafe { libc::kill(waiter.id() as i32, libc::SIGKILL) };
+    waiter.wait().unwrap();
+    assert!(status.success());
+    let widths: Vec<usize> = read_log(&log)
+        .iter()
+        .filter_map(|l| field(l, "width"))
+        .collect();
+    assert_eq!(widths.last(), Some(&2), "{widths:?}");
+}
+
+/// A process of a `budget run` tree that starts after the run ended finds the node
+/// file gone and the run's jobserver pipe empty for ever: it uses its own budget, as
+/// its warning says (before, it joined the dead pipe and ran every region at width 1).
+#[test]
+fn a_process_started_after_its_budget_run_ended_uses_its_own_budget() {
+    watchdog(120);
+    let _serial = serial();
+    let dir = temp_dir("after-run");
+    let out = dir.join("out");
+    let err = dir.join("err");
+    let script = format!(
+        "(sleep 0.5; exec {probe} fixed 3 0 > {out} 2> {err}) > /dev/null 2>&1 &",
+        probe = probe_path(),
+        out = out.display(),
+        err = err.display(),
+    );
+    let status = budget()
+        .args(["run", "-j", "2", "--", "sh", "-c", &script])
+        .env("BUDGET_NUM_THREADS", "2")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until(30, "the late process to finish", || {
+        std::fs::read_to_string(&out).is_ok_and(|o| o.contains("stats"))
+    });
+    let out = std::fs::read_to_string(&out).unwrap();
+    let err = std::fs::read_to_string(&err).unwrap();
+    assert!(
+        out.contains("fixed [(2, 0), (2, 0), (2, 0)]"),
+        "{out}\n{err}"
+    );
+    assert!(err.contains("is gone"), "{err}");
+}
+
 /// Threads in state R (running or runnable) of `pids`, not counting budget's
 /// supplier thread (it runs for microseconds each tick).
 fn busy_threads(pids: &[u32]) -> usize {

@@ -70,8 +70,14 @@ mod tree;
 
 pub use builder::{BuildError, Builder};
 pub use context::RegionThread;
-pub use detect::{available_cores, detect, Detected, Source, ENV_NUM_THREADS, MAX_THREADS};
-pub use external::{held_tokens, joined, node, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG};
+pub use detect::{
+    available_cores, detect, static_env_marker, user_thread_variable, Detected, Source,
+    ENV_NUM_THREADS, ENV_STATIC_ENV, MAX_THREADS,
+};
+pub use external::{
+    held_tokens, joined, node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE,
+    ENV_TOKEN_LOG,
+};
 pub use items::ForEachInput;
 pub use lease::Lease;
 pub use scope::{scope, scope_with, Scope};

@@ -39,6 +39,14 @@ static GLOBAL: AtomicPtr<Registry> = AtomicPtr::new(ptr::null_mut());
 /// generation belongs to the parent, whose other threads do not exist here.
 static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
 
+/// How many `fork`s lie between the first process and this one (0 in a process that
+/// was not forked from one using budget): an object made in a parent and found in a
+/// child compares its generation with this one and stays out of use.
+pub(crate) fn fork_generation() -> usize {
+    register_fork_handler();
+    FORK_GENERATION.load(Ordering::Acquire)
+}
+
 /// The registry of this process, made on first use with the configured total.
 #[inline]
 pub(crate) fn global() -> &'static Registry {

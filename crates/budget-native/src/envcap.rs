@@ -16,6 +16,12 @@
 //! `BUDGET_NATIVE_ENV_CAP=off` turns the caps off (budget then sets every library to
 //! the region's width, as it did before). The environment is read once, at the first
 //! native call; changing it later has no effect (as for the libraries themselves).
+//!
+//! The counts `budget run --static-env K` set are for the programs of its tree that
+//! are not budget-enabled, not caps: a value that still equals what `budget run` set
+//! ([`budget_core::ENV_STATIC_ENV`]) is passed over
+//! ([`budget_core::user_thread_variable`]), so a budget-enabled program there sets its
+//! libraries to its regions' widths; a count changed inside the tree afterwards caps.
 
 use std::sync::OnceLock;
 
@@ -28,7 +34,15 @@ pub(crate) const ENV_SWITCH: &str = "BUDGET_NATIVE_ENV_CAP";
 /// family's cap from the environment at start.
 pub(crate) fn capped(family: Family, width: usize) -> usize {
     static CAPS: OnceLock<Caps> = OnceLock::new();
-    let caps = CAPS.get_or_init(|| Caps::from_env(&|name| std::env::var(name).ok()));
+    let caps = CAPS.get_or_init(|| {
+        Caps::from_env(&|name| {
+            if name == ENV_SWITCH {
+                std::env::var(name).ok()
+            } else {
+                budget_core::user_thread_variable(name)
+            }
+        })
+    });
     caps.of(family).map_or(width, |cap| width.min(cap))
 }
 

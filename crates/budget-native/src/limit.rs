@@ -40,8 +40,10 @@ struct ProcessWide {
 ///
 /// No library is set above the count its own environment variables asked for at
 /// start (`OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, ... as Ray,
-/// Spark and Dask's nanny set them per worker): each gets `min(n, cap)`.
-/// `BUDGET_NATIVE_ENV_CAP=off` lifts the caps. See `docs/clusters.md`.
+/// Spark and Dask's nanny set them per worker): each gets `min(n, cap)`. The counts
+/// `budget run --static-env` set for programs that are not budget-enabled are no caps
+/// ([`budget_core::user_thread_variable`]). `BUDGET_NATIVE_ENV_CAP=off` lifts the
+/// caps. See `docs/clusters.md`.
 ///
 /// With no such library loaded, this is a cheap no-op (a loader-generation check).
 /// Libraries loaded after the guard was made are not affected by it.

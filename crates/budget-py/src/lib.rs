@@ -34,6 +34,8 @@ fn _budget(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(depth, m)?)?;
     m.add_function(wrap_pyfunction!(joined, m)?)?;
     m.add_function(wrap_pyfunction!(create_node, m)?)?;
+    m.add_function(wrap_pyfunction!(release_outside_tokens, m)?)?;
+    m.add("MAX_THREADS", budget_core::MAX_THREADS)?;
     Ok(())
 }
 
@@ -46,6 +48,13 @@ fn set_cap(n: Option<usize>) {
         Some(n) => cap::set(n),
         None => cap::clear(),
     }
+}
+
+/// Gives back the jobserver tokens this process holds, before `os._exit` or an
+/// `os.exec*` (which run no `atexit` handler): the package wraps those.
+#[pyfunction]
+fn release_outside_tokens() {
+    budget_core::release_outside_tokens();
 }
 
 /// Caps regions at `n` in a forked child whose OpenMP runtime cannot run a team
@@ -85,19 +94,15 @@ fn joined(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     Ok(d)
 }
 
-/// Makes a node budget file of `tokens` tokens at `path` (in budget's node directory
-/// when `path` is `None`, named after this process) unless one is there, and returns
-/// `(path, tokens it shares)`.
+/// Makes a node budget file of `tokens` tokens (this process's total when `None`) at
+/// `path` (in budget's node directory when `None`, named after this process) unless
+/// one is there, and returns `(path, tokens it shares)`; see [`node::share`].
 #[pyfunction]
-#[pyo3(signature = (tokens, path=None))]
-fn create_node(tokens: usize, path: Option<std::path::PathBuf>) -> PyResult<(String, usize)> {
-    let io = |e: std::io::Error| pyo3::exceptions::PyOSError::new_err(e.to_string());
-    let path = match path {
-        Some(p) => p,
-        None => budget_core::node::directory()
-            .map_err(io)?
-            .join(format!("python-{}.node", std::process::id())),
-    };
-    let tokens = budget_core::node::create(&path, tokens.max(1)).map_err(io)?;
+#[pyo3(signature = (tokens=None, path=None))]
+fn create_node(
+    tokens: Option<&Bound<'_, PyAny>>,
+    path: Option<std::path::PathBuf>,
+) -> PyResult<(String, usize)> {
+    let (path, tokens) = node::share(tokens, path)?;
     Ok((path.to_string_lossy().into_owned(), tokens))
 }

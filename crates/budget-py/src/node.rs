@@ -9,8 +9,119 @@
 //! while the block runs are held by its lease (its native width was fixed at entry)
 //! and freed at its exit, where the next region of the process takes them, or the
 //! supplier gives them back after its linger, or at once while another process waits.
+//!
+//! [`share`] makes the node budget file of `budget.share_node`.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::exceptions::{PyFileExistsError, PyOSError, PyOverflowError, PyValueError};
+use pyo3::prelude::*;
 
 /// Whether this process joined an outside budget.
 pub(crate) fn joined() -> bool {
     !matches!(budget_core::joined(), budget_core::Joined::Local)
+}
+
+/// `budget.share_node`'s file: a node budget of `tokens` tokens (this process's total
+/// when `None`) at `path` (`python-<pid>.node` in budget's node directory when
+/// `None`), made unless one is there; returns its path and the tokens it shares.
+///
+/// `tokens` is checked before anything is made (1 to [`budget_core::MAX_THREADS`],
+/// else `ValueError`). No broken file is left behind: one this call linked into place
+/// that does not read back is removed, and a file at this process's default path that
+/// it did not make here (a dead process's of the same pid) is replaced. A file at a
+/// given `path` that is not a node budget file is left as it is (`FileExistsError`).
+/// Every `OSError` names the path.
+pub(crate) fn share(
+    tokens: Option<&Bound<'_, PyAny>>,
+    path: Option<PathBuf>,
+) -> PyResult<(PathBuf, usize)> {
+    let tokens = match tokens {
+        Some(tokens) => checked_tokens(tokens)?,
+        // What this process's budget has (or will start with): BUDGET_NUM_THREADS,
+        // Slurm's count, the CPU quota, the affinity mask.
+        None => budget_core::detect().total,
+    };
+    let (path, own) = match path {
+        Some(path) => (
+            std::path::absolute(&path)
+                .map_err(|e| os_error(&e, format!("cannot use {}: {e}", path.display())))?,
+            false,
+        ),
+        None => {
+            let dir = budget_core::node::directory().map_err(|e| {
+                os_error(
+                    &e,
+                    format!("{e} (or pass path= a file in a directory of yours)"),
+                )
+            })?;
+            (
+                dir.join(format!("python-{}.node", std::process::id())),
+                true,
+            )
+        }
+    };
+    // The default file, once made here, is this process's own; before that, a file of
+    // that name is a dead process's (same pid): made anew, as `budget run` does.
+    static MADE_HERE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut made_here = MADE_HERE.lock().unwrap_or_else(|e| e.into_inner());
+    if own && made_here.as_deref() != Some(path.as_path()) {
+        let _ = std::fs::remove_file(&path);
+    }
+    let existed = path.symlink_metadata().is_ok();
+    match budget_core::node::create(&path, tokens) {
+        Ok(shared) => {
+            if own {
+                *made_here = Some(path.clone());
+            }
+            Ok((path, shared))
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            if !existed {
+                // Linked into place by this call (or a racing one) and unreadable:
+                // useless to anyone, and it would break every later call.
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(PyFileExistsError::new_err(format!(
+                "budget.share_node: {} is there and is not a budget node file; remove it \
+                 or pass another path",
+                path.display()
+            )))
+        }
+        Err(e) => Err(os_error(
+            &e,
+            format!("cannot make the node budget file {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// `tokens` as a node budget's size: a whole number from 1 to
+/// [`budget_core::MAX_THREADS`], else `ValueError` naming the limit (`TypeError` for
+/// what is not a whole number).
+fn checked_tokens(tokens: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let n = match tokens.extract::<i128>() {
+        Ok(n) => Some(n),
+        Err(e) if e.is_instance_of::<PyOverflowError>(tokens.py()) => None,
+        Err(e) => return Err(e),
+    };
+    match n.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) if (1..=budget_core::MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(PyValueError::new_err(format!(
+            "budget.share_node: tokens must be a whole number from 1 to {} \
+             (budget.MAX_THREADS), not {tokens}",
+            budget_core::MAX_THREADS
+        ))),
+    }
+}
+
+/// An `OSError` saying `message` (prefixed with `budget.share_node: `), of the
+/// subclass that `e`'s errno maps to (`FileNotFoundError`, `PermissionError`, ...).
+fn os_error(e: &io::Error, message: String) -> PyErr {
+    let message = format!("budget.share_node: {message}");
+    match e.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, message)),
+        None => PyOSError::new_err(message),
+    }
 }

@@ -20,7 +20,9 @@
 //!
 //! It also reports the thread-count variables a scheduler or a user may have set
 //! (`OMP_NUM_THREADS` and its kin). They do not change the total; budget-native reads
-//! them as caps for the libraries they name (see `docs/clusters.md`).
+//! them as caps for the libraries they name (see `docs/clusters.md`), except the
+//! values `budget run --static-env` set for the programs that are not budget-enabled
+//! (`static_env.rs`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +32,11 @@ pub(crate) use machine::affinity_cpus;
 use machine::{affinity_count, cgroup_quota_from_proc, online_cpus};
 
 mod machine;
+mod static_env;
 #[cfg(test)]
 mod test;
+
+pub use static_env::{static_env_marker, user_thread_variable, ENV_STATIC_ENV};
 
 /// The environment variable that overrides the detected core count.
 pub const ENV_NUM_THREADS: &str = "BUDGET_NUM_THREADS";
@@ -171,8 +176,14 @@ pub struct Detected {
     /// order: `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`,
     /// `BLIS_NUM_THREADS`, `GOTO_NUM_THREADS`, `RAYON_NUM_THREADS`. They do not
     /// change the total; the BLAS/OpenMP ones cap `s.native` for the libraries they
-    /// name (budget-native).
+    /// name (budget-native), unless listed in
+    /// [`static_env`](Detected::static_env).
     pub thread_variables: Vec<(&'static str, String)>,
+    /// The names of those [`thread_variables`](Detected::thread_variables) that still
+    /// hold the value `budget run --static-env` gave them for the programs that are
+    /// not budget-enabled ([`ENV_STATIC_ENV`]): budget-native does not read them as
+    /// caps (see [`user_thread_variable`]).
+    pub static_env: Vec<&'static str>,
 }
 
 impl Detected {
@@ -253,7 +264,9 @@ impl fmt::Display for Detected {
         };
         write!(f, "BUDGET_NUM_THREADS:     {own}")?;
         for (name, value) in &self.thread_variables {
-            let role = if *name == "RAYON_NUM_THREADS" {
+            let role = if self.static_env.contains(name) {
+                "from budget run --static-env, for programs that are not budget-enabled"
+            } else if *name == "RAYON_NUM_THREADS" {
                 "rayon's global pool; budget's pools ignore it"
             } else {
                 "caps s.native for its libraries"
@@ -368,6 +381,15 @@ impl Inputs {
 /// The full report for `inputs` and the variables `env` gives, without a builder.
 fn report(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Detected {
     let (total, source) = configured(inputs, env);
+    let thread_variables: Vec<(&'static str, String)> = THREAD_VARIABLES
+        .iter()
+        .filter_map(|&name| env(name).map(|v| (name, v)))
+        .collect();
+    let static_env = thread_variables
+        .iter()
+        .filter(|(name, value)| static_env::set_by_run(env, name, value))
+        .map(|(name, _)| *name)
+        .collect();
     Detected {
         total,
         source,
@@ -377,10 +399,8 @@ fn report(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Detected {
         cgroup_quota: inputs.cgroup_quota,
         slurm_cpus_per_task: slurm_cpus_per_task(env),
         budget_num_threads: env(ENV_NUM_THREADS),
-        thread_variables: THREAD_VARIABLES
-            .iter()
-            .filter_map(|&name| env(name).map(|v| (name, v)))
-            .collect(),
+        thread_variables,
+        static_env,
     }
 }
 

@@ -235,6 +235,46 @@ fn the_report_lists_every_figure_and_prints_them() {
 }
 
 #[test]
+fn counts_from_budget_run_static_env_are_not_the_users() {
+    let marker = static_env_marker([("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1")]);
+    assert_eq!(marker, "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1");
+    // Both still as budget run set them: neither is the user's.
+    let env = vars(&[
+        (ENV_STATIC_ENV, &marker),
+        ("OMP_NUM_THREADS", "1"),
+        ("OPENBLAS_NUM_THREADS", "1"),
+        ("MKL_NUM_THREADS", "3"),
+    ]);
+    let user = |name| static_env::user_value(&env, name);
+    assert_eq!(user("OMP_NUM_THREADS"), None);
+    assert_eq!(user("OPENBLAS_NUM_THREADS"), None);
+    // Not listed: the user's.
+    assert_eq!(user("MKL_NUM_THREADS").as_deref(), Some("3"));
+    assert_eq!(user("BLIS_NUM_THREADS"), None);
+    // Changed inside the tree afterwards: the user's again.
+    let changed = vars(&[(ENV_STATIC_ENV, &marker), ("OMP_NUM_THREADS", "2")]);
+    assert_eq!(
+        static_env::user_value(&changed, "OMP_NUM_THREADS").as_deref(),
+        Some("2")
+    );
+    // Without the marker, every value is the user's.
+    let plain = vars(&[("OMP_NUM_THREADS", "1")]);
+    assert_eq!(
+        static_env::user_value(&plain, "OMP_NUM_THREADS").as_deref(),
+        Some("1")
+    );
+    // The report says which ones came from budget run.
+    let report = report(&machine(8, 8, None), &env);
+    assert_eq!(
+        report.static_env,
+        ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"]
+    );
+    let text = report.to_string();
+    assert!(text.contains("from budget run --static-env"), "{text}");
+    assert!(text.contains("\"3\" (caps s.native"), "{text}");
+}
+
+#[test]
 fn real_v1_files_in_a_directory() {
     let root = std::env::temp_dir().join(format!("budget-cgroup-{}", std::process::id()));
     let leaf = root.join("cpu/job/step");

@@ -240,11 +240,18 @@ fn held_here() -> crate::sync::plain::MutexGuard<'static, Held> {
             token.drop_without_releasing();
         }
         held.pid = pid;
+        super::farewell::holding(0);
     }
     held
 }
 
 extern "C" fn give_back_at_exit() {
+    give_back_all();
+}
+
+/// Stops taking tokens and writes back every one this process holds: at exit, and
+/// before an `_exit` or `exec` ([`super::farewell::release_outside_tokens`]).
+pub(crate) fn give_back_all() {
     // 1. Stop the helper thread: dropping it interrupts a blocked read and waits for
     //    the thread, so any byte it read has been handed to the callback.
     let helper = HELPER.lock().take();
@@ -260,6 +267,7 @@ extern "C" fn give_back_at_exit() {
         if !held.tokens.is_empty() {
             super::note_exit(); // before the bytes leave, as every log line
         }
+        super::farewell::holding(0);
         held.tokens.clear();
     }
 }
@@ -296,6 +304,7 @@ impl Source {
             // SAFETY: a plain `extern "C" fn()` that lives for the whole program.
             unsafe { libc::atexit(give_back_at_exit) };
         });
+        super::farewell::arm(&found.auth);
         drop(held_here());
         Source {
             var: found.var.clone(),
@@ -322,6 +331,7 @@ impl Source {
                             return;
                         }
                         held.tokens.push(token);
+                        super::farewell::holding(held.tokens.len());
                         held.tokens.len()
                     };
                     tokens.deposit(1);
@@ -387,6 +397,7 @@ impl Source {
                         break;
                     }
                     held.tokens.push(token);
+                    super::farewell::holding(held.tokens.len());
                     got += 1;
                 }
                 Ok(None) => break,
@@ -411,6 +422,8 @@ impl Source {
     pub(crate) fn give_back(&self, n: usize) {
         let mut held = held_here();
         for _ in 0..n {
+            // The count first: it never says more than is held (see `farewell`).
+            super::farewell::holding(held.tokens.len().saturating_sub(1));
             drop(held.tokens.pop());
         }
     }

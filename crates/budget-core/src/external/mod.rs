@@ -15,9 +15,12 @@ use crate::sync::plain::{Condvar, Mutex};
 
 use crate::token::{Grower, Supplier, Tokens};
 
+mod farewell;
 pub(crate) mod jobserver;
 pub mod node;
 mod sys;
+
+pub use farewell::release_outside_tokens;
 
 /// The environment variable that turns joining make's jobserver off: `0` (or
 /// `false`, `no`, `off`). On by default.
@@ -147,6 +150,12 @@ pub(crate) fn tokens(total: usize) -> Tokens {
         let _ = JOINED.set(Joined::Node { path, tokens });
         let backend = Backend::Node(member, jobserver::bridge());
         return Tokens::joined(total, Box::new(Driver::new(backend, total)));
+    }
+    if node::named_but_gone() {
+        // A process of a `budget run` tree that started after the run ended: the
+        // jobserver it names is the dead run's pipe (width 1 for ever). Its own
+        // budget, as the warning of `from_env` said.
+        return Tokens::new(total);
     }
     if let Some(source) = jobserver::from_env() {
         let _ = JOINED.set(Joined::Jobserver {

@@ -21,6 +21,8 @@ to that width for the block::
 - :func:`limit`: ``threadpoolctl.threadpool_limits(n)``, safe from many threads.
 - :func:`threadpool_info`: the libraries found, in threadpoolctl's format.
 - :func:`stats`: the budget's counters.
+- :func:`share_node`, :func:`joined`: one budget shared by processes (``BUDGET_NODE``).
+- :data:`MAX_THREADS`: the largest budget, in tokens (4096).
 
 budget registers itself with threadpoolctl (when it is installed) as a controller of
 its own: ``threadpoolctl.threadpool_info()`` lists it with the budget's total as
@@ -33,10 +35,20 @@ from __future__ import annotations
 import os as _os
 
 from . import _budget
-from ._budget import Limit, Region
+from ._budget import MAX_THREADS, Limit, Region
 from ._info import threadpool_info
 
-__all__ = ["Limit", "Region", "joined", "limit", "region", "share_node", "stats", "threadpool_info"]
+__all__ = [
+    "MAX_THREADS",
+    "Limit",
+    "Region",
+    "joined",
+    "limit",
+    "region",
+    "share_node",
+    "stats",
+    "threadpool_info",
+]
 __version__ = "0.1.0"
 
 
@@ -119,20 +131,34 @@ def joined() -> dict:
 
 
 def share_node(tokens: int | None = None, path: str | None = None) -> str:
-    """Makes a node budget of ``tokens`` (default: the CPUs this process may use) and
-    sets ``BUDGET_NODE`` to it, so that processes started from now on that use budget
+    """Makes a node budget of ``tokens`` (default: this process's budget total, the
+    ``total`` of :func:`stats`: ``BUDGET_NUM_THREADS``, Slurm's
+    ``SLURM_CPUS_PER_TASK``, the CPU quota or the CPUs it may use) and sets
+    ``BUDGET_NODE`` to it, so that processes started from now on that use budget
     (multiprocessing and joblib/loky workers, subprocesses) share those tokens, and
     this process too if its budget has not started yet (call it before any region).
-    Returns the node file's path. Tokens are byte-range locks on that file: a worker
-    that dies, however it dies, gives its tokens back.
+    Returns the node file's path: ``path`` made absolute, or a file named after this
+    process in budget's node directory (``$XDG_RUNTIME_DIR/budget``, else
+    ``/dev/shm/budget-$UID`` or the temp directory's). A file already there is shared
+    as it is. Tokens are byte-range locks on that file: a worker that dies, however it
+    dies, gives its tokens back.
 
     In a process sharing a node budget, a region that finds too few tokens starts at
     once with what the process holds (its own thread at least) and registers what it
     lacks: the node's tokens that come free while it runs are fetched for it and serve
     the process's next region; it never waits for them.
+
+    Raises ``ValueError`` when ``tokens`` is not from 1 to :data:`MAX_THREADS` (nothing
+    is made then), ``FileExistsError`` when ``path`` holds a file that is not a node
+    budget file (left as it is), and ``OSError`` naming the path when the file cannot
+    be made.
+
+    >>> import budget
+    >>> budget.share_node(budget.MAX_THREADS + 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: budget.share_node: tokens must be a whole number from 1 to 4096 (budget.MAX_THREADS), not 4097
     """
-    if tokens is None:
-        tokens = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
     node_path, _ = _budget.create_node(tokens, path)
     _os.environ["BUDGET_NODE"] = node_path
     return node_path
@@ -150,6 +176,28 @@ def _after_fork_in_child() -> None:
 
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _gives_tokens_back_first(end):
+    # os._exit (how multiprocessing's fork workers end) and exec run no atexit
+    # handler: without this, make's jobserver tokens this process holds would be lost
+    # (make: "INTERNAL: Exiting with 1 jobserver tokens available; should be 3!").
+    def wrapper(*args, **kwargs):
+        _budget.release_outside_tokens()
+        return end(*args, **kwargs)
+
+    wrapper.__name__ = end.__name__
+    wrapper.__qualname__ = end.__qualname__
+    wrapper.__doc__ = end.__doc__
+    wrapper.__wrapped__ = end
+    return wrapper
+
+
+# os.execl*, os.execvp* and os.execlp* call these two through the os module.
+for _name in ("_exit", "execv", "execve"):
+    if hasattr(_os, _name) and not hasattr(getattr(_os, _name), "__wrapped__"):
+        setattr(_os, _name, _gives_tokens_back_first(getattr(_os, _name)))
+del _name
 
 from . import _threadpoolctl  # noqa: E402  (registers the controller)
 

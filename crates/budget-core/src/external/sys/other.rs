@@ -14,6 +14,9 @@ pub(crate) const HOLDER_SEES_OWN: bool = false;
 /// Whether this OS has the node budget.
 pub(crate) const NODE_SUPPORTED: bool = false;
 
+/// Whether locks belong to the open file rather than to the process (no locks here).
+pub(crate) const PER_OPEN: bool = false;
+
 fn unsupported<T>() -> io::Result<T> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
@@ -49,6 +52,16 @@ pub(crate) fn lock(_file: &File, _kind: Lock, _at: u64) -> io::Result<()> {
 pub(crate) fn holder(_file: &File, _at: u64) -> Option<u32> {
     None
 }
+
+pub(crate) fn first_conflict(_file: &File, _at: u64, _len: u64) -> Option<(u64, u64)> {
+    None
+}
+
+pub(crate) fn owners(_file: &File) -> Option<Vec<(u32, u64, u64)>> {
+    None
+}
+
+pub(crate) fn forget_in_child(_file: &File) {}
 
 /// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {

@@ -28,6 +28,10 @@ pub(crate) const NODE_SUPPORTED: bool = true;
 /// Whether [`holder`] also sees this process's own locks.
 pub(crate) const HOLDER_SEES_OWN: bool = true;
 
+/// Whether locks belong to the open file (here: the handle) rather than to the
+/// process: closing another handle of the file drops none of them.
+pub(crate) const PER_OPEN: bool = true;
+
 /// No numeric user id: the directory lives in the user's own temporary directory.
 pub(crate) fn uid() -> u32 {
     0
@@ -104,6 +108,57 @@ pub(crate) fn holder(file: &File, at: u64) -> Option<u32> {
         Err(_) => Some(0),
     }
 }
+
+/// A locked byte of `[at, at + len)`, as `(start, end)`, or `None` when none is
+/// locked: one exclusive lock of the whole range tells "none" (and is let go at
+/// once); otherwise halves are tried until one locked byte is found (log2 `len`
+/// calls). This process's own locks count as locked here ([`HOLDER_SEES_OWN`]).
+pub(crate) fn first_conflict(file: &File, at: u64, len: u64) -> Option<(u64, u64)> {
+    let handle = file.as_raw_handle() as HANDLE;
+    let free = |at: u64, len: u64| {
+        let mut o = overlapped(at);
+        let (lo, hi) = (len as u32, (len >> 32) as u32);
+        // SAFETY: as in `lock`, for the range `[at, at + len)`.
+        let ok = unsafe {
+            LockFileEx(
+                handle,
+                LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+                0,
+                lo,
+                hi,
+                &mut o,
+            )
+        };
+        if ok != 0 {
+            let mut o = overlapped(at);
+            // SAFETY: as above; releases the range just locked.
+            unsafe { UnlockFileEx(handle, 0, lo, hi, &mut o) };
+        }
+        ok != 0
+    };
+    if len == 0 || free(at, len) {
+        return None;
+    }
+    let (mut lo, mut len) = (at, len);
+    while len > 1 {
+        let half = len / 2;
+        if free(lo, half) {
+            lo += half;
+            len -= half;
+        } else {
+            len = half;
+        }
+    }
+    Some((lo, lo + 1))
+}
+
+/// No call lists who holds a lock: `None` (holders show as pid 0).
+pub(crate) fn owners(_file: &File) -> Option<Vec<(u32, u64, u64)>> {
+    None
+}
+
+/// No `fork` on Windows: nothing to do.
+pub(crate) fn forget_in_child(_file: &File) {}
 
 /// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {

@@ -1,0 +1,180 @@
+//! Jobserver tokens given back when a process ends without running `atexit`.
+//!
+//! make's jobserver has no way back for a byte read by a process that dies holding
+//! it: make then runs fewer jobs for the rest of the build, and says `INTERNAL:
+//! Exiting with 1 jobserver tokens available; should be 3!` at its end. `exit` (and
+//! a panic that ends `main`) gives them back through the `atexit` handler in
+//! `jobserver.rs`; this module covers the other ends:
+//!
+//! - **Catchable fatal signals** (`SIGTERM` from `Pool.terminate()`, `SIGHUP`,
+//!   `SIGINT` where nobody handles it, ...): a handler, installed when the process
+//!   joins a jobserver and only for signals whose action is still the default, writes
+//!   the bytes back, restores the default action and raises the signal again, so
+//!   the process ends as it would have. A program that installs its own handler
+//!   later replaces ours (and ends through `exit`, or not, as it chooses).
+//! - **`_exit` and `exec`** ([`release_outside_tokens`]): a forked worker of
+//!   Python's `multiprocessing` ends with `os._exit`, and the budget module calls
+//!   this first (it wraps `os._exit`, `os.execv` and `os.execve`); a Rust program
+//!   that calls `libc::_exit` or `exec` calls it itself.
+//!
+//! `SIGKILL` stays the protocol's limit: nothing runs.
+//!
+//! The handler cannot take the lock around the held tokens (the thread it
+//! interrupted may hold it), so the count of held tokens is also kept in an atomic,
+//! written under that lock: raised after a token is in the list, lowered before one
+//! leaves. At any moment it is at most what the process holds, so a signal may give
+//! back one token too few in a race, never one too many (an extra byte would let
+//! make run more jobs than `-j`).
+
+#[cfg(unix)]
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+
+/// Tokens the process with pid [`PID`] holds (a lower bound).
+#[cfg(unix)]
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The process [`COUNT`] belongs to: a forked child inherits the count of its
+/// parent's tokens, not the tokens.
+#[cfg(unix)]
+static PID: AtomicU32 = AtomicU32::new(0);
+/// Where bytes go back: the write end of make's pipe, or a descriptor of our own
+/// on the fifo; -1 when there is none.
+#[cfg(unix)]
+static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Gives back every jobserver token this process holds, now: for a process about
+/// to end with `_exit` or to replace itself with `exec`, where no `atexit` handler
+/// runs. Afterwards the process takes no more jobserver tokens (its regions run on
+/// the tokens it holds anyway). Does nothing in a process that joined no jobserver
+/// (node budget tokens are locks, which the kernel drops at `_exit` and at `exec`).
+///
+/// # Examples
+///
+/// ```no_run
+/// // A Rust program about to `exec` another one:
+/// budget_core::release_outside_tokens();
+/// let error = std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("make"));
+/// # let _ = error;
+/// ```
+pub fn release_outside_tokens() {
+    super::jobserver::give_back_all();
+}
+
+/// Records that the process holds `n` tokens now (called under the lock of the held
+/// list, after a token joined it or before one leaves it).
+pub(crate) fn holding(n: usize) {
+    #[cfg(unix)]
+    {
+        // Relaxed for both: the handler runs on a thread of this process and reads
+        // them after the interrupted code's stores in program order; a count that is
+        // one behind is the documented race.
+        PID.store(std::process::id(), Ordering::Relaxed);
+        COUNT.store(n, Ordering::Relaxed);
+    }
+    #[cfg(not(unix))]
+    let _ = n;
+}
+
+/// Installs the handlers (once per process, for signals whose action is the
+/// default) and finds where bytes go back for the jobserver `auth` names.
+pub(crate) fn arm(auth: &str) {
+    #[cfg(unix)]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let Some(fd) = write_end(auth) else {
+                return;
+            };
+            WRITE_FD.store(fd, Ordering::Relaxed);
+            for signal in FATAL {
+                install_if_default(signal);
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = auth;
+}
+
+/// The signals whose default action ends the process and that a program may catch
+/// (`SIGUSR1` is left out: the jobserver crate's helper thread uses it).
+#[cfg(unix)]
+const FATAL: [libc::c_int; 12] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGPIPE,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGABRT,
+];
+
+/// The descriptor bytes are written back to: make's write end (`R,W`), or a
+/// non-blocking write-only open of the fifo of our own (`fifo:PATH`).
+#[cfg(unix)]
+fn write_end(auth: &str) -> Option<libc::c_int> {
+    if let Some(path) = auth.strip_prefix("fifo:") {
+        let path = std::ffi::CString::new(path).ok()?;
+        // SAFETY: a valid C string; open has no other precondition.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        return (fd >= 0).then_some(fd);
+    }
+    let (_, w) = auth.split_once(',')?;
+    w.parse().ok()
+}
+
+#[cfg(unix)]
+fn install_if_default(signal: libc::c_int) {
+    // SAFETY: sigaction is plain data; all-zeroes is a valid empty action.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) } != 0
+        || old.sa_sigaction != libc::SIG_DFL
+    {
+        return; // the program (or Python, or the runtime) handles it: leave it be
+    }
+    // SAFETY: as above.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_fatal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: `action` names an `extern "C" fn(c_int)` that lives for the whole
+    // program and does only async-signal-safe work; its mask is empty.
+    unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+}
+
+/// The handler: bytes back, then the default action (the process ends as it would
+/// have without us). Async-signal-safe: atomics, `getpid`, `write`, `signal`,
+/// `raise`.
+#[cfg(unix)]
+extern "C" fn on_fatal(signal: libc::c_int) {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() } as u32;
+    let fd = WRITE_FD.load(Ordering::Relaxed);
+    if fd >= 0 && PID.load(Ordering::Relaxed) == me {
+        let mut n = COUNT.swap(0, Ordering::Relaxed);
+        let bytes = [b'+'; 64];
+        while n > 0 {
+            let chunk = n.min(bytes.len());
+            // SAFETY: `bytes` is valid for `chunk` bytes; write is async-signal-safe.
+            let wrote = unsafe { libc::write(fd, bytes.as_ptr().cast(), chunk) };
+            if wrote <= 0 {
+                break;
+            }
+            n -= wrote as usize;
+        }
+    }
+    // SAFETY: both are async-signal-safe; the signal is blocked while this handler
+    // runs, so it is delivered (with the default action) once the handler returns.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
