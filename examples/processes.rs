@@ -12,7 +12,7 @@
 //! exits. Prints the median and spread (min–max) of each and the ratios.
 //!
 //! ```text
-//! cargo build --release -p budget-cli          # the `budget` binary
+//! cargo build --release -p budget-threads-cli          # the `budget` binary
 //! cargo run --release --example processes -- [REPS (default 5)] [LOOPS (default 2)]
 //! ```
 
@@ -100,7 +100,7 @@ fn makespan(strategy: &str, loops: usize, dir: &Path) -> f64 {
     let mut children: Vec<Child> = Vec::new();
     if strategy == "budget" {
         let budget = budget_binary()
-            .expect("build the budget binary first: cargo build --release -p budget-cli");
+            .expect("build the budget binary first: cargo build --release -p budget-threads-cli");
         let script = (0..PROCESSES)
             .map(|i| format!("'{}' {} &", exe.display(), worker_args(i).join(" ")))
             .collect::<Vec<_>>()
@@ -151,7 +151,9 @@ fn main() {
     let reps: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
     let loops: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
     if budget_binary().is_none() {
-        eprintln!("processes: build the budget binary first: cargo build --release -p budget-cli");
+        eprintln!(
+            "processes: build the budget binary first: cargo build --release -p budget-threads-cli"
+        );
         std::process::exit(2);
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -12,7 +12,7 @@ average is printed before every run: the figures only mean something on an other
 idle machine. A suite or benchmark that REV does not have is reported as missing.
 
 Suites: core (`--bench core`), rayon (`--bench rayon`), native
-(`-p budget-native --bench native`, needs scripts/setup-native.sh), adoption
+(`-p budget-threads-native --bench native`, needs scripts/setup-native.sh), adoption
 (`--bench adoption`).
 """
 
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = {
     "core": ["--bench", "core"],
     "rayon": ["--bench", "rayon"],
-    "native": ["-p", "budget-native", "--bench", "native"],
+    "native": ["--manifest-path", "crates/budget-native/Cargo.toml", "--bench", "native"],
     "adoption": ["--bench", "adoption"],
 }
 # criterion prints the id on a line of its own (or before "time:" when it is short),

@@ -33,15 +33,15 @@ fi
 
 for t in "${targets[@]}"; do
   echo "check-targets: clippy, every target of the workspace, for $t"
-  cargo clippy --quiet --workspace --all-targets --target "$t" -- -D warnings
+  cargo clippy --quiet --workspace --all-targets --all-features --target "$t" -- -D warnings
 done
 
 for t in x86_64-unknown-linux-gnu x86_64-apple-darwin x86_64-pc-windows-msvc; do
   for features in "--no-default-features" "--no-default-features --features rayon" \
     "--no-default-features --features native"; do
-    echo "check-targets: clippy -p budget $features for $t"
+    echo "check-targets: clippy -p budget-threads $features for $t"
     # shellcheck disable=SC2086
-    cargo clippy --quiet -p budget --all-targets --target "$t" $features -- -D warnings
+    cargo clippy --quiet -p budget-threads --all-targets --target "$t" $features -- -D warnings
   done
 done
 

@@ -22,20 +22,25 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "portability: clippy for macOS, Windows and aarch64 Linux, the facade's features, the MSRV"
 scripts/check-targets.sh
 
 step "cargo test (unit, integration, doc tests)"
-cargo test --workspace 2>&1 | tee -a "$log"
+cargo test --workspace --all-features 2>&1 | tee -a "$log"
 
 step "loom models of the token protocol (--cfg budget_loom)"
 RUSTFLAGS="--cfg budget_loom" CARGO_TARGET_DIR=target/loom \
-  cargo test -p budget-core --lib --release loom -- --test-threads=1 2>&1 | tee -a "$log"
+  cargo test -p budget-threads-core --lib --release loom -- --test-threads=1 2>&1 | tee -a "$log"
 
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "cargo publish --dry-run: each published package builds from what it ships"
+# Needs the crates.io index (as the build does); uploads nothing.
+cargo publish --workspace --dry-run --allow-dirty 2>&1 \
+  | { grep -Ev '^(warning: ignoring|\s+(Compiling|Downloaded|Locking|Adding|Blocking))' || true; }
 
 step "budget-py (the Python module, its own workspace): cargo fmt and clippy"
 cargo fmt --manifest-path crates/budget-py/Cargo.toml -- --check

@@ -9,7 +9,7 @@
 //! - **Entry.** `BUDGET_NODE=<a node of N>`: the median of 200 regions' entries, 10 ms
 //!   apart (each takes outside tokens at entry, the linger having passed).
 //!
-//! `cargo bench -p budget-cli --bench node_poll` measures this build;
+//! `cargo bench -p budget-threads-cli --bench node_poll` measures this build;
 //! `-- --vs PATH` also runs PATH (this file built from another commit: its child
 //! modes are the same) and interleaves the two, run by run (A B A B), with medians
 //! and spreads of 3 runs each.

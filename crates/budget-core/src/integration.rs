@@ -124,7 +124,7 @@ pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
 /// budget, the process does not give those tokens back to the outside budget before
 /// `window` has passed, so another process does not start threads on cores that the
 /// spinning workers occupy (measured: such a neighbour's threads run up to 2× slower,
-/// `cargo bench -p budget-native --bench spin`). Inside the process the tokens stay
+/// `cargo bench -p budget-threads-native --bench spin`). Inside the process the tokens stay
 /// free: the next region takes them, and the next BLAS call runs on those very
 /// workers. Without an outside budget it does nothing. budget-native calls it after
 /// each wide call of a spinning pool.

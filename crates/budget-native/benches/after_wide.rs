@@ -8,8 +8,8 @@
 //!
 //! ```sh
 //! scripts/setup-native.sh
-//! cargo bench -p budget-native --bench after_wide            # 15 rounds
-//! cargo bench -p budget-native --bench after_wide -- 30      # 30 rounds
+//! cargo bench -p budget-threads-native --bench after_wide            # 15 rounds
+//! cargo bench -p budget-threads-native --bench after_wide -- 30      # 30 rounds
 //! ```
 //!
 //! Strategies:

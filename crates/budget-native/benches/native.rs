@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! scripts/setup-native.sh
-//! cargo bench -p budget-native --bench native
-//! taskset -c 0 cargo bench -p budget-native --bench native   # the 1-CPU cases
+//! cargo bench -p budget-threads-native --bench native
+//! taskset -c 0 cargo bench -p budget-threads-native --bench native   # the 1-CPU cases
 //! ```
 //!
 //! Scenarios (from the issue), each variant timed in the same run, and a ratio table

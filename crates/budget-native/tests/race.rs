@@ -114,7 +114,7 @@ fn debian_openblas_openmp_30_runs() {
 
 /// The control experiment, not part of the suite: the same pattern calling
 /// `openblas_set_num_threads` directly, without budget. Run it by hand with
-/// `cargo test -p budget-native --test race -- --ignored --nocapture`; it reports how many
+/// `cargo test -p budget-threads-native --test race -- --ignored --nocapture`; it reports how many
 /// of 30 child runs crashed or failed (each run is a child process of its own).
 #[test]
 #[ignore = "a by-hand control experiment: it crashes OpenBLAS on purpose"]

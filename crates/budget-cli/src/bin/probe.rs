@@ -196,6 +196,7 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(gap));
             }
             println!("fixed {seen:?}");
+            println!("joined {:?}", budget_core::joined());
             println!("stats {:?}", budget_core::stats());
         }
         "spinhold" => {

@@ -38,11 +38,11 @@
 //!
 //! ```sh
 //! scripts/setup-native.sh
-//! cargo bench -p budget-native --bench spin               # all, ~2 min on 2 cores
-//! cargo bench -p budget-native --bench spin -- openblas   # rows whose name has it
-//! cargo bench -p budget-native --bench spin -- --pairs 25 # more pairs per row
-//! cargo bench -p budget-native --bench spin -- --no-control  # default rows only
-//! cargo bench -p budget-native --bench spin -- --pin      # neighbour i on CPU i
+//! cargo bench -p budget-threads-native --bench spin               # all, ~2 min on 2 cores
+//! cargo bench -p budget-threads-native --bench spin -- openblas   # rows whose name has it
+//! cargo bench -p budget-threads-native --bench spin -- --pairs 25 # more pairs per row
+//! cargo bench -p budget-threads-native --bench spin -- --no-control  # default rows only
+//! cargo bench -p budget-threads-native --bench spin -- --pin      # neighbour i on CPU i
 //! ```
 //!
 //! `--pin` is a diagnostic: with each neighbour thread bound to a CPU of its own, a
