@@ -147,12 +147,21 @@ fn info(json: bool) -> ExitCode {
             let alive = r
                 .creator
                 .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            // A file made for one process tree (`budget run`'s run-<pid>.node, Python's
+            // share_node() python-<pid>.node) is stale once its maker is gone; the
+            // shared cpus-*.node files never are.
+            let name = r.path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let per_tree = name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("run-") || n.starts_with("python-"));
+            let stale = per_tree && !alive && cfg!(target_os = "linux");
             serde_json::json!({
                 // A path that is not UTF-8 (a directory named so) is shown lossily.
                 "path": r.path.to_string_lossy(),
                 "tokens": r.tokens,
                 "creator": r.creator,
                 "creator_alive": alive,
+                "stale": stale,
                 "waiting": r.waiting,
                 "holders": r.holders.iter().map(|h| serde_json::json!({
                     "pid": h.pid, "tokens": h.tokens, "command": h.command,
@@ -217,8 +226,8 @@ fn info(json: bool) -> ExitCode {
             "node budget {} : {} token(s){}",
             r["path"].as_str().unwrap_or(""),
             r["tokens"],
-            if r["creator_alive"] == false && r["path"].as_str().unwrap_or("").contains("run-") {
-                " (stale: its budget run is gone)"
+            if r["stale"] == true {
+                " (stale: the process that made it is gone; nobody joins it, safe to remove)"
             } else {
                 ""
             }

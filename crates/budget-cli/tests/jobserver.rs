@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -191,7 +193,9 @@ fn a_jobserver_variable_that_points_nowhere_warns_once_and_falls_back() {
     let dir = temp_dir("bad-js");
     let log = dir.join("log");
     let log_s = log.display().to_string();
+    // A process group of its own: the warning is given once per group (tree).
     let out = probe()
+        .process_group(0)
         .env("MAKEFLAGS", "-j4 --jobserver-auth=97,98")
         .args(["regions", "4", "16", "1000", &log_s])
         .output()
@@ -222,6 +226,7 @@ fn a_fifo_path_that_is_not_a_fifo_is_never_touched() {
         let _ = std::fs::remove_file(&log);
         let log_s = log.display().to_string();
         let out = probe()
+            .process_group(0)
             .env("MAKEFLAGS", format!("-j3 --jobserver-auth=fifo:{path}"))
             .args(["regions", "4", "16", "1000", &log_s])
             .output()
@@ -233,6 +238,39 @@ fn a_fifo_path_that_is_not_a_fifo_is_never_touched() {
         assert!(lines[0].words.join(" ").contains("Local"), "{lines:#?}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "abcdefghij");
     }
+}
+
+/// make 4.3 gives every recipe not marked `+` a `MAKEFLAGS` naming descriptors it
+/// closed: each such budget-enabled recipe used to print the same four-line warning
+/// (hundreds in a big build). Now the first process of the tree (its process group)
+/// says it, once.
+#[test]
+fn a_build_of_plain_recipes_warns_once() {
+    watchdog(240);
+    let _serial = serial();
+    make_available();
+    let dir = temp_dir("warn-once");
+    let mut makefile = String::from("all: r1 r2 r3 r4\n");
+    for i in 1..=4 {
+        makefile.push_str(&format!(
+            "r{i}:\n\t{} fixed 1 0 > /dev/null\n",
+            probe_path()
+        ));
+    }
+    std::fs::write(dir.join("Makefile"), makefile).unwrap();
+    let out = Command::new("make")
+        .process_group(0)
+        .args(["-s", "-j2", "-C"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("ignoring the jobserver").count(),
+        1,
+        "one warning for the build: {stderr}"
+    );
 }
 
 #[test]

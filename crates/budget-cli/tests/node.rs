@@ -543,6 +543,62 @@ impl Drop for KillOnDrop {
 /// `budget info` with a node directory whose path is not UTF-8 prints its report
 /// (the path shown lossily) instead of panicking, and lists a joined node file that
 /// lives outside the directory.
+/// `budget info` is consistent: a per-tree node file whose maker is dead is marked
+/// stale whether `budget run` (run-<pid>) or Python's share_node() (python-<pid>) made
+/// it, and an invalid `SLURM_CPUS_PER_TASK` reads "not valid: ignored" as an invalid
+/// `MKL_NUM_THREADS` does (it read "not set", and the other read as a cap).
+#[test]
+fn budget_info_marks_stale_files_and_invalid_values_alike() {
+    watchdog(120);
+    let _serial = serial();
+    let dir = temp_dir("info-alike");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // A pid that is not running: past the kernel's pid_max.
+    let dead = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(4_194_304)
+        + 1;
+    let budget_dir = dir.join("budget");
+    std::fs::create_dir(&budget_dir).unwrap();
+    std::fs::set_permissions(
+        &budget_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    for name in ["run-1.node", "python-1.node"] {
+        std::fs::write(
+            budget_dir.join(name),
+            format!("budget-node 1\ntokens 2\ncreator {dead}\n"),
+        )
+        .unwrap();
+    }
+    let out = budget()
+        .arg("info")
+        .env("XDG_RUNTIME_DIR", &dir)
+        .env("SLURM_CPUS_PER_TASK", "two")
+        .env("MKL_NUM_THREADS", "two")
+        .env_remove("BUDGET_NODE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for name in ["run-1.node", "python-1.node"] {
+        let line = text.lines().find(|l| l.contains(name)).unwrap_or_default();
+        assert!(line.contains("(stale"), "{name} not marked stale: {text}");
+    }
+    let slurm = text
+        .lines()
+        .find(|l| l.starts_with("SLURM_CPUS_PER_TASK"))
+        .unwrap_or_default();
+    let mkl = text
+        .lines()
+        .find(|l| l.starts_with("MKL_NUM_THREADS"))
+        .unwrap_or_default();
+    assert!(slurm.contains("\"two\" (not valid: ignored)"), "{text}");
+    assert!(mkl.contains("\"two\" (not valid: ignored)"), "{text}");
+}
+
 #[test]
 fn budget_info_survives_odd_paths_and_shows_the_joined_node() {
     use std::os::unix::ffi::OsStrExt;

@@ -170,6 +170,8 @@ pub struct Detected {
     pub cgroup_quota: Option<f64>,
     /// `SLURM_CPUS_PER_TASK` when it holds a positive whole number.
     pub slurm_cpus_per_task: Option<usize>,
+    /// The raw value of `SLURM_CPUS_PER_TASK` when set (valid or not).
+    pub slurm_cpus_per_task_raw: Option<String>,
     /// The raw value of `BUDGET_NUM_THREADS` when set (valid or not).
     pub budget_num_threads: Option<String>,
     /// Thread-count variables of other runtimes that are set, by name, in this
@@ -250,10 +252,11 @@ impl fmt::Display for Detected {
             "available_parallelism:  {}",
             or_none(&self.available_parallelism, "failed")
         )?;
-        let slurm = match self.slurm_cpus_per_task {
-            None => "not set".to_owned(),
-            Some(n) if self.whole_machine() => format!("{n}"),
-            Some(n) => format!("{n} (not used: the affinity mask is the allocation)"),
+        let slurm = match (self.slurm_cpus_per_task, &self.slurm_cpus_per_task_raw) {
+            (None, None) => "not set".to_owned(),
+            (None, Some(raw)) => format!("{raw:?} (not valid: ignored)"),
+            (Some(n), _) if self.whole_machine() => format!("{n}"),
+            (Some(n), _) => format!("{n} (not used: the affinity mask is the allocation)"),
         };
         writeln!(f, "SLURM_CPUS_PER_TASK:    {slurm}")?;
         let own = match &self.budget_num_threads {
@@ -264,7 +267,11 @@ impl fmt::Display for Detected {
         };
         write!(f, "BUDGET_NUM_THREADS:     {own}")?;
         for (name, value) in &self.thread_variables {
-            let role = if self.static_env.contains(name) {
+            let first = value.split(',').next().unwrap_or("").trim();
+            let valid = first.parse::<usize>().is_ok_and(|n| n >= 1);
+            let role = if !valid {
+                "not valid: ignored"
+            } else if self.static_env.contains(name) {
                 "from budget run --static-env, for programs that are not budget-enabled"
             } else if *name == "RAYON_NUM_THREADS" {
                 "rayon's global pool; budget's pools ignore it"
@@ -398,6 +405,7 @@ fn report(inputs: &Inputs, env: &dyn Fn(&str) -> Option<String>) -> Detected {
         online: inputs.online,
         cgroup_quota: inputs.cgroup_quota,
         slurm_cpus_per_task: slurm_cpus_per_task(env),
+        slurm_cpus_per_task_raw: env(ENV_SLURM_CPUS_PER_TASK),
         budget_num_threads: env(ENV_NUM_THREADS),
         thread_variables,
         static_env,

@@ -184,6 +184,54 @@ pub(crate) fn warn_once(message: &str) {
     }
 }
 
+/// Whether this process is the first of its tree to give `message`: make 4.3 hands
+/// every recipe not marked `+` a jobserver it cannot use, and a build of hundreds of
+/// recipes printed the same warning hundreds of times. The tree is the process group
+/// (make and its recipes share one); a mark file in the node directory, made with
+/// `O_EXCL`, says the warning was given (and is given again once the mark is an hour
+/// old: a later build whose group reused the number). Where no mark can be made, every
+/// process warns.
+fn first_in_tree(message: &str) -> bool {
+    #[cfg(unix)]
+    {
+        use std::hash::{Hash, Hasher};
+        // SAFETY: getpgrp has no preconditions and cannot fail.
+        let group = unsafe { libc::getpgrp() };
+        let Ok(dir) = super::node::directory() else {
+            return true;
+        };
+        // DefaultHasher::new() has fixed keys: the same name in every process.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        message.hash(&mut hasher);
+        let mark = dir.join(format!(".warned-{group}-{:016x}", hasher.finish()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&mark)
+        {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let old = std::fs::metadata(&mark)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age > std::time::Duration::from_secs(3600));
+                if old {
+                    let _ = std::fs::remove_file(&mark);
+                    let _ = std::fs::File::create(&mark);
+                }
+                old
+            }
+            Err(_) => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = message;
+        true
+    }
+}
+
 /// The jobserver this process joined, for the driver.
 pub(crate) struct Source {
     pub(crate) var: String,
@@ -278,7 +326,9 @@ pub(crate) fn from_env() -> Option<Source> {
     match captured() {
         None => None,
         Some(Err(message)) => {
-            warn_once(message);
+            if first_in_tree(message) {
+                warn_once(message);
+            }
             None
         }
         Some(Ok(found)) => Some(Source::of(found)),
