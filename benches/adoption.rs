@@ -18,15 +18,16 @@
 //! - `static_outer1`: the loop serial, the library at all cores;
 //! - `budget`: the loop as before, the library wraps each call in
 //!   `budget::scope(|s| s.native(..))` (the application knows nothing of budget).
-//! - `budget_fair_share` (a prototype, not in the ratio): as `budget`, but the
-//!   library asks for at most `total / rayon::current_num_threads()` when it runs on
-//!   a rayon worker: what a budget-core rule for threads of foreign rayon pools
-//!   would do (budget-rayon's README, "Library-only adoption").
+//!   A region on a worker of the application's (foreign) rayon pool asks for its
+//!   share, `total / rayon::current_num_threads()` (budget-core's rule).
+//! - `budget_app_too`: the application's loop also in a budget region
+//!   (`budget::scope(|app| app.install(..))`): the same library, adopted end to end.
 //!
 //! After the criterion groups, an interleaved summary runs every strategy once per
 //! round and prints, per strategy, the median time and the spread (min–max) over
-//! the rounds, and the median over rounds of `budget / best static` (the best
-//! static setting of the same round). The goal: at most 1.1.
+//! the rounds, the median over rounds of `budget / best static` (the best static
+//! setting of the same round) and of `budget / budget_app_too`. The goals: at most
+//! 1.1 each.
 #![allow(missing_docs)]
 
 use std::sync::Mutex;
@@ -45,14 +46,6 @@ const OMP_LEN: usize = 4096;
 
 fn cores() -> usize {
     budget::stats().total
-}
-
-/// On a rayon worker, the budget's total shared by the pool's threads (at least 1).
-fn fair_share() -> usize {
-    match rayon::current_thread_index() {
-        Some(_) => (cores() / rayon::current_num_threads()).max(1),
-        None => cores(),
-    }
 }
 
 use budget_testkit::blas::matrices;
@@ -98,11 +91,14 @@ fn qr_strategies() -> Result<Vec<Strategy<'static>>, String> {
             }),
         ),
         (
-            "budget_fair_share",
+            "budget_app_too",
             Box::new(move || {
                 blas.set_threads(all);
-                mats.par_iter().for_each(|m| {
-                    budget::scope_with(fair_share(), |s| s.native(|| blas.qr(m, QR_N)))
+                budget::scope(|app| {
+                    app.install(|| {
+                        mats.par_iter()
+                            .for_each(|m| budget::scope(|s| s.native(|| blas.qr(m, QR_N))))
+                    })
                 });
             }),
         ),
@@ -158,12 +154,16 @@ fn omp_strategies() -> Result<Vec<Strategy<'static>>, String> {
             }),
         ),
         (
-            "budget_fair_share",
+            "budget_app_too",
             Box::new(move || {
                 everywhere(cores);
-                inputs
-                    .par_iter()
-                    .for_each(|x| budget::scope_with(fair_share(), |s| s.native(|| call(x))));
+                budget::scope(|app| {
+                    app.install(|| {
+                        inputs
+                            .par_iter()
+                            .for_each(|x| budget::scope(|s| s.native(|| call(x))))
+                    })
+                });
             }),
         ),
     ])
@@ -192,6 +192,7 @@ fn summary(name: &str, strategies: &[Strategy<'_>], rounds: usize) {
     }
     let mut times = vec![Vec::new(); strategies.len()];
     let mut ratios = Vec::new();
+    let mut vs_app = Vec::new();
     let index = |label: &str| strategies.iter().position(|(l, _)| *l == label);
     for _ in 0..rounds {
         for (i, (_, run)) in strategies.iter().enumerate() {
@@ -204,6 +205,9 @@ fn summary(name: &str, strategies: &[Strategy<'_>], rounds: usize) {
             (last("budget"), last("static_lib1"), last("static_outer1"))
         {
             ratios.push(budget / a.min(b));
+        }
+        if let (Some(budget), Some(app)) = (last("budget"), last("budget_app_too")) {
+            vs_app.push(budget / app);
         }
     }
     println!(
@@ -228,6 +232,14 @@ fn summary(name: &str, strategies: &[Strategy<'_>], rounds: usize) {
     println!(
         "  budget / best static: median {:.3}  (min {lo:.3}, max {hi:.3}; goal <= 1.1)",
         median(&mut ratios)
+    );
+    let (lo, hi) = vs_app
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "  budget / budget_app_too (library-only vs adopted end to end): median {:.3}  \
+         (min {lo:.3}, max {hi:.3}; goal <= 1.1)",
+        median(&mut vs_app)
     );
 }
 

@@ -412,3 +412,43 @@ fn a_regions_own_install_inside_its_install_runs_in_place() {
     );
     assert_eq!(budget::stats().in_use, 0);
 }
+
+/// Library-only adoption: a plain-rayon application loop (its own pool, 2 threads)
+/// calls a library that opens a budget region per item. Each region on a worker of
+/// that foreign pool asks for its share, `total / pool threads` = 1, so the loop's
+/// two threads hold the two tokens and no region runs unpaid. Before, the first
+/// region took both tokens and its sibling overcommitted (rayon #1105's pattern).
+#[test]
+fn a_library_under_a_plain_rayon_loop_takes_its_share_and_never_overcommits() {
+    let _g = two_cores();
+    let app = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let before = budget::stats().overcommit;
+    let requested = budget_testkit::budget::watchdog("library-only adoption", move || {
+        app.install(|| {
+            (0..16u64)
+                .into_par_iter()
+                .map(|image| {
+                    // The library: parallel inside, whatever calls it.
+                    budget::scope(|s| {
+                        let sum = s.install(|| {
+                            (0..200_000u64)
+                                .into_par_iter()
+                                .map(|x| std::hint::black_box(x ^ image))
+                                .sum::<u64>()
+                        });
+                        std::hint::black_box(sum);
+                        s.requested()
+                    })
+                })
+                .collect::<Vec<usize>>()
+        })
+    });
+    assert!(requested.iter().all(|&r| r == 1), "{requested:?}");
+    assert_eq!(budget::stats().overcommit - before, 0, "regions ran unpaid");
+    // Outside any foreign pool the request is the whole budget, as before.
+    assert_eq!(budget::scope(|s| s.requested()), 2);
+    assert_eq!(budget::stats().in_use, 0);
+}
