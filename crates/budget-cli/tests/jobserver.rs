@@ -273,6 +273,26 @@ fn a_build_of_plain_recipes_warns_once() {
     );
 }
 
+/// A child forked while other threads of a jobserver-joined process take and give
+/// tokens starts its region and ends: the jobserver state is per process, never a
+/// lock copied from the parent in the state a thread of the parent left it (that
+/// copy stayed locked: 10 of the first 155 children hung in
+/// `crates/budget-core/examples/fork_hunt.rs`, issue 17's "1 of 700").
+#[test]
+fn children_forked_under_a_jobserver_never_hang() {
+    watchdog(240);
+    let _serial = serial();
+    let client = jobserver::Client::new(2).unwrap();
+    let mut cmd = probe();
+    client.configure_make(&mut cmd);
+    cmd.env("BUDGET_NUM_THREADS", "3").args(["forks", "600"]);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("forks 600 hung 0"), "{stdout}");
+    assert_eq!(client.available().unwrap(), 2, "tokens back");
+}
+
 #[test]
 fn budget_jobserver_0_turns_joining_off() {
     watchdog(240);

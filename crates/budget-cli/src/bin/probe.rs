@@ -21,6 +21,10 @@
 //!                       region: N regions 10 ms apart (past the linger: each must take
 //!                       its outside tokens again), then N back to back (tokens held);
 //!                       prints the median and slowest, in µs, and the widths seen
+//! budget-probe forks N                               N children forked one after another
+//!                       while four threads enter and leave regions; each child opens
+//!                       a region, gives its outside tokens back and `_exit`s; prints
+//!                       `forks N hung H` (a child alive after 5 s is killed and counted)
 //! ```
 
 // The probe drives the process tests, which are Unix-only (make, signals, dlopen).
@@ -219,6 +223,62 @@ fn main() {
                  {} ms",
                 kept.as_millis()
             );
+        }
+        #[cfg(unix)]
+        "forks" => {
+            let n = num(1) as usize;
+            let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+            let churn: Vec<_> = (0..4)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            budget_core::scope(|s| {
+                                s.for_each(0..8usize, |_| spin(20));
+                            });
+                        }
+                    })
+                })
+                .collect();
+            let mut hung = 0;
+            for _ in 0..n {
+                // SAFETY: the child only opens a region (budget handles a fork of a
+                // process whose other threads use it: that is what is tested), then
+                // leaves with `_exit`.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let width = budget_core::scope(|s| {
+                        s.for_each(0..4usize, |_| spin(10));
+                        s.width()
+                    });
+                    budget_core::release_outside_tokens();
+                    // SAFETY: ends the child at once, as multiprocessing's workers do.
+                    unsafe { libc::_exit(if width >= 1 { 0 } else { 1 }) };
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let mut status = 0;
+                    // SAFETY: `pid` is our child; WNOHANG never blocks.
+                    let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                    if done == pid {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        hung += 1;
+                        // SAFETY: as above; kill then reap the hung child.
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                            libc::waitpid(pid, &mut status, 0);
+                        }
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            for t in churn {
+                t.join().unwrap();
+            }
+            println!("forks {n} hung {hung}");
         }
         "entry" => {
             let count = num(1) as usize;

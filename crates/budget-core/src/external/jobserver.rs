@@ -9,10 +9,11 @@
 //!
 //! Tokens are read in blocking mode by the crate's helper thread
 //! (`into_helper_thread`); each arrives as an `Acquired` that writes its byte back
-//! when dropped. They are kept in [`HELD`] and dropped when no region wants them,
-//! and all of them at exit (an `atexit` handler), also after a panic in `main`.
+//! when dropped. They are kept in this process's [`PerProcess`] state and dropped
+//! when no region wants them, and all of them at exit (an `atexit` handler), also
+//! after a panic in `main`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::sync::plain::Mutex;
@@ -243,54 +244,86 @@ pub(crate) struct Source {
     no_try: AtomicBool,
 }
 
-/// The jobserver tokens this process holds, with the pid they belong to: a forked
-/// child inherits the parent's list but not its tokens, and forgets them.
-struct Held {
+/// The jobserver state of one process: the tokens it holds, its helper thread, and
+/// whether it is giving its tokens back for good.
+///
+/// Per process, behind a pointer, not in `static` mutexes: a forked child gets a
+/// copy of every lock in the state it had at the fork, and a thread of the parent
+/// that held one then (a region taking a token at entry, the supplier asking for
+/// one: several times per region under make) does not exist in the child, so that
+/// copy stays locked for good. The child's first region (`Source::of`), its
+/// `release_outside_tokens` before `_exit` and its `exit` (`give_back_all`) then
+/// waited forever: 3 of the first 34 children of `examples/fork_hunt.rs` under
+/// `make -j2`. A child never locks its parent's state: [`here`] sees the pid differ
+/// and installs one of its own.
+struct PerProcess {
+    /// The process this state belongs to.
     pid: u32,
-    tokens: Vec<Acquired>,
+    /// The tokens this process holds; each writes its byte back when dropped.
+    held: Mutex<Vec<Acquired>>,
+    /// Set by `give_back_all`, under the `held` lock: a token the helper thread
+    /// delivers after that goes straight back. Read by the helper's callback under
+    /// the same lock, so a token is either in `held` when `give_back_all` empties it,
+    /// or written back by the callback itself: never lost (a recipe that lost one made
+    /// make 4.3 report "INTERNAL: Exiting with 1 jobserver tokens available; should
+    /// be 2").
+    exiting: AtomicBool,
+    /// The jobserver crate's helper thread; taken and joined by `give_back_all`: a
+    /// byte it has read but not delivered yet then reaches the callback (and goes
+    /// back) before the process ends.
+    helper: Mutex<Option<HelperThread>>,
 }
 
-static HELD: Mutex<Held> = Mutex::new(Held {
-    pid: 0,
-    tokens: Vec::new(),
-});
+/// The state of the last process that used the jobserver: this one, or in a forked
+/// child until its first use, the parent's. Null before first use.
+static STATE: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Set at exit, under the `HELD` lock: a token the helper thread delivers after that
-/// goes straight back. Read by the helper's callback under the same lock, so a token
-/// is either in `HELD` when the exit handler empties it, or written back by the
-/// callback itself: never lost (a recipe that lost one made make 4.3 report "INTERNAL:
-/// Exiting with 1 jobserver tokens available; should be 2").
-static EXITING: AtomicBool = AtomicBool::new(false);
-
-/// The jobserver crate's helper thread, with the pid of the process it runs in; taken
-/// and joined by the exit handler: a byte it has read but not delivered yet then
-/// reaches the callback (and goes back) before the process ends.
-static HELPER: Mutex<Option<(u32, HelperThread)>> = Mutex::new(None);
-
-/// Lets go of a helper handle: joins it in the process it runs in, and forgets it in
-/// a forked child, where its thread does not exist. (Dropping it there signalled the
-/// missing thread for about a second, 100 × 10 ms, at the child's first region and
-/// again at its exit.)
-fn release_helper(helper: Option<(u32, HelperThread)>) {
-    match helper {
-        Some((pid, helper)) if pid == std::process::id() => drop(helper),
-        Some((_, inherited)) => std::mem::forget(inherited),
-        None => {}
-    }
-}
-
-fn held_here() -> crate::sync::plain::MutexGuard<'static, Held> {
-    let mut held = HELD.lock();
+/// This process's jobserver state, made on its first use in each process.
+///
+/// In a forked child the first call replaces the parent's state without touching it
+/// (its locks may be held by threads that are not in the child) and leaks it: the
+/// tokens in it are the parent's, never written back here, and its helper handle
+/// names a thread the child does not have (dropping one signalled the missing thread
+/// for about a second, 100 × 10 ms).
+fn here() -> &'static PerProcess {
     let pid = std::process::id();
-    if held.pid != pid {
-        // Not ours (a forked child's copy of the parent's list): never write back.
-        for token in held.tokens.drain(..) {
-            token.drop_without_releasing();
+    // Acquire pairs with the AcqRel exchange below: a state's fields are written
+    // before its pointer is seen.
+    let mut current = STATE.load(Ordering::Acquire);
+    loop {
+        if !current.is_null() {
+            // SAFETY: pointers in STATE come from Box::into_raw and are never freed.
+            let state = unsafe { &*current };
+            if state.pid == pid {
+                return state;
+            }
         }
-        held.pid = pid;
-        super::farewell::holding(0);
+        let fresh = Box::into_raw(Box::new(PerProcess {
+            pid,
+            held: Mutex::new(Vec::new()),
+            exiting: AtomicBool::new(false),
+            helper: Mutex::new(None),
+        }));
+        match STATE.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                // The inherited count is the parent's. Outside the lock: lowering
+                // the count is always safe (it is a lower bound, see `farewell`).
+                super::farewell::holding(0);
+                // SAFETY: `fresh` came from Box::into_raw above and is now leaked.
+                return unsafe { &*fresh };
+            }
+            Err(seen) => {
+                // Another thread of this process installed one first.
+                // SAFETY: `fresh` was never published, so we own it.
+                drop(unsafe { Box::from_raw(fresh) });
+                current = seen;
+            }
+        }
     }
-    held
+}
+
+fn held_here() -> crate::sync::plain::MutexGuard<'static, Vec<Acquired>> {
+    here().held.lock()
 }
 
 extern "C" fn give_back_at_exit() {
@@ -300,24 +333,23 @@ extern "C" fn give_back_at_exit() {
 /// Stops taking tokens and writes back every one this process holds: at exit, and
 /// before an `_exit` or `exec` ([`super::farewell::release_outside_tokens`]).
 pub(crate) fn give_back_all() {
+    let state = here();
     // 1. Stop the helper thread: dropping it interrupts a blocked read and waits for
     //    the thread, so any byte it read has been handed to the callback.
-    let helper = HELPER.lock().take();
+    let helper = state.helper.lock().take();
     {
-        // Under the lock: the callback sees EXITING or its token is cleared below.
-        let _held = HELD.lock();
-        EXITING.store(true, Ordering::SeqCst);
+        // Under the lock: the callback sees `exiting` or its token is cleared below.
+        let _held = state.held.lock();
+        state.exiting.store(true, Ordering::SeqCst);
     }
-    release_helper(helper);
+    drop(helper);
     // 2. Write back every token still held (each `Acquired`'s drop writes its byte).
-    let mut held = HELD.lock();
-    if held.pid == std::process::id() {
-        if !held.tokens.is_empty() {
-            super::note_exit(); // before the bytes leave, as every log line
-        }
-        super::farewell::holding(0);
-        held.tokens.clear();
+    let mut held = state.held.lock();
+    if !held.is_empty() {
+        super::note_exit(); // before the bytes leave, as every log line
     }
+    super::farewell::holding(0);
+    held.clear();
 }
 
 /// The jobserver of the environment, if there is one that works; a variable that
@@ -355,7 +387,8 @@ impl Source {
             unsafe { libc::atexit(give_back_at_exit) };
         });
         super::farewell::arm(&found.auth);
-        drop(held_here());
+        // A forked child's first use: its own state, not the parent's (see `here`).
+        here();
         Source {
             var: found.var.clone(),
             auth: found.auth.clone(),
@@ -375,14 +408,15 @@ impl Source {
             match token {
                 Ok(token) => {
                     let ext = {
-                        let mut held = held_here();
-                        if EXITING.load(Ordering::SeqCst) {
-                            drop(token); // writes the byte back (see `EXITING`)
+                        let state = here();
+                        let mut held = state.held.lock();
+                        if state.exiting.load(Ordering::SeqCst) {
+                            drop(token); // writes the byte back (see `exiting`)
                             return;
                         }
-                        held.tokens.push(token);
-                        super::farewell::holding(held.tokens.len());
-                        held.tokens.len()
+                        held.push(token);
+                        super::farewell::holding(held.len());
+                        held.len()
                     };
                     tokens.deposit(1);
                     super::note(tokens.held(), ext);
@@ -395,8 +429,8 @@ impl Source {
         });
         match helper {
             Ok(helper) => {
-                let old = HELPER.lock().replace((std::process::id(), helper));
-                release_helper(old);
+                let old = here().helper.lock().replace(helper);
+                drop(old);
             }
             Err(error) => warn_once(&format!(
                 "budget: no jobserver helper thread ({error}); regions stay at one token"
@@ -405,7 +439,7 @@ impl Source {
     }
 
     pub(crate) fn held(&self) -> usize {
-        held_here().tokens.len()
+        held_here().len()
     }
 
     pub(crate) fn pending(&self) -> usize {
@@ -414,12 +448,9 @@ impl Source {
 
     /// Asks for tokens until `more` are held or on their way.
     pub(crate) fn request(&self, more: usize, _tokens: &Tokens) {
-        let helper = HELPER.lock();
-        let Some((_, helper)) = helper
-            .as_ref()
-            .filter(|(pid, _)| *pid == std::process::id())
-        else {
-            return; // not started (here), or the process is exiting
+        let helper = here().helper.lock();
+        let Some(helper) = helper.as_ref() else {
+            return; // not started (in this process), or the process is exiting
         };
         let pending = self.pending.load(Ordering::SeqCst);
         for _ in pending..more {
@@ -441,13 +472,14 @@ impl Source {
         while got < n {
             match self.client.try_acquire() {
                 Ok(Some(token)) => {
-                    let mut held = held_here();
-                    if EXITING.load(Ordering::SeqCst) {
-                        drop(token); // writes the byte back (see `EXITING`)
+                    let state = here();
+                    let mut held = state.held.lock();
+                    if state.exiting.load(Ordering::SeqCst) {
+                        drop(token); // writes the byte back (see `exiting`)
                         break;
                     }
-                    held.tokens.push(token);
-                    super::farewell::holding(held.tokens.len());
+                    held.push(token);
+                    super::farewell::holding(held.len());
                     got += 1;
                 }
                 Ok(None) => break,
@@ -473,8 +505,8 @@ impl Source {
         let mut held = held_here();
         for _ in 0..n {
             // The count first: it never says more than is held (see `farewell`).
-            super::farewell::holding(held.tokens.len().saturating_sub(1));
-            drop(held.tokens.pop());
+            super::farewell::holding(held.len().saturating_sub(1));
+            drop(held.pop());
         }
     }
 }
