@@ -9,7 +9,7 @@
 //! [`Instant`]. Ticks read on two cores may differ slightly (a thread can migrate
 //! between two reads): [`since`] saturates at 0, which only means "not yet".
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// About what waking a parked thread costs until it runs: the futex wake on the
@@ -29,11 +29,33 @@ pub(crate) fn since(start: u64) -> u64 {
     now().saturating_sub(start)
 }
 
-/// [`WAKE`] in ticks; measured once per process.
+/// [`WAKE`] in ticks; measured once per process (or, in a race, once per thread
+/// that got there first: the same figure).
+///
+/// An atomic, not a `OnceLock`: the measurement spins for 50 µs, and a process
+/// forked while another thread measured got a `OnceLock` stuck "being initialized"
+/// by a thread the child does not have, so the child's first `for_each` waited for
+/// ever (1 of 600 children in `tests/jobserver.rs`'s fork test).
 #[inline]
 pub(crate) fn wake_ticks() -> u64 {
-    static TICKS: OnceLock<u64> = OnceLock::new();
-    *TICKS.get_or_init(|| imp::ticks_in(WAKE).max(1))
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    // Relaxed: a plain number, the same whoever measured it; 0 means "not yet".
+    match TICKS.load(Ordering::Relaxed) {
+        0 => {
+            let ticks = imp::ticks_in(WAKE).max(1);
+            TICKS.store(ticks, Ordering::Relaxed);
+            ticks
+        }
+        ticks => ticks,
+    }
+}
+
+/// Starts the clock's lazily made state (the tick base where there is no cycle
+/// counter) and measures [`wake_ticks`] now: called when a budget starts, before
+/// its threads, so that no thread is in the middle of it if the process forks.
+pub(crate) fn prime() {
+    let _ = now();
+    let _ = wake_ticks();
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -84,6 +84,10 @@ pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildEr
         };
     }
     let strict = total.is_some();
+    // Lazily made process-wide state, made now, before any thread of the budget could
+    // be in the middle of making it when the process forks (a `OnceLock` being
+    // initialized is copied stuck into the child).
+    crate::clock::prime();
     // In a forked child the parent's registry is stale but its total is what the
     // parent configured (Builder or environment): the child keeps it.
     let inherited = (!current.is_null()).then(|| {

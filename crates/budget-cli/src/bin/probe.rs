@@ -264,6 +264,12 @@ fn main() {
                     }
                     if Instant::now() > deadline {
                         hung += 1;
+                        // Its stacks, for the report (gdb where there is one).
+                        let _ = std::process::Command::new("gdb")
+                            .args(["-p", &pid.to_string(), "-batch", "-ex"])
+                            .arg("thread apply all bt")
+                            .stdout(std::process::Stdio::inherit())
+                            .status();
                         // SAFETY: as above; kill then reap the hung child.
                         unsafe {
                             libc::kill(pid, libc::SIGKILL);

@@ -20,16 +20,19 @@
 //! `SIGKILL` stays the protocol's limit: nothing runs.
 //!
 //! The handler cannot take the lock around the held tokens (the thread it
-//! interrupted may hold it), so the count of held tokens is also kept in an atomic,
-//! written under that lock: raised after a token is in the list, lowered before one
-//! leaves. At any moment it is at most what the process holds, so a signal may give
-//! back one token too few in a race, never one too many (an extra byte would let
-//! make run more jobs than `-j`).
+//! interrupted may hold it), so the tokens are also counted in an atomic, as
+//! *claims*: raised after a token joined the list ([`added`]); a token leaving the
+//! list writes its byte back only if it claims one first ([`claim`], a decrement
+//! that fails at 0), else it is dropped without writing. The handler claims them all
+//! at once (`swap(0)`) and writes that many. So each byte goes back exactly once,
+//! whether the handler or the thread it raced wrote it: a race can lose a token at
+//! most (one added to the list but not yet counted when the signal came), never
+//! give back one too many (an extra byte would let make run more jobs than `-j`).
 
 #[cfg(unix)]
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
-/// Tokens the process with pid [`PID`] holds (a lower bound).
+/// Claims on the tokens the process with pid [`PID`] holds (see the module docs).
 #[cfg(unix)]
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 /// The process [`COUNT`] belongs to: a forked child inherits the count of its
@@ -59,19 +62,34 @@ pub fn release_outside_tokens() {
     super::jobserver::give_back_all();
 }
 
-/// Records that the process holds `n` tokens now (called under the lock of the held
-/// list, after a token joined it or before one leaves it).
-pub(crate) fn holding(n: usize) {
+/// Starts this process's count at 0 (its first use of the jobserver; in a forked
+/// child, the parent's count is not its own). The count first, then the pid: a
+/// signal in between finds the parent's pid and writes nothing.
+pub(crate) fn reset() {
     #[cfg(unix)]
     {
-        // Relaxed for both: the handler runs on a thread of this process and reads
-        // them after the interrupted code's stores in program order; a count that is
-        // one behind is the documented race.
-        PID.store(std::process::id(), Ordering::Relaxed);
-        COUNT.store(n, Ordering::Relaxed);
+        COUNT.store(0, Ordering::SeqCst);
+        PID.store(std::process::id(), Ordering::SeqCst);
+    }
+}
+
+/// A token joined the held list (called after the push).
+pub(crate) fn added() {
+    #[cfg(unix)]
+    COUNT.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Claims the right to write one token's byte back: false when a signal handler
+/// already wrote it (the token must then be dropped without writing).
+pub(crate) fn claim() -> bool {
+    #[cfg(unix)]
+    {
+        COUNT
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
     #[cfg(not(unix))]
-    let _ = n;
+    true
 }
 
 /// Installs the handlers (once per process, for signals whose action is the
@@ -155,11 +173,28 @@ fn install_if_default(signal: libc::c_int) {
 /// `raise`.
 #[cfg(unix)]
 extern "C" fn on_fatal(signal: libc::c_int) {
+    // Called although the action is no longer ours: a handler the program installed
+    // later chains to the one it found (signal-hook does). The program handles the
+    // signal then, and may not mean to end: write nothing, raise nothing.
+    // SAFETY: sigaction is plain data; all-zeroes is a valid empty action.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    let ours = on_fatal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: a null new action only reads the current one; async-signal-safe.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0
+        || current.sa_sigaction != ours
+    {
+        return;
+    }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() } as u32;
     let fd = WRITE_FD.load(Ordering::Relaxed);
-    if fd >= 0 && PID.load(Ordering::Relaxed) == me {
-        let mut n = COUNT.swap(0, Ordering::Relaxed);
+    if fd >= 0 && PID.load(Ordering::SeqCst) == me {
+        // A reader that is gone (make ended) would raise SIGPIPE in here and end
+        // the process by that signal instead of this one: ignore it (the process is
+        // ending anyway).
+        // SAFETY: signal is async-signal-safe.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let mut n = COUNT.swap(0, Ordering::SeqCst);
         let bytes = [b'+'; 64];
         while n > 0 {
             let chunk = n.min(bytes.len());

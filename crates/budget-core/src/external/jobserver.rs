@@ -306,9 +306,8 @@ fn here() -> &'static PerProcess {
         }));
         match STATE.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                // The inherited count is the parent's. Outside the lock: lowering
-                // the count is always safe (it is a lower bound, see `farewell`).
-                super::farewell::holding(0);
+                // The inherited count is the parent's (see `farewell`).
+                super::farewell::reset();
                 // SAFETY: `fresh` came from Box::into_raw above and is now leaked.
                 return unsafe { &*fresh };
             }
@@ -348,8 +347,18 @@ pub(crate) fn give_back_all() {
     if !held.is_empty() {
         super::note_exit(); // before the bytes leave, as every log line
     }
-    super::farewell::holding(0);
-    held.clear();
+    for token in held.drain(..) {
+        write_back(token);
+    }
+}
+
+/// Writes a token's byte back, unless a signal handler already did (`farewell`).
+fn write_back(token: Acquired) {
+    if super::farewell::claim() {
+        drop(token);
+    } else {
+        token.drop_without_releasing();
+    }
 }
 
 /// The jobserver of the environment, if there is one that works; a variable that
@@ -415,7 +424,7 @@ impl Source {
                             return;
                         }
                         held.push(token);
-                        super::farewell::holding(held.len());
+                        super::farewell::added();
                         held.len()
                     };
                     tokens.deposit(1);
@@ -479,7 +488,7 @@ impl Source {
                         break;
                     }
                     held.push(token);
-                    super::farewell::holding(held.len());
+                    super::farewell::added();
                     got += 1;
                 }
                 Ok(None) => break,
@@ -504,9 +513,9 @@ impl Source {
     pub(crate) fn give_back(&self, n: usize) {
         let mut held = held_here();
         for _ in 0..n {
-            // The count first: it never says more than is held (see `farewell`).
-            super::farewell::holding(held.len().saturating_sub(1));
-            drop(held.pop());
+            if let Some(token) = held.pop() {
+                write_back(token);
+            }
         }
     }
 }

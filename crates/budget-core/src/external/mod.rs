@@ -115,18 +115,23 @@ pub(crate) fn note_exit() {
     log_line("exit");
 }
 
-/// Appends `<ns> <pid> <what>` to the `BUDGET_TOKEN_LOG` file, if one is named.
-fn log_line(what: &str) {
+/// The `BUDGET_TOKEN_LOG` file, opened on first use ([`tokens`] does it when the
+/// budget starts, before the supplier thread could be in the middle of it at a fork).
+fn token_log() -> &'static Option<std::fs::File> {
     static LOG: OnceLock<Option<std::fs::File>> = OnceLock::new();
-    let log = LOG.get_or_init(|| {
+    LOG.get_or_init(|| {
         let path = std::env::var_os(ENV_TOKEN_LOG)?;
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .ok()
-    });
-    if let Some(mut file) = log.as_ref() {
+    })
+}
+
+/// Appends `<ns> <pid> <what>` to the `BUDGET_TOKEN_LOG` file, if one is named.
+fn log_line(what: &str) {
+    if let Some(mut file) = token_log().as_ref() {
         let ns = sys::monotonic_ns();
         let line = format!("{ns} {} {what}\n", std::process::id());
         // One write of one line with O_APPEND: lines of processes never interleave.
@@ -145,6 +150,7 @@ pub(crate) fn is_off(value: &str) -> bool {
 /// The tokens of a new registry: joined to the node budget (first) or the jobserver
 /// when the environment offers one, the process's own otherwise.
 pub(crate) fn tokens(total: usize) -> Tokens {
+    let _ = token_log();
     if let Some((member, tokens)) = node::from_env() {
         let path = member.path().to_path_buf();
         let _ = JOINED.set(Joined::Node { path, tokens });

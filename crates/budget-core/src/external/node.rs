@@ -45,9 +45,9 @@ const SLOTS_AT: u64 = 4096;
 /// look at the bytes of this epoch and the one before: a waiter that stopped moving
 /// (SIGSTOP, Ctrl-Z, a debugger, a frozen cgroup) is seen as waiting for two epochs
 /// at most, not for as long as it is stopped.
-const WAIT_AT: u64 = 1 << 32;
+const WAIT_AT: u64 = 1 << 30;
 /// How many wait bytes there are (the epochs wrap after `WAIT_EPOCHS * EPOCH_NS`,
-/// 19 days).
+/// 19 days). `WAIT_AT + WAIT_EPOCHS` stays below 2^31: a 32-bit `off_t` holds it.
 const WAIT_EPOCHS: u64 = 1 << 24;
 /// The length of an epoch of the wait bytes: 100 ms.
 const EPOCH_NS: u64 = 100_000_000;
@@ -528,6 +528,27 @@ impl Member {
     }
 }
 
+impl Drop for Member {
+    /// Gives back every token and the wait byte, and closes this member's own open
+    /// of the file (Linux); nothing in a forked child, where they are the parent's.
+    fn drop(&mut self) {
+        if self.stale() {
+            return;
+        }
+        let held = self.slots.lock().0.len();
+        self.give_back(held);
+        self.set_waiting(false);
+        if self.shared.is_none() {
+            // Out of the fork table first: a child forked after this must not close a
+            // descriptor number reused by then.
+            sys::forget_in_child_undo(self.file);
+            // SAFETY: `open` leaked this `File` from a `Box` for this member alone
+            // (`shared` is None), nothing else refers to it, and `self` is going.
+            drop(unsafe { Box::from_raw(std::ptr::from_ref(self.file).cast_mut()) });
+        }
+    }
+}
+
 /// A process holding node tokens, from [`inspect`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -591,7 +612,12 @@ pub fn inspect(path: &Path) -> io::Result<Report> {
     // the OS's list of locks per open file; otherwise, and if that list shows none
     // (another user's processes, `hidepid`), one query per byte.
     let listed = sys::owners(file).filter(|locks| !locks.is_empty());
-    if let Some(locks) = listed {
+    if let Some(mut locks) = listed {
+        // Every descriptor of one open file lists its locks (a duplicate, a child
+        // before it closed its copy): count each range once. Token locks are
+        // exclusive, so two owners never hold one range.
+        locks.sort_unstable_by_key(|&(pid, start, end)| (start, end, pid));
+        locks.dedup_by_key(|&mut (_, start, end)| (start, end));
         for &(pid, start, end) in &locks {
             let overlap = end.min(slots.end).saturating_sub(start.max(slots.start));
             if overlap > 0 {
@@ -707,7 +733,8 @@ pub(crate) fn named_but_gone() -> bool {
     std::env::var_os(ENV_NODE).is_some_and(|value| {
         let text = value.to_string_lossy();
         let path = Path::new(&*text);
-        !is_off(&text) && path.is_absolute() && !path.exists()
+        // Gone only when the OS says so (an unreadable directory is not "gone").
+        !is_off(&text) && path.is_absolute() && matches!(path.try_exists(), Ok(false))
     })
 }
 

@@ -237,9 +237,24 @@ pub(crate) fn forget_in_child(file: &File) {
     }
 }
 
+/// Takes `file` out of the descriptors a forked child closes (before it is closed
+/// itself).
+#[cfg(target_os = "linux")]
+pub(crate) fn forget_in_child_undo(file: &File) {
+    use std::sync::atomic::Ordering;
+    let fd = file.as_raw_fd();
+    for slot in &CLOSE_IN_CHILD {
+        let _ = slot.compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 /// POSIX locks are not inherited by `fork`: nothing to do.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn forget_in_child(_file: &File) {}
+
+/// See the Linux version: nothing to undo.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn forget_in_child_undo(_file: &File) {}
 
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable between the processes of a machine
 /// (the token log of a tree of processes).
