@@ -28,6 +28,8 @@ step "portability: clippy for macOS, Windows and aarch64 Linux, the facade's fea
 scripts/check-targets.sh
 
 step "cargo test (unit, integration, doc tests)"
+# The cdylib that tests/two_copies.rs loads twice (two copies of budget-core in one process).
+cargo build -p budget-copy
 cargo test --workspace --all-features 2>&1 | tee -a "$log"
 
 step "loom models of the token protocol (--cfg budget_loom)"

@@ -62,7 +62,7 @@ pub use budget_core::{
 /// ([`release_outside_tokens`]), and the variables that steer them.
 pub use budget_core::{
     held_tokens, joined, node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE,
-    ENV_TOKEN_LOG,
+    ENV_TOKEN_LOG, HANDSHAKE_ABI,
 };
 
 /// Hooks for integrations (code that runs a region's work on threads of its own):

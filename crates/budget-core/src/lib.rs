@@ -76,7 +76,7 @@ pub use detect::{
 };
 pub use external::{
     held_tokens, joined, node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE,
-    ENV_TOKEN_LOG,
+    ENV_TOKEN_LOG, HANDSHAKE_ABI,
 };
 pub use items::ForEachInput;
 pub use lease::Lease;

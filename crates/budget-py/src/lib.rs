@@ -72,7 +72,9 @@ fn depth() -> usize {
 
 /// The outside budget this process shares, as a dict: `{"kind": "local"}`,
 /// `{"kind": "node", "path": ..., "tokens": N}` or
-/// `{"kind": "jobserver", "var": ..., "auth": ...}`; `held` is the tokens it holds now.
+/// `{"kind": "jobserver", "var": ..., "auth": ...}` or `{"kind": "copy", "tokens": N}`
+/// (another copy of budget-core in this process started first); `held` is the tokens
+/// it holds now.
 #[pyfunction]
 fn joined(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let (joined, held) = py.detach(|| (budget_core::joined(), budget_core::held_tokens()));
@@ -87,6 +89,10 @@ fn joined(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
             d.set_item("kind", "jobserver")?;
             d.set_item("var", var)?;
             d.set_item("auth", auth)?;
+        }
+        budget_core::Joined::Copy { total } => {
+            d.set_item("kind", "copy")?;
+            d.set_item("tokens", total)?;
         }
         _ => d.set_item("kind", "local")?,
     }

@@ -16,11 +16,13 @@ use crate::sync::plain::{Condvar, Mutex};
 use crate::token::{Grower, Supplier, Tokens};
 
 mod farewell;
+pub(crate) mod handshake;
 pub(crate) mod jobserver;
 pub mod node;
 mod sys;
 
 pub use farewell::release_outside_tokens;
+pub use handshake::HANDSHAKE_ABI;
 
 /// The environment variable that turns joining make's jobserver off: `0` (or
 /// `false`, `no`, `off`). On by default.
@@ -58,6 +60,12 @@ pub enum Joined {
         var: String,
         /// The `--jobserver-auth` value (`R,W` or `fifo:PATH`).
         auth: String,
+    },
+    /// The budget of another copy of budget-core in this process (two extension
+    /// modules or plugins that each link it): this copy takes its tokens from it.
+    Copy {
+        /// That budget's total.
+        total: usize,
     },
     /// A node budget file shared by the processes of this user.
     Node {
@@ -151,6 +159,23 @@ pub(crate) fn is_off(value: &str) -> bool {
 /// when the environment offers one, the process's own otherwise.
 pub(crate) fn tokens(total: usize) -> Tokens {
     let _ = token_log();
+    // Another copy of budget-core in this process (one cargo could not see) started
+    // first: share its budget, never count the cores twice (`handshake.rs`).
+    match handshake::meet() {
+        handshake::Met::First => {}
+        handshake::Met::Other(first) => {
+            let total = (first.total)();
+            let _ = JOINED.set(Joined::Copy { total });
+            return Tokens::joined(
+                total,
+                Box::new(Driver::new(Backend::Copy(Copied::new(first)), total)),
+            );
+        }
+        handshake::Met::Incompatible(message) => {
+            jobserver::warn_once(&message);
+            return Tokens::new(1);
+        }
+    }
     if let Some((member, tokens)) = node::from_env() {
         let path = member.path().to_path_buf();
         let _ = JOINED.set(Joined::Node { path, tokens });
@@ -183,6 +208,36 @@ enum Backend {
     /// node token a member may take, so a lone member still gets the whole node).
     Node(node::Member, Option<jobserver::Source>),
     Jobserver(jobserver::Source),
+    /// Another copy of budget-core in this process.
+    Copy(Copied),
+}
+
+/// The tokens this copy took from the first copy's budget (`handshake.rs`).
+struct Copied {
+    first: &'static handshake::Published,
+    held: AtomicUsize,
+}
+
+impl Copied {
+    fn new(first: &'static handshake::Published) -> Copied {
+        Copied {
+            first,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    fn try_take(&self, n: usize) -> usize {
+        let got = (self.first.take)(n);
+        // Relaxed: only the supplier's and takers' arithmetic, under `taking`.
+        self.held.fetch_add(got, Ordering::Relaxed);
+        got
+    }
+
+    fn give_back(&self, n: usize) {
+        let n = n.min(self.held.load(Ordering::Relaxed));
+        self.held.fetch_sub(n, Ordering::Relaxed);
+        (self.first.give)(n);
+    }
 }
 
 impl Backend {
@@ -191,6 +246,7 @@ impl Backend {
         match self {
             Backend::Node(m, bridge) => m.held() + bridge.as_ref().map_or(0, |b| b.held()),
             Backend::Jobserver(j) => j.held(),
+            Backend::Copy(c) => c.held.load(Ordering::Relaxed),
         }
     }
 
@@ -211,6 +267,7 @@ impl Backend {
                 }
             }
             Backend::Jobserver(source) => source.try_take(n),
+            Backend::Copy(c) => c.try_take(n),
         }
     }
 
@@ -223,6 +280,7 @@ impl Backend {
                 _ => member.give_back(1),
             },
             Backend::Jobserver(source) => source.give_back(1),
+            Backend::Copy(c) => c.give_back(1),
         }
     }
 
@@ -231,7 +289,9 @@ impl Backend {
     /// client always has its implicit token besides (1 + ext).
     fn capacity(&self, ext: usize) -> usize {
         match self {
-            Backend::Node(..) => ext.max(1),
+            // The first copy's tokens pay for this copy's threads as node tokens
+            // do: the own thread runs unpaid (as an overcommitted one) when none is had.
+            Backend::Node(..) | Backend::Copy(_) => ext.max(1),
             Backend::Jobserver(_) => 1 + ext,
         }
     }
@@ -239,7 +299,7 @@ impl Backend {
     /// Outside tokens wanted for `using` tokens of work (0 when nothing runs).
     fn target(&self, using: usize) -> usize {
         match self {
-            Backend::Node(..) => using,
+            Backend::Node(..) | Backend::Copy(_) => using,
             Backend::Jobserver(_) => using.saturating_sub(1),
         }
     }
@@ -354,7 +414,7 @@ impl Driver {
     fn pending(&self) -> usize {
         match &self.backend {
             Backend::Jobserver(j) => j.pending(),
-            Backend::Node(..) => 0,
+            Backend::Node(..) | Backend::Copy(_) => 0,
         }
     }
 
@@ -399,7 +459,9 @@ impl Driver {
         // While another process waits, hold at most the token of the own thread.
         let others = match &self.backend {
             Backend::Node(member, _) => member.others_waiting(),
-            Backend::Jobserver(_) => false,
+            // The first copy's regions get back what this one lets go after the
+            // linger (a few ms); it has no wait byte to read.
+            Backend::Jobserver(_) | Backend::Copy(_) => false,
         };
         let target = if others {
             wanted.min(self.backend.target(1))
@@ -409,7 +471,7 @@ impl Driver {
         let mut ext_now = ext;
         if target > ext {
             match &self.backend {
-                Backend::Node(..) => {
+                Backend::Node(..) | Backend::Copy(_) => {
                     let got = self.backend.try_take(target - ext, false);
                     let added = self.backend.capacity(ext + got) - self.backend.capacity(ext);
                     if added > 0 {
@@ -430,7 +492,9 @@ impl Driver {
         // The token of the own thread lingers even while others wait: between two
         // regions nothing is in use for a moment, and giving it back then would let
         // another process widen while this one's next region runs unpaid.
-        let own = usize::from(target == 0 && matches!(self.backend, Backend::Node(..)));
+        let own = usize::from(
+            target == 0 && matches!(self.backend, Backend::Node(..) | Backend::Copy(_)),
+        );
         let give = if others {
             surplus.saturating_sub(own).max(surplus.min(lingering))
         } else {
