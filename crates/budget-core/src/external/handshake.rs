@@ -21,6 +21,9 @@
 //! regions run at width 1 (never double counting). The crate version is in the table
 //! for that message.
 //!
+//! The name goes at exit (`atexit`); one left by a process that ended otherwise
+//! (`_exit`, a signal) is removed by the next process that publishes.
+//!
 //! **Limits.** Linux only (the name needs `/proc/self/stat`'s start time); on macOS
 //! and Windows copies cargo cannot see still count twice (docs: README, Platforms).
 //! The first copy must stay loaded while others run (Python never unloads extension
@@ -147,15 +150,47 @@ mod linux {
     use super::Published;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// This process's handshake name: its pid and start time (clock ticks since boot,
-    /// field 22 of `/proc/self/stat`), so a later process that reuses the pid never
-    /// reads a dead one's address.
-    fn name() -> Option<std::ffi::CString> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    /// The start time of process `pid` (clock ticks since boot, field 22 of
+    /// `/proc/<pid>/stat`); `None` when it is gone.
+    fn start_of(pid: &str) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) may hold spaces: count fields after its ')'.
         let after = &stat[stat.rfind(')')? + 1..];
-        let start = after.split_whitespace().nth(19)?;
-        std::ffi::CString::new(format!("/budget-threads-{}-{start}", std::process::id())).ok()
+        after.split_whitespace().nth(19).map(str::to_owned)
+    }
+
+    /// This process's handshake name: its pid and start time, so a later process
+    /// that reuses the pid never reads a dead one's address.
+    fn name() -> Option<std::ffi::CString> {
+        let pid = std::process::id().to_string();
+        let start = start_of(&pid)?;
+        std::ffi::CString::new(format!("/{PREFIX}{pid}-{start}")).ok()
+    }
+
+    const PREFIX: &str = "budget-threads-";
+
+    /// Removes the names of processes that ended without their `atexit` handler (a
+    /// forked worker that left with `_exit`, a killed process): each is a page of
+    /// shared memory until reboot otherwise. Run by each process that publishes.
+    fn sweep() {
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(rest) = file.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                continue;
+            };
+            let Some((pid, start)) = rest.split_once('-') else {
+                continue;
+            };
+            if start_of(pid).as_deref() != Some(start) {
+                if let Ok(name) = std::ffi::CString::new(format!("/{}", file.to_string_lossy())) {
+                    // SAFETY: a valid C string naming a dead process's object.
+                    unsafe { libc::shm_unlink(name.as_ptr()) };
+                }
+            }
+        }
     }
 
     /// The published address: ours if we are first (we publish it), the first
@@ -220,6 +255,7 @@ mod linux {
             }
             // SAFETY: a plain `extern "C" fn()` that lives for the whole program.
             unsafe { libc::atexit(unlink_at_exit) };
+            sweep();
             return Some(ours as *const Published as usize);
         }
         // The first copy may be between its `O_EXCL` open and its store: wait for it
