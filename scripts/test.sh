@@ -40,7 +40,13 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "cargo publish --dry-run: each published package builds from what it ships"
-# Needs the crates.io index (as the build does); uploads nothing.
+# Needs the crates.io index (as the build does); uploads nothing. A fresh
+# target/package: cargo keeps the builds of a previous dry run, whose packages have
+# the same versions, and would check against those stale copies...
+rm -rf target/package
+# ...and the sources it unpacked from those packages (same versions: never unpacked
+# again otherwise).
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/budget-threads*
 cargo publish --workspace --dry-run --allow-dirty 2>&1 \
   | { grep -Ev '^(warning: ignoring|\s+(Compiling|Downloaded|Locking|Adding|Blocking))' || true; }
 

@@ -51,9 +51,9 @@
 //!   From the `budget-native` crate.
 
 pub use budget_core::{
-    available_cores, detect, scope, scope_with, stats, user_thread_variable, BuildError, Builder,
-    Detected, ForEachInput, Lease, RegionThread, Scope, Source, Stats, ENV_NUM_THREADS,
-    ENV_STATIC_ENV, MAX_THREADS,
+    available_cores, detect, scope, scope_with, static_env_marker, stats, user_thread_variable,
+    BuildError, Builder, Detected, ForEachInput, Lease, RegionThread, Scope, Source, Stats,
+    ENV_NUM_THREADS, ENV_STATIC_ENV, MAX_THREADS,
 };
 
 /// Sharing the budget with other processes: the outside budget this process joined

@@ -34,10 +34,11 @@ pub(crate) fn thread_settings() -> ThreadSettings {
 /// # Examples
 ///
 /// ```
-/// match budget_core::Builder::new().num_threads(3).build_global() {
-///     Ok(()) => assert_eq!(budget_core::stats().total, 3),
+/// # use budget_core as budget;
+/// match budget::Builder::new().num_threads(3).build_global() {
+///     Ok(()) => assert_eq!(budget::stats().total, 3),
 ///     // Something in this process already used the budget.
-///     Err(budget_core::BuildError::AlreadyRunning { total }) => assert_eq!(budget_core::stats().total, total),
+///     Err(budget::BuildError::AlreadyRunning { total }) => assert_eq!(budget::stats().total, total),
 ///     Err(other) => panic!("{other}"),
 /// }
 /// ```
@@ -63,7 +64,8 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let builder = budget_core::Builder::new();
+    /// # use budget_core as budget;
+    /// let builder = budget::Builder::new();
     /// # drop(builder);
     /// ```
     pub fn new() -> Self {
@@ -77,7 +79,8 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let builder = budget_core::Builder::new().num_threads(8);
+    /// # use budget_core as budget;
+    /// let builder = budget::Builder::new().num_threads(8);
     /// # drop(builder);
     /// ```
     pub fn num_threads(mut self, total: usize) -> Self {
@@ -93,7 +96,8 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let builder = budget_core::Builder::new().stack_size(8 << 20);
+    /// # use budget_core as budget;
+    /// let builder = budget::Builder::new().stack_size(8 << 20);
     /// # drop(builder);
     /// ```
     pub fn stack_size(mut self, bytes: usize) -> Self {
@@ -108,7 +112,8 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let builder = budget_core::Builder::new().thread_name(|i| format!("solver-{i}"));
+    /// # use budget_core as budget;
+    /// let builder = budget::Builder::new().thread_name(|i| format!("solver-{i}"));
     /// # drop(builder);
     /// ```
     pub fn thread_name(mut self, name: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
@@ -126,8 +131,9 @@ impl Builder {
     /// # Examples
     ///
     /// ```
-    /// let error = budget_core::Builder::new().num_threads(0).build_global().unwrap_err();
-    /// assert_eq!(error, budget_core::BuildError::InvalidThreads { requested: 0 });
+    /// # use budget_core as budget;
+    /// let error = budget::Builder::new().num_threads(0).build_global().unwrap_err();
+    /// assert_eq!(error, budget::BuildError::InvalidThreads { requested: 0 });
     /// ```
     pub fn build_global(self) -> Result<(), BuildError> {
         let (total, source) = match self.num_threads {
@@ -154,7 +160,8 @@ impl Builder {
 /// # Examples
 ///
 /// ```
-/// let error = budget_core::BuildError::AlreadyRunning { total: 4 };
+/// # use budget_core as budget;
+/// let error = budget::BuildError::AlreadyRunning { total: 4 };
 /// assert!(error.to_string().contains("already running"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -105,10 +105,11 @@ impl Drop for FrameGuard {
 /// # Examples
 ///
 /// ```
-/// let _marked = budget_core::integration::RegionThread::enter();
+/// # use budget_core as budget;
+/// let _marked = budget::integration::RegionThread::enter();
 /// // A region opened here takes no token for this thread.
-/// budget_core::scope(|s| assert!(s.width() >= 1));
-/// assert_eq!(budget_core::stats().in_use, 0);
+/// budget::scope(|s| assert!(s.width() >= 1));
+/// assert_eq!(budget::stats().in_use, 0);
 /// ```
 #[derive(Debug)]
 #[must_use = "the thread is marked only while the guard lives"]
@@ -122,7 +123,8 @@ impl RegionThread {
     /// # Examples
     ///
     /// ```
-    /// use budget_core::integration::RegionThread;
+    /// # use budget_core as budget;
+    /// use budget::integration::RegionThread;
     ///
     /// let outer = RegionThread::enter();
     /// let inner = RegionThread::enter();
@@ -139,9 +141,10 @@ impl RegionThread {
     /// # Examples
     ///
     /// ```
+    /// # use budget_core as budget;
     /// std::thread::spawn(|| {
-    ///     budget_core::integration::RegionThread::mark_for_life();
-    ///     budget_core::scope(|s| assert!(s.width() >= 1)); // takes no token for this thread
+    ///     budget::integration::RegionThread::mark_for_life();
+    ///     budget::scope(|s| assert!(s.width() >= 1)); // takes no token for this thread
     /// })
     /// .join()
     /// .unwrap();

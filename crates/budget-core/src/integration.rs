@@ -28,13 +28,14 @@ pub trait ScopeHooks {
     /// # Examples
     ///
     /// ```
+    /// # use budget_core as budget;
     /// use std::sync::atomic::{AtomicUsize, Ordering};
     /// use std::sync::Arc;
-    /// use budget_core::integration::ScopeHooks;
+    /// use budget::integration::ScopeHooks;
     ///
     /// let seen = Arc::new(AtomicUsize::new(0));
     /// let record = seen.clone();
-    /// budget_core::scope(|s| {
+    /// budget::scope(|s| {
     ///     let width = s.with_demand(move |w| record.store(w, Ordering::Relaxed), || s.width());
     ///     assert!(width >= 1);
     /// });
@@ -60,13 +61,14 @@ pub trait ScopeHooks {
     /// # Examples
     ///
     /// ```
-    /// use budget_core::integration::ScopeHooks;
+    /// # use budget_core as budget;
+    /// use budget::integration::ScopeHooks;
     ///
-    /// budget_core::scope(|s| {
+    /// budget::scope(|s| {
     ///     assert!(s.runs_body());
     ///     s.join(|| assert!(!s.runs_body()), || assert!(!s.runs_body()));
     ///     s.for_each(0..4, |_| assert!(!s.runs_body()));
-    ///     budget_core::scope(|_inner| assert!(!s.runs_body()));
+    ///     budget::scope(|_inner| assert!(!s.runs_body()));
     ///     assert!(s.runs_body());
     /// });
     /// ```
@@ -98,11 +100,12 @@ impl ScopeHooks for Scope<'_> {
 /// # Examples
 ///
 /// ```
-/// let before = budget_core::stats();
-/// let all = budget_core::Lease::try_new(usize::MAX);
-/// let extra = budget_core::Lease::try_new(1); // a region asking for 2 gets 1
-/// budget_core::integration::note_region(2, 1 + extra.count(), false);
-/// let after = budget_core::stats();
+/// # use budget_core as budget;
+/// let before = budget::stats();
+/// let all = budget::Lease::try_new(usize::MAX);
+/// let extra = budget::Lease::try_new(1); // a region asking for 2 gets 1
+/// budget::integration::note_region(2, 1 + extra.count(), false);
+/// let after = budget::stats();
 /// assert_eq!(after.regions, before.regions + 1);
 /// assert_eq!(after.narrowed_by_leases, before.narrowed_by_leases + 1);
 /// # drop((all, extra));
@@ -132,10 +135,11 @@ pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
 /// # Examples
 ///
 /// ```
+/// # use budget_core as budget;
 /// use std::time::Duration;
-/// budget_core::integration::hold_for_spinners(2, Duration::from_millis(100));
+/// budget::integration::hold_for_spinners(2, Duration::from_millis(100));
 /// // Inside this process the tokens stay free for the next region.
-/// budget_core::scope(|s| assert_eq!(s.width(), budget_core::stats().total));
+/// budget::scope(|s| assert_eq!(s.width(), budget::stats().total));
 /// ```
 pub fn hold_for_spinners(tokens: usize, window: std::time::Duration) {
     let registry = crate::registry::global();
@@ -150,7 +154,8 @@ pub fn hold_for_spinners(tokens: usize, window: std::time::Duration) {
 /// # Examples
 ///
 /// ```
-/// let _bytes: Option<usize> = budget_core::integration::worker_stack_size();
+/// # use budget_core as budget;
+/// let _bytes: Option<usize> = budget::integration::worker_stack_size();
 /// ```
 pub fn worker_stack_size() -> Option<usize> {
     crate::builder::thread_settings().stack_size
@@ -163,7 +168,8 @@ pub fn worker_stack_size() -> Option<usize> {
 /// # Examples
 ///
 /// ```
-/// assert_eq!(budget_core::integration::worker_thread_name(0), None); // none set here
+/// # use budget_core as budget;
+/// assert_eq!(budget::integration::worker_thread_name(0), None); // none set here
 /// ```
 pub fn worker_thread_name(index: usize) -> Option<String> {
     crate::builder::thread_settings()

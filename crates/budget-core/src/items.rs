@@ -11,14 +11,15 @@ use std::ops::Range;
 /// # Examples
 ///
 /// ```
+/// # use budget_core as budget;
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 ///
 /// let sum = AtomicUsize::new(0);
-/// budget_core::scope(|s| s.for_each(1..101, |i| { sum.fetch_add(i, Ordering::Relaxed); }));
+/// budget::scope(|s| s.for_each(1..101, |i| { sum.fetch_add(i, Ordering::Relaxed); }));
 /// assert_eq!(sum.into_inner(), 5050);
 ///
 /// let mut squares = vec![1, 2, 3];
-/// budget_core::scope(|s| s.for_each(&mut squares[..], |x| *x *= *x));
+/// budget::scope(|s| s.for_each(&mut squares[..], |x| *x *= *x));
 /// assert_eq!(squares, [1, 4, 9]);
 /// ```
 pub trait ForEachInput: sealed::Sealed {

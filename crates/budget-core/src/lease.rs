@@ -19,12 +19,13 @@ use crate::token::{Grower, Wanted};
 /// # Examples
 ///
 /// ```
-/// let total = budget_core::stats().total;
-/// let lease = budget_core::Lease::try_new(total);
+/// # use budget_core as budget;
+/// let total = budget::stats().total;
+/// let lease = budget::Lease::try_new(total);
 /// assert_eq!(lease.count(), total); // nothing else runs
-/// budget_core::scope(|s| assert_eq!(s.width(), 1)); // the lease holds every core
+/// budget::scope(|s| assert_eq!(s.width(), 1)); // the lease holds every core
 /// drop(lease);
-/// assert_eq!(budget_core::stats().in_use, 0);
+/// assert_eq!(budget::stats().in_use, 0);
 /// ```
 #[must_use = "a lease returns its tokens as soon as it is dropped"]
 pub struct Lease {
@@ -56,7 +57,8 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let lease = budget_core::Lease::try_new(1);
+    /// # use budget_core as budget;
+    /// let lease = budget::Lease::try_new(1);
     /// assert!(lease.count() <= 1);
     /// ```
     #[inline]
@@ -73,9 +75,10 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let before = budget_core::stats().leased;
-    /// let region = budget_core::Lease::try_new_for_region(1);
-    /// assert_eq!(budget_core::stats().leased, before);
+    /// # use budget_core as budget;
+    /// let before = budget::stats().leased;
+    /// let region = budget::Lease::try_new_for_region(1);
+    /// assert_eq!(budget::stats().leased, before);
     /// # drop(region);
     /// ```
     pub fn try_new_for_region(max: usize) -> Lease {
@@ -102,7 +105,8 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(budget_core::Lease::try_new(0).count(), 0);
+    /// # use budget_core as budget;
+    /// assert_eq!(budget::Lease::try_new(0).count(), 0);
     /// ```
     pub fn count(&self) -> usize {
         self.count + self.demand.as_ref().map_or(0, |d| d.granted())
@@ -122,15 +126,16 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let total = budget_core::stats().total;
-    /// let all = budget_core::Lease::try_new(total);
-    /// let mut late = budget_core::Lease::try_new(1);
+    /// # use budget_core as budget;
+    /// let total = budget::stats().total;
+    /// let all = budget::Lease::try_new(total);
+    /// let mut late = budget::Lease::try_new(1);
     /// assert_eq!(late.want(1), 0); // nothing free: the demand is registered
     /// assert_eq!(late.wanting(), 1);
     /// drop(all); // the first token released goes to the waiting lease
     /// assert_eq!((late.count(), late.wanting()), (1, 0));
     /// drop(late);
-    /// assert_eq!(budget_core::stats().in_use, 0);
+    /// assert_eq!(budget::stats().in_use, 0);
     /// ```
     pub fn want(&mut self, more: usize) -> usize {
         let now = self.try_grow(more);
@@ -158,7 +163,8 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(budget_core::Lease::try_new(0).wanting(), 0);
+    /// # use budget_core as budget;
+    /// assert_eq!(budget::Lease::try_new(0).wanting(), 0);
     /// ```
     pub fn wanting(&self) -> usize {
         self.demand.as_ref().map_or(0, |d| d.wants())
@@ -170,7 +176,8 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let mut lease = budget_core::Lease::try_new(0);
+    /// # use budget_core as budget;
+    /// let mut lease = budget::Lease::try_new(0);
     /// lease.want(1);
     /// lease.stop_wanting();
     /// assert_eq!(lease.wanting(), 0);
@@ -193,7 +200,8 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let mut lease = budget_core::Lease::try_new(0);
+    /// # use budget_core as budget;
+    /// let mut lease = budget::Lease::try_new(0);
     /// let got = lease.try_grow(1);
     /// assert_eq!(lease.count(), got);
     /// ```
@@ -209,7 +217,8 @@ impl Lease {
     /// # Examples
     ///
     /// ```
-    /// let mut lease = budget_core::Lease::try_new(1);
+    /// # use budget_core as budget;
+    /// let mut lease = budget::Lease::try_new(1);
     /// let held = lease.count();
     /// assert_eq!(lease.shrink(5), held);
     /// assert_eq!(lease.count(), 0);

@@ -31,20 +31,21 @@
 //! # Examples
 //!
 //! ```
+//! # use budget_core as budget;
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //!
 //! let hits = AtomicUsize::new(0);
-//! budget_core::scope(|outer| {
+//! budget::scope(|outer| {
 //!     outer.for_each(0..4, |_| {
 //!         // Each inner region gets what the outer one left free: often width 1.
-//!         budget_core::scope(|inner| {
+//!         budget::scope(|inner| {
 //!             assert!(inner.width() >= 1);
 //!             inner.for_each(0..100, |_| { hits.fetch_add(1, Ordering::Relaxed); });
 //!         });
 //!     });
 //! });
 //! assert_eq!(hits.into_inner(), 400);
-//! assert_eq!(budget_core::stats().in_use, 0);
+//! assert_eq!(budget::stats().in_use, 0);
 //! ```
 #![warn(missing_docs)]
 
@@ -91,7 +92,8 @@ pub use stats::Stats;
 /// # Examples
 ///
 /// ```
-/// let stats = budget_core::stats();
+/// # use budget_core as budget;
+/// let stats = budget::stats();
 /// assert!(stats.total >= 1);
 /// println!("{stats}");
 /// ```

@@ -45,10 +45,11 @@ use crate::registry::{self, Registry};
 /// # Examples
 ///
 /// ```
-/// let total = budget_core::stats().total;
-/// budget_core::scope(|outer| {
+/// # use budget_core as budget;
+/// let total = budget::stats().total;
+/// budget::scope(|outer| {
 ///     assert_eq!(outer.width(), total); // nothing else is running
-///     budget_core::scope(|inner| {
+///     budget::scope(|inner| {
 ///         // The outer region holds every core: the inner one runs inline.
 ///         assert_eq!(inner.width(), 1);
 ///     });
@@ -91,9 +92,10 @@ fn foreign_share(max: usize, total: usize) -> usize {
 /// # Examples
 ///
 /// ```
-/// budget_core::scope_with(2, |s| {
+/// # use budget_core as budget;
+/// budget::scope_with(2, |s| {
 ///     assert!(s.width() <= 2);
-///     assert_eq!(s.requested(), 2.min(budget_core::stats().total));
+///     assert_eq!(s.requested(), 2.min(budget::stats().total));
 /// });
 /// ```
 pub fn scope_with<'scope, F, R>(max: usize, f: F) -> R
@@ -222,9 +224,10 @@ where
 /// # Examples
 ///
 /// ```
+/// # use budget_core as budget;
 /// let mut halves = [0u64; 2];
 /// let data: Vec<u64> = (1..=1000).collect();
-/// budget_core::scope(|s| {
+/// budget::scope(|s| {
 ///     let (lo, hi) = halves.split_at_mut(1);
 ///     let (a, b) = data.split_at(500);
 ///     s.spawn(move |_| lo[0] = a.iter().sum());
@@ -290,7 +293,8 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
-    /// budget_core::scope(|s| assert!(s.width() >= 1 && s.width() <= s.requested()));
+    /// # use budget_core as budget;
+    /// budget::scope(|s| assert!(s.width() >= 1 && s.width() <= s.requested()));
     /// ```
     #[inline]
     pub fn width(&self) -> usize {
@@ -305,7 +309,8 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
-    /// budget_core::scope_with(1, |s| assert_eq!(s.requested(), 1));
+    /// # use budget_core as budget;
+    /// budget::scope_with(1, |s| assert_eq!(s.requested(), 1));
     /// ```
     pub fn requested(&self) -> usize {
         self.requested
@@ -409,10 +414,11 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
+    /// # use budget_core as budget;
     /// use std::sync::atomic::{AtomicUsize, Ordering};
     ///
     /// let count = AtomicUsize::new(0);
-    /// budget_core::scope(|s| {
+    /// budget::scope(|s| {
     ///     for _ in 0..10 {
     ///         s.spawn(|s| {
     ///             s.spawn(|_| { count.fetch_add(1, Ordering::Relaxed); });
@@ -459,14 +465,15 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
-    /// fn fib(s: &budget_core::Scope<'_>, n: u64) -> u64 {
+    /// # use budget_core as budget;
+    /// fn fib(s: &budget::Scope<'_>, n: u64) -> u64 {
     ///     if n < 12 {
     ///         return if n < 2 { n } else { fib(s, n - 1) + fib(s, n - 2) };
     ///     }
     ///     let (a, b) = s.join(|| fib(s, n - 1), || fib(s, n - 2));
     ///     a + b
     /// }
-    /// assert_eq!(budget_core::scope(|s| fib(s, 20)), 6765);
+    /// assert_eq!(budget::scope(|s| fib(s, 20)), 6765);
     /// ```
     pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
     where
@@ -528,8 +535,9 @@ impl<'scope> Scope<'scope> {
     /// # Examples
     ///
     /// ```
+    /// # use budget_core as budget;
     /// let mut v = vec![0u32; 10_000];
-    /// budget_core::scope(|s| s.for_each(&mut v[..], |x| *x += 1));
+    /// budget::scope(|s| s.for_each(&mut v[..], |x| *x += 1));
     /// assert!(v.iter().all(|&x| x == 1));
     /// ```
     pub fn for_each<I, F>(&self, items: I, f: F)

@@ -13,9 +13,10 @@ use crate::tally::{self, Kind};
 /// # Examples
 ///
 /// ```
-/// let before = budget_core::stats();
-/// budget_core::scope(|s| assert!(s.width() >= 1));
-/// let after = budget_core::stats();
+/// # use budget_core as budget;
+/// let before = budget::stats();
+/// budget::scope(|s| assert!(s.width() >= 1));
+/// let after = budget::stats();
 /// assert_eq!(after.regions, before.regions + 1);
 /// assert_eq!(after.in_use, 0); // every token is back
 /// assert!(after.peak_in_use <= after.total);

@@ -63,9 +63,10 @@ const THREAD_VARIABLES: [&str; 6] = [
 /// # Examples
 ///
 /// ```
-/// use budget_core::Source;
+/// # use budget_core as budget;
+/// use budget::Source;
 ///
-/// let report = budget_core::detect();
+/// let report = budget::detect();
 /// // Without a builder or variables, the total comes from the machine.
 /// if report.source == Source::Affinity {
 ///     assert_eq!(Some(report.total), report.affinity);
@@ -107,7 +108,8 @@ impl Source {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(budget_core::Source::CgroupQuota.key(), "cgroup_quota");
+    /// # use budget_core as budget;
+    /// assert_eq!(budget::Source::CgroupQuota.key(), "cgroup_quota");
     /// ```
     pub fn key(self) -> &'static str {
         match self {
@@ -144,7 +146,8 @@ impl fmt::Display for Source {
 /// # Examples
 ///
 /// ```
-/// let report = budget_core::detect();
+/// # use budget_core as budget;
+/// let report = budget::detect();
 /// assert!(report.total >= 1);
 /// // The human form, several lines:
 /// println!("{report}");
@@ -196,7 +199,8 @@ impl Detected {
     /// # Examples
     ///
     /// ```
-    /// let report = budget_core::detect();
+    /// # use budget_core as budget;
+    /// let report = budget::detect();
     /// if report.whole_machine() {
     ///     assert!(report.affinity >= report.online);
     /// }
@@ -211,7 +215,8 @@ impl Detected {
     /// # Examples
     ///
     /// ```
-    /// let report = budget_core::detect();
+    /// # use budget_core as budget;
+    /// let report = budget::detect();
     /// assert_eq!(
     ///     report.thread_variable("OMP_NUM_THREADS").is_some(),
     ///     std::env::var_os("OMP_NUM_THREADS").is_some()
@@ -296,9 +301,10 @@ impl fmt::Display for Detected {
 /// # Examples
 ///
 /// ```
-/// let report = budget_core::detect();
+/// # use budget_core as budget;
+/// let report = budget::detect();
 /// println!("{report}");
-/// assert!(report.total >= 1 && report.total <= budget_core::MAX_THREADS);
+/// assert!(report.total >= 1 && report.total <= budget::MAX_THREADS);
 /// ```
 pub fn detect() -> Detected {
     let fresh = machine_report(&|name| std::env::var(name).ok());
@@ -323,7 +329,8 @@ pub fn detect() -> Detected {
 /// # Examples
 ///
 /// ```
-/// let cores = budget_core::available_cores();
+/// # use budget_core as budget;
+/// let cores = budget::available_cores();
 /// assert!(cores >= 1);
 /// ```
 pub fn available_cores() -> usize {

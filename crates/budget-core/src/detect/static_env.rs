@@ -19,7 +19,8 @@
 /// # Examples
 ///
 /// ```
-/// assert_eq!(budget_core::ENV_STATIC_ENV, "BUDGET_STATIC_ENV");
+/// # use budget_core as budget;
+/// assert_eq!(budget::ENV_STATIC_ENV, "BUDGET_STATIC_ENV");
 /// ```
 pub const ENV_STATIC_ENV: &str = "BUDGET_STATIC_ENV";
 
@@ -34,7 +35,8 @@ pub const ENV_STATIC_ENV: &str = "BUDGET_STATIC_ENV";
 /// # Examples
 ///
 /// ```
-/// let marker = budget_core::static_env_marker([("OMP_NUM_THREADS", "2"), ("MKL_NUM_THREADS", "2")]);
+/// # use budget_core as budget;
+/// let marker = budget::static_env_marker([("OMP_NUM_THREADS", "2"), ("MKL_NUM_THREADS", "2")]);
 /// assert_eq!(marker, "OMP_NUM_THREADS=2 MKL_NUM_THREADS=2");
 /// ```
 pub fn static_env_marker<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
@@ -56,10 +58,11 @@ pub fn static_env_marker<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>)
 /// # Examples
 ///
 /// ```
+/// # use budget_core as budget;
 /// // Outside `budget run --static-env`, it is the variable itself.
-/// if std::env::var_os(budget_core::ENV_STATIC_ENV).is_none() {
+/// if std::env::var_os(budget::ENV_STATIC_ENV).is_none() {
 ///     assert_eq!(
-///         budget_core::user_thread_variable("OMP_NUM_THREADS"),
+///         budget::user_thread_variable("OMP_NUM_THREADS"),
 ///         std::env::var("OMP_NUM_THREADS").ok()
 ///     );
 /// }

@@ -53,8 +53,9 @@ static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 /// # Examples
 ///
 /// ```no_run
+/// # use budget_core as budget;
 /// // A Rust program about to `exec` another one:
-/// budget_core::release_outside_tokens();
+/// budget::release_outside_tokens();
 /// let error = std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("make"));
 /// # let _ = error;
 /// ```

@@ -41,7 +41,8 @@
 /// # Examples
 ///
 /// ```
-/// assert!(budget_core::HANDSHAKE_ABI >= 1);
+/// # use budget_core as budget;
+/// assert!(budget::HANDSHAKE_ABI >= 1);
 /// ```
 pub const HANDSHAKE_ABI: u32 = 1;
 

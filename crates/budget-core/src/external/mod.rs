@@ -44,8 +44,9 @@ pub(crate) const TICK: Duration = Duration::from_millis(2);
 /// # Examples
 ///
 /// ```
-/// match budget_core::joined() {
-///     budget_core::Joined::Local => println!("this process's budget only"),
+/// # use budget_core as budget;
+/// match budget::joined() {
+///     budget::Joined::Local => println!("this process's budget only"),
 ///     other => println!("sharing: {other:?}"),
 /// }
 /// ```
@@ -84,8 +85,9 @@ static JOINED: OnceLock<Joined> = OnceLock::new();
 /// # Examples
 ///
 /// ```
-/// let joined = budget_core::joined();
-/// assert_eq!(joined, budget_core::joined());
+/// # use budget_core as budget;
+/// let joined = budget::joined();
+/// assert_eq!(joined, budget::joined());
 /// ```
 pub fn joined() -> Joined {
     let _ = crate::registry::global();
@@ -98,7 +100,8 @@ pub fn joined() -> Joined {
 /// # Examples
 ///
 /// ```
-/// assert!(budget_core::held_tokens() >= 1);
+/// # use budget_core as budget;
+/// assert!(budget::held_tokens() >= 1);
 /// ```
 pub fn held_tokens() -> usize {
     crate::registry::global().tokens.held()

@@ -31,8 +31,9 @@ use super::{is_off, ENV_NODE};
 /// # Examples
 ///
 /// ```
-/// if !budget_core::node::SUPPORTED {
-///     assert!(budget_core::node::directory().is_err());
+/// # use budget_core as budget;
+/// if !budget::node::SUPPORTED {
+///     assert!(budget::node::directory().is_err());
 /// }
 /// ```
 pub const SUPPORTED: bool = sys::NODE_SUPPORTED;
@@ -78,7 +79,8 @@ fn wait_byte(epoch: u64) -> u64 {
 /// # Examples
 ///
 /// ```
-/// let dir = budget_core::node::directory().unwrap();
+/// # use budget_core as budget;
+/// let dir = budget::node::directory().unwrap();
 /// assert!(dir.is_dir());
 /// ```
 pub fn directory() -> io::Result<PathBuf> {
@@ -132,9 +134,10 @@ pub fn directory() -> io::Result<PathBuf> {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::directory().unwrap().join(format!("doc-example-{}.node", std::process::id()));
-/// assert_eq!(budget_core::node::create(&path, 3).unwrap(), 3);
-/// assert_eq!(budget_core::node::create(&path, 5).unwrap(), 3); // already there
+/// # use budget_core as budget;
+/// let path = budget::node::directory().unwrap().join(format!("doc-example-{}.node", std::process::id()));
+/// assert_eq!(budget::node::create(&path, 3).unwrap(), 3);
+/// assert_eq!(budget::node::create(&path, 5).unwrap(), 3); // already there
 /// # std::fs::remove_file(&path).unwrap();
 /// ```
 pub fn create(path: &Path, tokens: usize) -> io::Result<usize> {
@@ -254,7 +257,8 @@ fn shared(path: &Path) -> io::Result<&'static Shared> {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::for_this_cpu_set().unwrap();
+/// # use budget_core as budget;
+/// let path = budget::node::for_this_cpu_set().unwrap();
 /// assert!(path.file_name().unwrap().to_string_lossy().starts_with("cpus-"));
 /// ```
 pub fn for_this_cpu_set() -> io::Result<PathBuf> {
@@ -304,9 +308,10 @@ fn affinity_key() -> String {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::directory().unwrap().join(format!("doc-member-{}.node", std::process::id()));
-/// budget_core::node::create(&path, 2).unwrap();
-/// let member = budget_core::node::Member::open(&path).unwrap();
+/// # use budget_core as budget;
+/// let path = budget::node::directory().unwrap().join(format!("doc-member-{}.node", std::process::id()));
+/// budget::node::create(&path, 2).unwrap();
+/// let member = budget::node::Member::open(&path).unwrap();
 /// assert_eq!(member.try_take(5), 2); // both tokens, no more
 /// assert_eq!(member.held(), 2);
 /// member.give_back(2);
@@ -588,9 +593,10 @@ pub struct Report {
 /// # Examples
 ///
 /// ```
-/// let path = budget_core::node::directory().unwrap().join(format!("doc-inspect-{}.node", std::process::id()));
-/// budget_core::node::create(&path, 2).unwrap();
-/// let report = budget_core::node::inspect(&path).unwrap();
+/// # use budget_core as budget;
+/// let path = budget::node::directory().unwrap().join(format!("doc-inspect-{}.node", std::process::id()));
+/// budget::node::create(&path, 2).unwrap();
+/// let report = budget::node::inspect(&path).unwrap();
 /// assert_eq!(report.tokens, 2);
 /// assert!(report.holders.is_empty());
 /// # std::fs::remove_file(&path).unwrap();
@@ -658,7 +664,8 @@ pub fn inspect(path: &Path) -> io::Result<Report> {
 /// # Examples
 ///
 /// ```
-/// for path in budget_core::node::list() {
+/// # use budget_core as budget;
+/// for path in budget::node::list() {
 ///     println!("{}", path.display());
 /// }
 /// ```
