@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::sync::plain::{Condvar, Mutex};
@@ -73,6 +73,10 @@ pub(crate) fn started() -> bool {
 /// With `Some`, fails if a registry of this process is already running.
 pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildError> {
     register_fork_handler();
+    // No fork while a registry is being made: `fork` waits for it (the prepare
+    // handler), so a child never inherits a `Once`, `OnceLock` or lock of the making
+    // half done (it waited for ever on one: issue 17's fork hunt).
+    let _making = InstallGuard::lock();
     let generation = FORK_GENERATION.load(Ordering::Acquire);
     let mut current = GLOBAL.load(Ordering::Acquire);
     if let Some(running) = live(current, generation) {
@@ -134,24 +138,78 @@ fn live(ptr: *mut Registry, generation: usize) -> Option<&'static Registry> {
     (registry.fork_generation == generation).then_some(registry)
 }
 
+/// Held while a registry is being made, and by `fork` (the prepare handler) until
+/// the child and the parent go on: a spin lock of one atomic, which a forked child
+/// can reset (a `Mutex` held at the fork would stay locked in the child).
+static MAKING: AtomicBool = AtomicBool::new(false);
+
+/// Holds [`MAKING`] while alive.
+struct InstallGuard;
+
+impl InstallGuard {
+    fn lock() -> InstallGuard {
+        take_making();
+        InstallGuard
+    }
+}
+
+impl Drop for InstallGuard {
+    fn drop(&mut self) {
+        MAKING.store(false, Ordering::Release);
+    }
+}
+
+/// Spins (yielding) until [`MAKING`] is ours. Acquire pairs with the Release of the
+/// one who held it.
+fn take_making() {
+    while MAKING
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+}
+
+// On Linux the fork handlers are registered when the program (or the library that
+// holds this crate) is loaded, before any thread could be in the middle of it.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static REGISTER_AT_LOAD: extern "C" fn() = register_at_load;
+
+#[cfg(target_os = "linux")]
+extern "C" fn register_at_load() {
+    register_fork_handler();
+}
+
 #[cfg(unix)]
 fn register_fork_handler() {
-    use std::sync::Once;
-    static ONCE: Once = Once::new();
+    // An atomic, not a `Once`: a `Once` being run at a fork is copied "running" into
+    // the child, which then waits for it for ever. Elsewhere than Linux (no load-time
+    // registration), a fork in the microseconds of the first registration may miss
+    // the handlers; a later caller does not wait.
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn prepare() {
+        // Wait for a registry being made to be done (see `install`).
+        take_making();
+    }
+    extern "C" fn in_parent() {
+        MAKING.store(false, Ordering::Release);
+    }
     extern "C" fn in_child() {
-        // Async-signal-safe: one atomic add, no allocation, no lock.
+        // Async-signal-safe: atomic stores and one atomic add, no allocation, no lock.
+        MAKING.store(false, Ordering::Release);
         FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     }
-    ONCE.call_once(|| {
-        // SAFETY: `in_child` is an `extern "C" fn()` that lives for the whole program
-        // and only performs an atomic add.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
-        if rc != 0 {
-            tracing::warn!(
-                "budget: pthread_atfork failed ({rc}); a forked child must not use budget"
-            );
-        }
-    });
+    if REGISTERED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: the three are `extern "C" fn()`s that live for the whole program and do
+    // only atomic operations (and `sched_yield` while waiting).
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
+    if rc != 0 {
+        tracing::warn!("budget: pthread_atfork failed ({rc}); a forked child must not use budget");
+    }
 }
 
 #[cfg(not(unix))]

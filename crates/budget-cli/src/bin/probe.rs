@@ -22,9 +22,11 @@
 //!                       its outside tokens again), then N back to back (tokens held);
 //!                       prints the median and slowest, in µs, and the widths seen
 //! budget-probe forks N                               N children forked one after another
-//!                       while four threads enter and leave regions; each child opens
-//!                       a region, gives its outside tokens back and `_exit`s; prints
-//!                       `forks N hung H` (a child alive after 5 s is killed and counted)
+//!                       while four threads enter and leave regions; in each child two
+//!                       threads open a region at once, then it gives its outside
+//!                       tokens back and `_exit`s; prints `forks N hung H failed F` (a
+//!                       child alive after 5 s is killed and counted; one that exits
+//!                       non-zero or by a signal fails)
 //! ```
 
 // The probe drives the process tests, which are Unix-only (make, signals, dlopen).
@@ -239,16 +241,24 @@ fn main() {
                     })
                 })
                 .collect();
-            let mut hung = 0;
+            let (mut hung, mut failed) = (0, 0);
             for _ in 0..n {
                 // SAFETY: the child only opens a region (budget handles a fork of a
                 // process whose other threads use it: that is what is tested), then
                 // leaves with `_exit`.
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
-                    let width = budget_core::scope(|s| {
-                        s.for_each(0..4usize, |_| spin(10));
-                        s.width()
+                    // Two threads start the child's budget at once (each may make a
+                    // registry; one wins).
+                    let region = || {
+                        budget_core::scope(|s| {
+                            s.for_each(0..4usize, |_| spin(10));
+                            s.width()
+                        })
+                    };
+                    let width = std::thread::scope(|t| {
+                        let other = t.spawn(region);
+                        region().min(other.join().unwrap_or(0))
                     });
                     budget_core::release_outside_tokens();
                     // SAFETY: ends the child at once, as multiprocessing's workers do.
@@ -260,6 +270,10 @@ fn main() {
                     // SAFETY: `pid` is our child; WNOHANG never blocks.
                     let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
                     if done == pid {
+                        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                            failed += 1;
+                            eprintln!("child {pid}: status {status:#x}");
+                        }
                         break;
                     }
                     if Instant::now() > deadline {
@@ -284,7 +298,7 @@ fn main() {
             for t in churn {
                 t.join().unwrap();
             }
-            println!("forks {n} hung {hung}");
+            println!("forks {n} hung {hung} failed {failed}");
         }
         "entry" => {
             let count = num(1) as usize;

@@ -221,6 +221,25 @@ mod linux {
             if fd < 0 {
                 return None;
             }
+            // The maker may not have sized it yet (two threads of one process starting
+            // the budget at once both get here): a mapping past the end of the object
+            // raises SIGBUS when read. Wait until it is sized, at most a second.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            loop {
+                // SAFETY: stat is plain data, filled by fstat on our open descriptor.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                let sized = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as usize >= size;
+                if sized {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    // SAFETY: our descriptor.
+                    unsafe { libc::close(fd) };
+                    return None;
+                }
+                std::thread::yield_now();
+            }
             (fd, false)
         };
         // SAFETY: maps `size` bytes of an object at least that long, shared, at an
