@@ -213,8 +213,8 @@ impl Group {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             match node {
-                Some(path) => command.env(budget_core::ENV_NODE, path),
-                None => command.env_remove(budget_core::ENV_NODE),
+                Some(path) => command.env(budget::ENV_NODE, path),
+                None => command.env_remove(budget::ENV_NODE),
             };
             let mut child = command
                 .spawn()
@@ -271,10 +271,10 @@ impl NodeFile {
     /// Makes `demo-<pid>.node` with `tokens` tokens in this user's node budget
     /// directory.
     pub(crate) fn create(tokens: usize) -> Result<NodeFile, String> {
-        let made = budget_core::node::directory().and_then(|dir| {
+        let made = budget::node::directory().and_then(|dir| {
             let path = dir.join(format!("demo-{}.node", std::process::id()));
             let _ = std::fs::remove_file(&path); // a stale one of a dead run with our pid
-            budget_core::node::create(&path, tokens).map(|_| path)
+            budget::node::create(&path, tokens).map(|_| path)
         });
         made.map(NodeFile)
             .map_err(|e| format!("cannot make a node budget file: {e}"))

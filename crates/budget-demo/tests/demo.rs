@@ -2,7 +2,6 @@
 //! strategy (or says why it was skipped), every strategy ran once per round (the
 //! rounds interleaved), and `--json` writes the stable schema. The processes
 //! scenario's workers are this test binary again, running only [`demo_worker`].
-#![cfg(all(feature = "rayon", feature = "native"))]
 
 use std::process::Command;
 use std::time::Duration;
