@@ -296,3 +296,24 @@ def test_kmeans_calling_threadpoolctl_beside_regions():
         print(f"[kmeans] OpenBLAS counts left changed (before, after): {changed}")
         threadpoolctl.threadpool_limits({p: b for p, (b, _) in changed.items()})
     assert native_counts() == before
+
+
+def test_bad_counts_raise_value_errors_naming_the_argument():
+    import pytest
+
+    import budget
+
+    for bad in (0, -1, True, False):
+        with pytest.raises(ValueError, match="budget.region: max_threads must be a whole number"):
+            budget.region(bad)
+        with pytest.raises(ValueError, match="budget.limit: n must be a whole number"):
+            budget.limit(bad)
+    with pytest.raises(TypeError, match="max_threads"):
+        budget.region(2.5)
+    # As threadpoolctl's threadpool_limits(None): a block that changes nothing.
+    with budget.limit(None) as lim:
+        assert lim.width is None
+    # repr reads as Python.
+    assert repr(budget.region(2)) == "<budget.region max_threads=2 (not entered)>"
+    assert repr(budget.region()) == "<budget.region max_threads=None (not entered)>"
+    assert repr(budget.limit(3)) == "<budget.limit n=3 (closed)>"

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::frames;
-use crate::region::{drop_open, exit, state};
+use crate::region::{drop_open, exit, state, thread_count};
 
 /// Every loaded BLAS and OpenMP library limited to `n` threads for a `with` block, as
 /// `threadpoolctl.threadpool_limits(n)`, but safe from any number of threads at once:
@@ -15,23 +15,26 @@ use crate::region::{drop_open, exit, state};
 /// the block raises. Takes no tokens from the budget.
 #[pyclass(module = "budget._budget", name = "Limit")]
 pub(crate) struct Limit {
-    n: usize,
+    /// `None`: `limit(None)`, a block that changes nothing (as threadpoolctl's).
+    n: Option<usize>,
     open: Option<(u64, ThreadId)>,
 }
 
 #[pymethods]
 impl Limit {
     #[new]
-    fn new(n: usize) -> Limit {
-        Limit {
-            n: n.max(1),
-            open: None,
-        }
+    fn new(n: &Bound<'_, PyAny>) -> PyResult<Limit> {
+        let n = if n.is_none() {
+            None
+        } else {
+            Some(thread_count(n, "budget.limit", "n")?)
+        };
+        Ok(Limit { n, open: None })
     }
 
-    /// The thread count this block sets (at least 1).
+    /// The thread count this block sets (at least 1; `None` for `limit(None)`).
     #[getter]
-    fn width(&self) -> usize {
+    fn width(&self) -> Option<usize> {
         self.n
     }
 
@@ -41,7 +44,9 @@ impl Limit {
                 "this budget.limit is already open: make a new budget.limit(n) for a nested block",
             ));
         }
-        let n = slf.n;
+        let Some(n) = slf.n else {
+            return Ok(slf); // limit(None): nothing to set, nothing to restore
+        };
         let id = slf.py().detach(|| frames::open_limit(n));
         slf.open = Some((id, std::thread::current().id()));
         Ok(slf)
@@ -49,13 +54,17 @@ impl Limit {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&mut self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        if self.n.is_none() {
+            return Ok(false); // limit(None) opened nothing
+        }
         exit(py, &mut self.open, "budget.limit")?;
         Ok(false)
     }
 
     fn __repr__(&self) -> String {
         let state = state(&self.open);
-        format!("<budget.limit {} ({state})>", self.n)
+        let n = self.n.map_or_else(|| "None".to_owned(), |n| n.to_string());
+        format!("<budget.limit n={n} ({state})>")
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::thread::{self, ThreadId};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -27,13 +27,18 @@ pub(crate) struct Region {
 impl Region {
     #[new]
     #[pyo3(signature = (max_threads=None))]
-    fn new(max_threads: Option<usize>) -> Region {
-        Region {
+    fn new(max_threads: Option<&Bound<'_, PyAny>>) -> PyResult<Region> {
+        let max_threads = match max_threads {
+            None => None,
+            Some(value) if value.is_none() => None,
+            Some(value) => Some(thread_count(value, "budget.region", "max_threads")?),
+        };
+        Ok(Region {
             max_threads,
             open: None,
             width: None,
             requested: None,
-        }
+        })
     }
 
     /// The width granted at entry (`None` before the block is entered).
@@ -91,8 +96,9 @@ impl Region {
         match self.width {
             Some(w) => format!("<budget.region width={w} ({state})>"),
             None => format!(
-                "<budget.region max_threads={:?} (not entered)>",
+                "<budget.region max_threads={} (not entered)>",
                 self.max_threads
+                    .map_or_else(|| "None".to_owned(), |n| n.to_string())
             ),
         }
     }
@@ -145,4 +151,30 @@ pub(crate) fn drop_open(open: &mut Option<(u64, ThreadId)>) {
             Python::attach(|py| py.detach(|| frames::close(id)));
         }
     }
+}
+
+/// A thread count given to `what` as `arg`: a whole number of at least 1 (a `bool` is
+/// not one, though Python counts it as an int). `ValueError` names the argument and
+/// what is allowed; `TypeError` for what is no whole number at all.
+pub(crate) fn thread_count(value: &Bound<'_, PyAny>, what: &str, arg: &str) -> PyResult<usize> {
+    let shown = value
+        .repr()
+        .map_or_else(|_| "?".to_owned(), |r| r.to_string());
+    let bad = || {
+        PyValueError::new_err(format!(
+            "{what}: {arg} must be a whole number of at least 1 (or None), not {shown}"
+        ))
+    };
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(bad());
+    }
+    let Ok(n) = value.extract::<i128>() else {
+        return Err(PyTypeError::new_err(format!(
+            "{what}: {arg} must be a whole number of at least 1 (or None), not {shown}"
+        )));
+    };
+    if n < 1 {
+        return Err(bad());
+    }
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }

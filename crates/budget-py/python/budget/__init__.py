@@ -69,17 +69,24 @@ def region(max_threads: int | None = None) -> Region:
     pays for it before a region opened later can take it. Blocks may exit in any order (generators, coroutines),
     but each must exit on the thread that entered it (``RuntimeError`` otherwise).
 
+    ``max_threads`` must be a whole number of at least 1, or ``None``: ``0``, ``-1``
+    and ``True`` raise ``ValueError`` naming the argument.
+
     >>> import budget
     >>> with budget.region(2) as r:
     ...     1 <= r.width <= 2
     True
     >>> budget.stats()["in_use"]  # every token back
     0
+    >>> budget.region(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: budget.region: max_threads must be a whole number of at least 1 (or None), not 0
     """
     return Region(max_threads)
 
 
-def limit(n: int) -> Limit:
+def limit(n: int | None) -> Limit:
     """Every loaded BLAS and OpenMP library limited to ``n`` threads for a block.
 
     Like ``threadpoolctl.threadpool_limits(n)``, but safe from any number of threads
@@ -88,10 +95,15 @@ def limit(n: int) -> Limit:
     winning. Every count is restored exactly at exit, also when the block raises. It
     takes no tokens from the budget.
 
+    ``limit(None)`` changes nothing, as ``threadpool_limits(None)``; ``0``, ``-1`` and
+    ``True`` raise ``ValueError``.
+
     >>> import budget
     >>> with budget.limit(1) as l:
     ...     l.width
     1
+    >>> budget.limit(2)
+    <budget.limit n=2 (closed)>
     """
     return Limit(n)
 
