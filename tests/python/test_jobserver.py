@@ -61,6 +61,19 @@ def test_two_different_pipes_are_not_a_jobserver():
     assert "not the two ends of one pipe" in stderr, stderr
 
 
+def run_make(tmp_path, makefile, jobs, timeout=180):
+    """Runs real make with `makefile` in `tmp_path` as a user would (budget's total 2);
+    returns the completed process."""
+    (tmp_path / "Makefile").write_text(makefile)
+    return subprocess.run(
+        ["make", "-s", f"-j{jobs}", "-C", str(tmp_path)],
+        env=user_env(BUDGET_NUM_THREADS="2"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_a_plus_recipe_of_real_make_joins(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
@@ -72,11 +85,7 @@ def test_a_plus_recipe_of_real_make_joins(tmp_path):
             """
         )
     )
-    (tmp_path / "Makefile").write_text(f"all:\n\t+{sys.executable} {script} > {tmp_path}/out\n")
-    env = user_env(BUDGET_NUM_THREADS="2")
-    proc = subprocess.run(
-        ["make", "-s", "-j2", "-C", str(tmp_path)], env=env, capture_output=True, text=True
-    )
+    proc = run_make(tmp_path, f"all:\n\t+{sys.executable} {script} > {tmp_path}/out\n", 2)
     assert proc.returncode == 0, proc.stderr
     out = (tmp_path / "out").read_text()
     assert "JOINED jobserver WIDTH 2" in out, out + proc.stderr
@@ -123,17 +132,7 @@ if __name__ == "__main__":
 def run_under_make(tmp_path, how):
     script = tmp_path / "pool.py"
     script.write_text(textwrap.dedent(FORK_POOL))
-    (tmp_path / "Makefile").write_text(
-        f"all:\n\t+{sys.executable} {script} {how} > {tmp_path}/out\n"
-    )
-    env = user_env(BUDGET_NUM_THREADS="2")
-    proc = subprocess.run(
-        ["make", "-s", "-j3", "-C", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = run_make(tmp_path, f"all:\n\t+{sys.executable} {script} {how} > {tmp_path}/out\n", 3)
     return proc, (tmp_path / "out").read_text()
 
 
@@ -179,17 +178,12 @@ def test_a_fatal_signal_gives_makes_tokens_back(tmp_path):
     script.write_text(textwrap.dedent(SIGNALLED))
     # The recipe's process dies of the signal; `-` lets make go on to its end, where
     # it counts its tokens.
-    (tmp_path / "Makefile").write_text(
+    proc = run_make(
+        tmp_path,
         "all: a b\n"
         f"a:\n\t-+{sys.executable} {script} SIGTERM > {tmp_path}/a\n"
-        f"b:\n\t-+{sys.executable} {script} SIGHUP > {tmp_path}/b\n"
-    )
-    env = user_env(BUDGET_NUM_THREADS="2")
-    proc = subprocess.run(
-        ["make", "-s", "-j3", "-C", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
+        f"b:\n\t-+{sys.executable} {script} SIGHUP > {tmp_path}/b\n",
+        3,
         timeout=120,
     )
     assert "holding 2" in (tmp_path / "a").read_text() + (tmp_path / "b").read_text()

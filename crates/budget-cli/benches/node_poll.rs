@@ -2,8 +2,10 @@
 //! process that joined one (issue 17, item 15).
 //!
 //! - **Polling.** A holder process takes every token of a node of N tokens (4, 64,
-//!   512, 4096); a waiter that joined it runs a region whose tasks sleep (50 ms
-//!   each), so everything it burns is budget's looking for tokens. Figure: the
+//!   512, 4096; and 4096 held by two processes in alternate tokens, one lock record
+//!   per token: the worst case of a take that skips runs of locks); a waiter that
+//!   joined it runs a region whose tasks sleep (50 ms each), so everything it burns
+//!   is budget's looking for tokens. Figure: the
 //!   waiter's CPU time over 3 s, as % of one core (`/proc/<pid>/task/*/schedstat`,
 //!   nanoseconds), beside a control waiter with its own budget (no node).
 //! - **Entry.** `BUDGET_NODE=<a node of N>`: the median of 200 regions' entries, 10 ms
@@ -37,6 +39,7 @@ mod imp {
         let args: Vec<String> = std::env::args().skip(1).collect();
         match args.first().map(String::as_str) {
             Some("hold-all") => hold_all(Path::new(&args[1])),
+            Some("hold-alternate") => hold_alternate(Path::new(&args[1]), args[2] == "1"),
             Some("wait") => wait(),
             Some("entry") => entry(),
             _ => {
@@ -56,6 +59,38 @@ mod imp {
         let got = member.try_take(member.tokens());
         assert_eq!(got, member.tokens(), "the holder took all tokens");
         println!("holding {got}");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
+    /// Child: locks every other token of the node at `path` (the odd ones when `odd`),
+    /// byte by byte with classic POSIX locks, which conflict with budget's and are
+    /// never merged into runs: with two such holders the node is one lock record per
+    /// token, the worst case of the range-query take. The byte of token `i` is
+    /// `4096 + i` (`SLOTS_AT` in budget-core's `external/node.rs`).
+    fn hold_alternate(path: &Path, odd: bool) {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open the node");
+        let tokens = budget_core::node::inspect(path)
+            .expect("a node file")
+            .tokens;
+        for i in (usize::from(odd)..tokens).step_by(2) {
+            // SAFETY: flock is plain data; all-zeroes is valid and we set every field used.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = (4096 + i) as libc::off_t;
+            fl.l_len = 1;
+            // SAFETY: an open descriptor and a valid flock.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+            assert_eq!(rc, 0, "lock token {i}");
+        }
+        println!("holding");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
@@ -116,29 +151,45 @@ mod imp {
 
     /// The waiter's CPU, % of one core over 3 s, with a holder of all `tokens` (or with
     /// its own budget when `tokens` is 0).
-    fn poll_cost(bin: &Path, tokens: usize) -> f64 {
+    /// A holder child of this build (holders are the same whichever build waits),
+    /// returned once it holds.
+    fn holder(args: &[&std::ffi::OsStr]) -> Killed {
+        let me = std::env::current_exe().expect("own path");
+        let mut h = Command::new(me)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("holder");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(h.stdout.take().unwrap()),
+            &mut line,
+        )
+        .expect("holder says it holds");
+        Killed(h)
+    }
+
+    fn poll_cost(bin: &Path, tokens: usize, alternate: bool) -> f64 {
         let mut waiter = Command::new(bin);
         waiter
             .arg("wait")
             .env_remove("MAKEFLAGS")
             .env_remove("CARGO_MAKEFLAGS");
-        let mut _holder = None;
+        let mut _holders = Vec::new();
         let mut path = None;
         if tokens > 0 {
             let p = node_file(tokens);
-            let mut h = Command::new(bin)
-                .arg("hold-all")
-                .arg(&p)
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("holder");
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(h.stdout.take().unwrap()),
-                &mut line,
-            )
-            .expect("holder says it holds");
-            _holder = Some(Killed(h));
+            if alternate {
+                for parity in ["0", "1"] {
+                    _holders.push(holder(&[
+                        "hold-alternate".as_ref(),
+                        p.as_os_str(),
+                        parity.as_ref(),
+                    ]));
+                }
+            } else {
+                _holders.push(holder(&["hold-all".as_ref(), p.as_os_str()]));
+            }
             waiter.env("BUDGET_NODE", &p);
             path = Some(p);
         } else {
@@ -152,7 +203,7 @@ mod imp {
         std::thread::sleep(Duration::from_secs(3));
         let (t1, c1) = (Instant::now(), cpu_ns(waiter.0.id()));
         drop(waiter);
-        drop(_holder);
+        drop(_holders);
         if let Some(p) = path {
             let _ = std::fs::remove_file(p);
         }
@@ -193,19 +244,20 @@ mod imp {
                 .trim()
         );
         println!("waiting process's CPU, % of one core (median (min–max) of {ROUNDS}):");
-        let mut cases: Vec<usize> = vec![0];
-        cases.extend(SIZES);
-        for tokens in cases {
+        let mut cases: Vec<(usize, bool)> = vec![(0, false)];
+        cases.extend(SIZES.iter().map(|&n| (n, false)));
+        cases.push((4096, true));
+        for (tokens, alternate) in cases {
             let mut figures = vec![Vec::new(); bins.len()];
             for _ in 0..ROUNDS {
                 for (i, (_, bin)) in bins.iter().enumerate() {
-                    figures[i].push(poll_cost(bin, tokens));
+                    figures[i].push(poll_cost(bin, tokens, alternate));
                 }
             }
-            let what = if tokens == 0 {
-                "own budget (control)".to_owned()
-            } else {
-                format!("node of {tokens}, all held by another")
+            let what = match (tokens, alternate) {
+                (0, _) => "own budget (control)".to_owned(),
+                (_, false) => format!("node of {tokens}, all held by another"),
+                (_, true) => format!("node of {tokens}, held alternately by two"),
             };
             let cols: Vec<String> = bins
                 .iter()

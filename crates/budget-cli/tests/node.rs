@@ -17,13 +17,7 @@ fn a_killed_holder_gives_its_node_tokens_back_at_once() {
     let dir = temp_dir("sigkill");
     let (node, mut holder) = holder_of_two(&dir, "sigkill");
     let log = dir.join("grow.log");
-    let mut grower = probe()
-        .env("BUDGET_NODE", &node.0)
-        .arg("grow")
-        .arg("2")
-        .arg(&log)
-        .spawn()
-        .unwrap();
+    let mut grower = grower(&node, 2, &log);
     wait_until(30, "the second process to start its region", || {
         !read_log(&log).is_empty()
     });
@@ -46,10 +40,7 @@ fn a_killed_holder_gives_its_node_tokens_back_at_once() {
         .expect("budget info lists the node budget");
     assert_eq!(mine["holders"][0]["pid"], holder.id());
     assert_eq!(mine["holders"][0]["tokens"], 2);
-    let widths: Vec<usize> = read_log(&log)
-        .iter()
-        .filter_map(|l| field(l, "width"))
-        .collect();
+    let widths = widths(&log);
     assert_eq!(widths, [1], "width 1 while the holder lives");
 
     let killed_at = now_ns();
@@ -82,13 +73,7 @@ fn a_stopped_waiter_does_not_keep_others_narrow() {
     let dir = temp_dir("stopped-waiter");
     let (node, mut holder) = holder_of_two(&dir, "stopped-waiter");
     let waiter_log = dir.join("waiter.log");
-    let mut waiter = probe()
-        .env("BUDGET_NODE", &node.0)
-        .arg("grow")
-        .arg("2")
-        .arg(&waiter_log)
-        .spawn()
-        .unwrap();
+    let mut waiter = grower(&node, 2, &waiter_log);
     let _cleanup = KillOnDrop(vec![holder.id(), waiter.id()]);
     wait_until(30, "the waiter to say it waits", || {
         budget_core::node::inspect(&node.0).unwrap().waiting == Some(waiter.id())
@@ -98,23 +83,14 @@ fn a_stopped_waiter_does_not_keep_others_narrow() {
     holder.kill().unwrap(); // both tokens free now; the waiter cannot take them
     holder.wait().unwrap();
     let log = dir.join("third.log");
-    let mut third = probe()
-        .env("BUDGET_NODE", &node.0)
-        .arg("grow")
-        .arg("2")
-        .arg(&log)
-        .spawn()
-        .unwrap();
+    let mut third = grower(&node, 2, &log);
     let _third = KillOnDrop(vec![third.id()]);
     let status = wait_for(&mut third, 60, "the third process to reach width 2");
     // SAFETY: as above.
     unsafe { libc::kill(waiter.id() as i32, libc::SIGKILL) };
     waiter.wait().unwrap();
     assert!(status.success());
-    let widths: Vec<usize> = read_log(&log)
-        .iter()
-        .filter_map(|l| field(l, "width"))
-        .collect();
+    let widths = widths(&log);
     assert_eq!(widths.last(), Some(&2), "{widths:?}");
 }
 

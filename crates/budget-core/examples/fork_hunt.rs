@@ -40,7 +40,6 @@ fn main() {
 mod hunt {
     use std::hint::black_box;
     use std::io::Write;
-    use std::path::{Path, PathBuf};
     use std::process::Command;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -49,6 +48,7 @@ mod hunt {
 
     use budget_core::integration::RegionThread;
     use budget_core::{Lease, Scope};
+    use budget_testkit::forked::{watch, Outcome};
 
     const CHURN_THREADS: usize = 4;
     /// Exit codes of a child beside 0.
@@ -253,103 +253,6 @@ mod hunt {
         unsafe { libc::_exit(code) }
     }
 
-    enum Outcome {
-        Exited(i32),
-        Signalled(i32),
-        Hung,
-    }
-
-    /// Waits for `pid` under `deadline`; a child still running then has its stacks
-    /// printed and is killed.
-    fn watch(pid: libc::pid_t, deadline: Duration) -> Outcome {
-        let until = Instant::now() + deadline;
-        let mut status = 0;
-        let mut pause = Duration::from_micros(50);
-        loop {
-            // SAFETY: `status` is a valid out-pointer; `pid` is our child.
-            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if rc == pid {
-                break;
-            }
-            if rc == -1 {
-                let error = std::io::Error::last_os_error();
-                assert_eq!(
-                    error.kind(),
-                    std::io::ErrorKind::Interrupted,
-                    "waitpid({pid}): {error}"
-                );
-                continue;
-            }
-            if Instant::now() > until {
-                stacks(pid);
-                // SAFETY: plain syscalls on our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                return Outcome::Hung;
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(2));
-        }
-        if libc::WIFEXITED(status) {
-            Outcome::Exited(libc::WEXITSTATUS(status))
-        } else {
-            Outcome::Signalled(libc::WTERMSIG(status))
-        }
-    }
-
-    fn have(tool: &str) -> bool {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool} >/dev/null")])
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// Prints every thread's stack of the hung child `pid`.
-    fn stacks(pid: libc::pid_t) {
-        let pid_s = pid.to_string();
-        println!("==== child {pid} hung: stacks ====");
-        let out = if have("gdb") {
-            Command::new("timeout")
-                .args(["60", "gdb", "-nx", "-batch", "-p", &pid_s])
-                .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
-                .output()
-        } else if have("eu-stack") {
-            Command::new("timeout")
-                .args(["60", "eu-stack", "-p", &pid_s])
-                .output()
-        } else {
-            Command::new("true").output()
-        };
-        if let Ok(out) = out {
-            println!("{}", String::from_utf8_lossy(&out.stdout));
-            let err = String::from_utf8_lossy(&out.stderr);
-            if !err.trim().is_empty() {
-                println!("(stderr) {err}");
-            }
-        }
-        // The kernel's view in any case: state, wait channel, syscall, kernel stack.
-        let tasks = Path::new("/proc").join(&pid_s).join("task");
-        if let Ok(dir) = std::fs::read_dir(&tasks) {
-            for entry in dir.flatten() {
-                let task: PathBuf = entry.path();
-                let read = |name: &str| {
-                    std::fs::read_to_string(task.join(name)).unwrap_or_else(|e| format!("<{e}>"))
-                };
-                println!(
-                    "-- task {}: stat {} | wchan {} | syscall {}\n{}",
-                    entry.file_name().to_string_lossy(),
-                    read("stat").trim(),
-                    read("wchan").trim(),
-                    read("syscall").trim(),
-                    read("stack").trim_end()
-                );
-            }
-        }
-        println!("==== end of child {pid} ====");
-    }
-
     /// One configuration, in this process: churn threads plus `args.forks` forks.
     fn run_one(args: &Args) -> i32 {
         let mut config = describe();
@@ -485,7 +388,7 @@ mod hunt {
             .env("XDG_RUNTIME_DIR", &scratch);
         worst = worst.max(status(node.status()));
 
-        if have("make") {
+        if Command::new("make").arg("--version").output().is_ok() {
             let makefile = scratch.join("Makefile");
             let command = std::iter::once(exe.to_string_lossy().into_owned())
                 .chain(common.iter().cloned())

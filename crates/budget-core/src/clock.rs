@@ -51,11 +51,11 @@ pub(crate) fn wake_ticks() -> u64 {
 }
 
 /// Starts the clock's lazily made state (the tick base where there is no cycle
-/// counter) and measures [`wake_ticks`] now: called when a budget starts, before
-/// its threads, so that no thread is in the middle of it if the process forks.
+/// counter): called when a budget starts, before its threads, so that no thread is in
+/// the middle of it if the process forks. ([`wake_ticks`] needs no priming: an
+/// atomic, measured by the first loop that asks, 50 µs a lone process need not spend.)
 pub(crate) fn prime() {
     let _ = now();
-    let _ = wake_ticks();
 }
 
 #[cfg(target_arch = "x86_64")]

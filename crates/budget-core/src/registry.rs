@@ -201,7 +201,9 @@ fn register_fork_handler() {
         MAKING.store(false, Ordering::Release);
         FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     }
-    if REGISTERED.swap(true, Ordering::AcqRel) {
+    // A load first: `fork_generation` calls this on paths a node member takes at
+    // every tick, which must not write a shared line each time.
+    if REGISTERED.load(Ordering::Acquire) || REGISTERED.swap(true, Ordering::AcqRel) {
         return;
     }
     // SAFETY: the three are `extern "C" fn()`s that live for the whole program and do

@@ -258,3 +258,23 @@ pub fn holder_of_two(dir: &Path, name: &str) -> (NodeFile, Child) {
     wait_until(30, "the holder to reach width 2", || ready.exists());
     (node, holder)
 }
+
+/// A probe (`grow WIDTH LOG`) joined to the node budget `node`: one region of short
+/// tasks until it reaches `width`, logging each width it reaches to `log`.
+pub fn grower(node: &NodeFile, width: usize, log: &Path) -> Child {
+    probe()
+        .env("BUDGET_NODE", &node.0)
+        .arg("grow")
+        .arg(width.to_string())
+        .arg(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The widths a `grow` (or `regions`) probe logged to `log`, in order.
+pub fn widths(log: &Path) -> Vec<usize> {
+    read_log(log)
+        .iter()
+        .filter_map(|l| field(l, "width"))
+        .collect()
+}

@@ -254,11 +254,12 @@ pub(crate) struct Source {
 /// copy stays locked for good. The child's first region (`Source::of`), its
 /// `release_outside_tokens` before `_exit` and its `exit` (`give_back_all`) then
 /// waited forever: 3 of the first 34 children of `examples/fork_hunt.rs` under
-/// `make -j2`. A child never locks its parent's state: [`here`] sees the pid differ
+/// `make -j2`. A child never locks its parent's state: [`here`] sees the fork generation differ
 /// and installs one of its own.
 struct PerProcess {
-    /// The process this state belongs to.
-    pid: u32,
+    /// The fork generation of the process this state belongs to (an atomic load, where
+    /// a pid costs a `getpid` call on every look, and a reused pid could match).
+    generation: usize,
     /// The tokens this process holds; each writes its byte back when dropped.
     held: Mutex<Vec<Acquired>>,
     /// Set by `give_back_all`, under the `held` lock: a token the helper thread
@@ -286,7 +287,7 @@ static STATE: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
 /// names a thread the child does not have (dropping one signalled the missing thread
 /// for about a second, 100 × 10 ms).
 fn here() -> &'static PerProcess {
-    let pid = std::process::id();
+    let generation = crate::registry::fork_generation();
     // Acquire pairs with the AcqRel exchange below: a state's fields are written
     // before its pointer is seen.
     let mut current = STATE.load(Ordering::Acquire);
@@ -294,12 +295,12 @@ fn here() -> &'static PerProcess {
         if !current.is_null() {
             // SAFETY: pointers in STATE come from Box::into_raw and are never freed.
             let state = unsafe { &*current };
-            if state.pid == pid {
+            if state.generation == generation {
                 return state;
             }
         }
         let fresh = Box::into_raw(Box::new(PerProcess {
-            pid,
+            generation,
             held: Mutex::new(Vec::new()),
             exiting: AtomicBool::new(false),
             helper: Mutex::new(None),

@@ -395,7 +395,8 @@ impl Member {
     /// It asks the kernel where others' locks lie (`F_GETLK` over ranges) and tries
     /// only bytes outside them, so a look costs a few system calls per run of locked
     /// bytes, not one per token of the node: a process that waits in a node of 4096
-    /// tokens polls at the cost of one of 4.
+    /// tokens one other process holds polls at the cost of one of 4 (tokens whose
+    /// holders interleave cost more: one query per run, see `README.md`).
     pub fn try_take(&self, n: usize) -> usize {
         self.take_looking_at(n, 2 * n + 64)
     }

@@ -23,6 +23,25 @@ mod other;
 #[cfg(not(any(unix, windows)))]
 pub(crate) use other::*;
 
+// Linux only (`unix.rs`): the owners of the locks from `/proc`, and the fork table of
+// open-file-description locks. Elsewhere the lock query names the holder itself (or
+// nobody: Windows), and locks are not shared with a forked child (POSIX) or there is
+// no fork (Windows): one set of no-ops for every other OS.
+
+/// The locks on a file by owner: only Linux lists them (see `unix.rs`).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn owners(_file: &std::fs::File) -> Option<Vec<(u32, u64, u64)>> {
+    None
+}
+
+/// Nothing a forked child must close off Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn forget_in_child(_file: &std::fs::File) {}
+
+/// Nothing to undo off Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn forget_in_child_undo(_file: &std::fs::File) {}
+
 /// What a byte-range lock call does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lock {

@@ -57,15 +57,6 @@ pub(crate) fn first_conflict(_file: &File, _at: u64, _len: u64) -> Option<(u64, 
     None
 }
 
-pub(crate) fn owners(_file: &File) -> Option<Vec<(u32, u64, u64)>> {
-    None
-}
-
-pub(crate) fn forget_in_child(_file: &File) {}
-
-/// Nothing to undo.
-pub(crate) fn forget_in_child_undo(_file: &File) {}
-
 /// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {
     super::epoch_ns()

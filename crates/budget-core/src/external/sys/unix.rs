@@ -186,12 +186,6 @@ pub(crate) fn owners(file: &File) -> Option<Vec<(u32, u64, u64)>> {
     Some(locks)
 }
 
-/// See the Linux version: here the lock query names the holder itself.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn owners(_file: &File) -> Option<Vec<(u32, u64, u64)>> {
-    None
-}
-
 /// Descriptors a forked child closes at once (Linux, OFD locks: the child's copy of
 /// its parent's open file would keep the parent's locks alive after the parent
 /// died). Slots hold -1 when empty.
@@ -247,14 +241,6 @@ pub(crate) fn forget_in_child_undo(file: &File) {
         let _ = slot.compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst);
     }
 }
-
-/// POSIX locks are not inherited by `fork`: nothing to do.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn forget_in_child(_file: &File) {}
-
-/// See the Linux version: nothing to undo.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn forget_in_child_undo(_file: &File) {}
 
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable between the processes of a machine
 /// (the token log of a tree of processes).

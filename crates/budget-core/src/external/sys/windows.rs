@@ -152,17 +152,6 @@ pub(crate) fn first_conflict(file: &File, at: u64, len: u64) -> Option<(u64, u64
     Some((lo, lo + 1))
 }
 
-/// No call lists who holds a lock: `None` (holders show as pid 0).
-pub(crate) fn owners(_file: &File) -> Option<Vec<(u32, u64, u64)>> {
-    None
-}
-
-/// No `fork` on Windows: nothing to do.
-pub(crate) fn forget_in_child(_file: &File) {}
-
-/// Nothing to undo.
-pub(crate) fn forget_in_child_undo(_file: &File) {}
-
 /// Nanoseconds since the Unix epoch (see `epoch_ns`).
 pub(crate) fn monotonic_ns() -> u64 {
     super::epoch_ns()
