@@ -67,6 +67,7 @@ extern "C" fn parent() {
 #[cfg(unix)]
 extern "C" fn child() {
     IN_CHILD.store(true, Ordering::Relaxed);
+    crate::spread::forget_in_child();
     pool::unlock_after_fork();
     scan::unlock_after_fork();
 }

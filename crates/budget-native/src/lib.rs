@@ -46,6 +46,7 @@ mod library;
 mod limit;
 mod pool;
 mod scan;
+mod spread;
 mod stack;
 
 pub use library::{Family, Libraries, Library, SettingScope, ThreadingLayer};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::control::{Control, Entry};
 use crate::stack::{self, Restore};
-use crate::{fork, pool, scan};
+use crate::{fork, pool, scan, spread};
 
 /// A process-wide call a [`Limit`] ends on drop (see the `pool` module).
 struct ProcessWide {
@@ -78,6 +78,8 @@ fn limit_width(width: usize) -> Limit {
     } else {
         width
     };
+    // Beside a spinning pool's workers, a narrow call gets a CPU of its own.
+    let pinned = spread::enter(width);
     let frame = stack::push();
     let mut process_wide = Vec::new();
     // Per-thread settings first: a process-wide OpenBLAS on OpenMP may then narrow
@@ -151,6 +153,7 @@ fn limit_width(width: usize) -> Limit {
         width,
         frame,
         process_wide,
+        _pinned: pinned,
         _not_send: PhantomData,
     }
 }
@@ -176,6 +179,9 @@ pub struct Limit {
     /// This guard's frame on the thread's stack of per-thread settings.
     frame: u64,
     process_wide: Vec<ProcessWide>,
+    /// The thread's affinity while a spinning pool's workers busy-wait (the `spread`
+    /// module); put back when the guard drops, after the counts.
+    _pinned: Option<spread::Pinned>,
     /// Per-thread settings must be undone on the thread that made them.
     _not_send: PhantomData<*const ()>,
 }

@@ -215,6 +215,7 @@ pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
     ) = (&p.entry.control, ticket.used)
     {
         budget_core::integration::hold_for_spinners(ticket.used, *window);
+        crate::spread::spinning(ticket.used, *window);
     }
 }
 

@@ -424,3 +424,71 @@ fn numpy_openblas_back_to_back_calls_keep_their_width() {
         },
     );
 }
+
+/// The calling thread's CPUs: (how many, the lowest), from its affinity mask.
+#[cfg(target_os = "linux")]
+fn my_cpus() -> (usize, usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; the kernel writes within its size;
+    // CPU_COUNT/CPU_ISSET read within it.
+    unsafe {
+        let mut mask: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut mask),
+            0
+        );
+        let count = libc::CPU_COUNT(&mask) as usize;
+        let lowest = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &mask))
+            .unwrap();
+        (count, lowest)
+    }
+}
+
+/// Right after a wide call of Debian's OpenBLAS (its workers spin for the default
+/// window, no variable set), two narrow calls on two threads each run on a CPU of
+/// their own, and their threads get their masks back when the calls end; a call as
+/// wide as the spinning one, and a narrow call after the window, are left alone.
+/// (Without it the scheduler put both threads of a loop on one core beside the
+/// spinner: `--bench after_wide`, ~2× in most rounds.)
+#[cfg(target_os = "linux")]
+#[test]
+fn narrow_calls_beside_spinning_workers_get_a_cpu_each() {
+    in_child(
+        "narrow_calls_beside_spinning_workers_get_a_cpu_each",
+        &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
+        |l| {
+            let before = my_cpus();
+            assert!(before.0 >= 2, "this test needs 2 CPUs, the thread has {before:?}");
+            let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 2);
+            budget_core::scope_with(2, |s| s.native(|| dgemm.run(n, &a, &a, &mut c)));
+            let both = Barrier::new(2);
+            let seen: Vec<((usize, usize), (usize, usize))> = std::thread::scope(|t| {
+                let calls: Vec<_> = (0..2)
+                    .map(|_| {
+                        t.spawn(|| {
+                            let outside = my_cpus();
+                            let guard = limit(1);
+                            both.wait();
+                            let inside = my_cpus();
+                            both.wait();
+                            drop(guard);
+                            assert_eq!(my_cpus(), outside, "the mask comes back");
+                            (inside, outside)
+                        })
+                    })
+                    .collect();
+                calls.into_iter().map(|c| c.join().unwrap()).collect()
+            });
+            println!("narrow calls inside the window (cpus, lowest): {seen:?}");
+            assert!(seen.iter().all(|(inside, _)| inside.0 == 1), "{seen:?}");
+            assert_ne!(seen[0].0 .1, seen[1].0 .1, "one CPU each: {seen:?}");
+            {
+                let _wide = limit(2);
+                assert_eq!(my_cpus(), before, "a call as wide as the spinning one");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            let _late = limit(1);
+            assert_eq!(my_cpus(), before, "a narrow call after the window");
+        },
+    );
+}
