@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes the Python environment the Python tests and examples use: a virtual environment
 # at .venv in the repository with NumPy, SciPy, scikit-learn, threadpoolctl, joblib,
-# pytest and maturin from PyPI (the wheels users have: NumPy's own OpenBLAS,
+# pytest, mypy and maturin from PyPI (the wheels users have: NumPy's own OpenBLAS,
 # scikit-learn's own libgomp), and budget's Python module (crates/budget-py,
 # distribution `budget-threads`, imported as `budget`) built in release mode into it.
 #
@@ -21,6 +21,7 @@ pins=(
   "threadpoolctl==${THREADPOOLCTL_VERSION:-3.8.0}"
   "joblib==${JOBLIB_VERSION:-1.6.0}"
   "pytest==${PYTEST_VERSION:-9.2.0}"
+  "mypy==${MYPY_VERSION:-2.4.1}"
 )
 
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

@@ -2,7 +2,9 @@
 # The whole test suite, as README.md gives it and .ci/run calls it:
 #   setup, formatting, clippy, the other platforms' checks (scripts/check-targets.sh),
 #   unit + integration + doc tests, loom models, docs,
-#   and the Python module (crates/budget-py, its own workspace): fmt, clippy, pytest.
+#   and the Python module (crates/budget-py, its own workspace): fmt, clippy, its
+#   manylinux2014 wheel (scripts/build-wheel.sh: built, checked, installed into a fresh
+#   venv and imported), pytest.
 # Ends with one summary line "N passed, M failed" over every cargo test binary and
 # pytest.
 set -euo pipefail
@@ -53,6 +55,13 @@ cargo publish --workspace --dry-run --allow-dirty 2>&1 \
 step "budget-py (the Python module, its own workspace): cargo fmt and clippy"
 cargo fmt --manifest-path crates/budget-py/Cargo.toml -- --check
 cargo clippy --manifest-path crates/budget-py/Cargo.toml --all-targets -- -D warnings
+
+step "budget-py wheel: manylinux2014 (glibc 2.17) build, auditwheel check, install and import in a fresh venv"
+# scripts/build-wheel.sh: the wheel README.md's install lines use (target/wheels/);
+# any failure (maturin's or auditwheel's check, the smoke import) fails the suite here.
+# The joblib backend is run from the installed wheel too (tests/python/wheel_smoke.py).
+BUILD_WHEEL_SMOKE=tests/python/wheel_smoke.py BUILD_WHEEL_SMOKE_PIP="joblib==${JOBLIB_VERSION:-1.6.0}" \
+  scripts/build-wheel.sh
 
 step "pytest: tests/python and the budget package's doctests"
 set +e

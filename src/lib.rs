@@ -125,7 +125,7 @@ pub mod rayon {
 #[cfg(feature = "native")]
 pub mod native {
     pub use budget_native::{
-        libraries, limit, Family, Libraries, Library, Limit, NativeExt, SettingScope,
+        libraries, limit, limit_where, Family, Libraries, Library, Limit, NativeExt, SettingScope,
         ThreadingLayer,
     };
 }

@@ -3,7 +3,7 @@ three ways: every layer at its default (all cores), the best static setting (sev
 measured, the fastest kept), and budget regions, against the ideal serial / cores.
 
     scripts/setup-python.sh                      # .venv with the wheels and budget
-    .venv/bin/python examples/python/demo.py     # --quick, --reps N, --json PATH
+    .venv/bin/python examples/python/demo.py     # --quick, --reps N, --json PATH, --svg PATH
 
 Scenarios:
   threads x BLAS      ThreadPoolExecutor(4) x 64 np.linalg.svd of 256x256
@@ -12,6 +12,10 @@ Scenarios:
   sklearn OpenMP x 2  two threads each fitting a HistGradientBoostingClassifier
   sklearn x 2, 4 fits each  the same, four fits one after another on each thread
                       (as a cross-validation loop on two threads)
+  GridSearchCV joblib GridSearchCV(HistGradientBoostingClassifier, 6 params x 3 folds,
+                      n_jobs=2): joblib's loky (default) and threading backends, and
+                      joblib.parallel_config(backend="budget") with no other change;
+                      each run is a process of its own (examples/python/joblib_bench.py)
 
 Strategies are interleaved (one run of each in turn, repeated), and each time is the
 median of the repetitions, with the spread (min-max) beside it. "budget" is the same
@@ -172,7 +176,7 @@ def processes_x_blas(scale):
         # this process's own budget has started already and stays its own.
         import atexit
 
-        node = budget.share_node(cores)
+        node = budget.share_node(cores, children_only=True)
         atexit.register(lambda: os.path.exists(node) and os.remove(node))
     else:
         note = "process budgets only (no node budget in this build)"
@@ -228,12 +232,35 @@ def sklearn_openmp(scale, fits=1):
     }
 
 
+def grid_search(scale):
+    # Each run in a process of its own: loky's workers are started once per process,
+    # and switching backends in one process would restart them for every strategy.
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("joblib_bench", os.path.join(here, "joblib_bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(strategy):
+        return lambda: bench.measure("grid", strategy)
+
+    return {
+        "serial": run("serial"),
+        "default": run("loky"),
+        "static": {"threading backend": run("threading"), "threading, OMP=1": run("threading, 1 thread each")},
+        "budget": run("budget"),
+        "note": "default = loky",
+    }
+
+
 SCENARIOS = [
     ("threads x BLAS", threads_x_blas),
     ("lone big matmul", lone_matmul),
     ("processes x BLAS", processes_x_blas),
     ("sklearn OpenMP x 2", sklearn_openmp),
     ("sklearn x 2, 4 fits each", lambda scale: sklearn_openmp(scale, fits=4)),
+    ("GridSearchCV joblib", grid_search),
 ]
 
 
@@ -248,8 +275,8 @@ def measure(strategies, reps):
     for _ in range(reps):
         for k, f in runs.items():
             t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
+            seconds = f()  # a run in a process of its own reports its own time
+            times[k].append(seconds if isinstance(seconds, float) else time.perf_counter() - t)
     return times
 
 
@@ -276,12 +303,48 @@ def fmt(cell):
     return f"{cell['seconds'] * 1e3:8.1f} ms {cell['ratio_to_ideal']:5.2f}x"
 
 
+def write_svg(path, rows, cores, quick=False):
+    """One group of bars per scenario: each strategy's median, as a ratio to the ideal
+    serial / cores (1.0 is the ideal; lower is not possible, higher is slower)."""
+    strategies = [("all_cores", "all cores", "#d62728"), ("best_static", "best static", "#7f7f7f"), ("budget", "budget", "#2ca02c")]
+    bar, gap, left, top, height = 18, 26, 210, 40, 260
+    width = left + len(rows) * (len(strategies) * bar + gap) + 20
+    top_ratio = max([1.0] + [min(r[k]["ratio_to_ideal"], 6.0) for r in rows for k, _, _ in strategies])
+    y = lambda ratio: top + height - height * min(ratio, 6.0) / top_ratio
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + 120}" font-family="sans-serif" font-size="11">',
+        f'<text x="10" y="20" font-size="13">budget, Python: time / ideal (serial / {cores} cores), median'
+        + (" (--quick: not a verdict)" if quick else "") + "</text>",
+        f'<line x1="{left - 5}" x2="{width - 10}" y1="{y(1.0):.1f}" y2="{y(1.0):.1f}" stroke="#000" stroke-dasharray="4 3"/>',
+        f'<text x="{left - 10}" y="{y(1.0) + 4:.1f}" text-anchor="end">ideal 1.0</text>',
+    ]
+    for i, (_, label, colour) in enumerate(strategies):
+        out.append(f'<rect x="10" y="{top + 20 * i}" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="28" y="{top + 20 * i + 10}">{label}</text>')
+    for j, r in enumerate(rows):
+        x0 = left + j * (len(strategies) * bar + gap)
+        for i, (key, _, colour) in enumerate(strategies):
+            ratio = r[key]["ratio_to_ideal"]
+            out.append(
+                f'<rect x="{x0 + i * bar}" y="{y(ratio):.1f}" width="{bar - 2}" height="{top + height - y(ratio):.1f}" fill="{colour}">'
+                f"<title>{r['scenario']}: {key} {r[key]['seconds'] * 1e3:.1f} ms, {ratio:.2f}x ideal</title></rect>"
+            )
+            out.append(f'<text x="{x0 + i * bar + bar / 2 - 1}" y="{y(ratio) - 3:.1f}" text-anchor="middle" font-size="9">{ratio:.1f}</text>')
+        out.append(
+            f'<text transform="translate({x0 + bar},{top + height + 12}) rotate(30)" font-size="10">{r["scenario"]}</text>'
+        )
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="scale 0.25, 3 repetitions")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 5)")
     p.add_argument("--scale", type=float, default=None, help="workload size (default 1)")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    p.add_argument("--svg", metavar="PATH", help="draw the rows as a bar chart (SVG)")
     p.add_argument("--only", metavar="NAME", help="run the scenarios whose name contains NAME")
     p.add_argument("--active-wait", action="store_true", help="leave OMP_WAIT_POLICY unset")
     args = p.parse_args()
@@ -318,6 +381,14 @@ def main():
         f"{r['scenario']}: budget {r['budget']['min_s']*1e3:.0f}-{r['budget']['max_s']*1e3:.0f}, "
         f"best static {r['best_static']['min_s']*1e3:.0f}-{r['best_static']['max_s']*1e3:.0f}" for r in rows))
     print(f"load after: {os.getloadavg()[0]:.2f}; {budget.stats()}")
+    if args.quick:
+        print(
+            "--quick: a quarter of the work, 3 repetitions: this checks that every scenario "
+            "runs; its ratios are not a verdict (run without --quick for figures)"
+        )
+    if args.svg:
+        write_svg(args.svg, rows, cores, quick=args.quick)
+        print(f"chart written to {args.svg}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"schema": "budget-python-demo/1", "rows": rows}, f, indent=1)

@@ -145,3 +145,76 @@ def test_a_region_inside_a_limit_obeys_it():
             assert r.width <= 2
     with budget.region() as r:
         assert r.requested == budget.stats()["total"]
+
+
+def _counts():
+    """{prefix: num_threads} of the BLAS and OpenMP libraries, read by threadpoolctl."""
+    import threadpoolctl
+
+    return {
+        lib["prefix"]: lib["num_threads"]
+        for lib in threadpoolctl.threadpool_info()
+        if lib["user_api"] in ("blas", "openmp")
+    }
+
+
+def test_limit_takes_threadpoolctls_arguments_with_its_meaning():
+    import numpy  # noqa: F401  (NumPy's OpenBLAS)
+    import sklearn.ensemble  # noqa: F401  (scikit-learn's libgomp)
+    import threadpoolctl
+
+    before = _counts()
+    assert {"libscipy_openblas", "libgomp"} <= set(before), before
+    cases = [
+        (1, None),
+        (1, "blas"),
+        (1, "openmp"),
+        ({"blas": 1}, None),
+        ({"openmp": 1, "blas": 2}, None),
+        ({"libgomp": 1}, None),
+        ({"libscipy_openblas": 1, "blas": 2}, None),
+        ("sequential_blas_under_openmp", None),
+        (None, None),
+        (threadpoolctl.threadpool_info(), None),
+    ]
+    for limits, user_api in cases:
+        with threadpoolctl.threadpool_limits(limits, user_api):
+            theirs = _counts()
+        assert _counts() == before
+        with budget.limit(limits, user_api):
+            ours = _counts()
+        assert _counts() == before, (limits, user_api)
+        assert ours == theirs, (limits, user_api, ours, theirs)
+
+
+def test_limit_is_a_decorator_and_refuses_what_threadpoolctl_does_not_mean():
+    import pytest
+
+    @budget.limit(1, user_api="blas")
+    def inside():
+        return _counts()
+
+    before = _counts()
+    for _ in range(2):  # a block of its own at each call
+        counts = inside()
+        assert counts["libscipy_openblas"] == 1, counts
+        assert _counts() == before
+    for bad in [dict(user_api="cuda"), dict(limits={"blass": 1}), dict(limits="all")]:
+        with pytest.raises(ValueError, match="budget.limit"):
+            budget.limit(**bad)
+    with pytest.raises(ValueError, match="budget.limit: n must be a whole number"):
+        budget.limit({"blas": 0})
+    assert repr(budget.limit({"blas": 1})) == "<budget.limit limits={'blas': 1} (closed)>"
+
+
+def test_a_limit_of_some_libraries_holds_inside_a_region():
+    import numpy  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+
+    with budget.limit({"blas": 1}):
+        with budget.region(2) as r:
+            assert r.width == 2  # a limit of BLAS only does not narrow the region
+            counts = _counts()
+            assert counts["libscipy_openblas"] == 1, counts  # ... and holds inside it
+            assert counts["libgomp"] == 2, counts
+        assert _counts()["libscipy_openblas"] == 1

@@ -230,7 +230,7 @@ def test_share_node_errors_name_the_path_and_keep_the_users_file(tmp_path, monke
     monkeypatch.delenv("BUDGET_NODE", raising=False)
     missing = str(tmp_path / "no-such-dir" / "x.node")
     try:
-        budget.share_node(2, path=missing)
+        budget.share_node(2, path=missing, children_only=True)
         raise AssertionError("made a node file in a missing directory")
     except OSError as e:
         assert missing in str(e), str(e)
@@ -239,7 +239,7 @@ def test_share_node_errors_name_the_path_and_keep_the_users_file(tmp_path, monke
     other = tmp_path / "notes.txt"
     other.write_text("mine\n")
     try:
-        budget.share_node(2, path=str(other))
+        budget.share_node(2, path=str(other), children_only=True)
         raise AssertionError("took over a file that is not a node budget file")
     except OSError as e:
         assert str(other) in str(e), str(e)
@@ -284,3 +284,85 @@ os.remove(path)
     assert not path.startswith(str(tmp_path)), path
     assert f"budget-{os.getuid()}" in path, path
     assert tokens == "2", r.stdout
+
+
+ONCE = """
+import json, os, sys
+import budget
+
+out = {}
+try:
+    budget.share_node(True)
+except ValueError as e:
+    out["bool"] = str(e)
+first = budget.share_node(2)
+out["again"] = budget.share_node(2) == first
+try:
+    budget.share_node(3)
+except RuntimeError as e:
+    out["other count"] = str(e)
+os.remove(first)
+print(json.dumps(out))
+"""
+
+STARTED = """
+import json, os
+import budget
+
+out = {}
+with budget.region():
+    pass
+try:
+    budget.share_node(2)
+except RuntimeError as e:
+    out["started"] = str(e)
+out["env"] = os.environ.get("BUDGET_NODE")
+path = budget.share_node(2, children_only=True)
+out["children"] = os.environ.get("BUDGET_NODE") == path
+out["kind"] = budget.joined()["kind"]
+os.remove(path)
+print(json.dumps(out))
+"""
+
+
+def test_share_node_is_one_node_per_process_and_says_why_not(tmp_path):
+    import json
+
+    os.chmod(tmp_path, 0o700)
+    out = json.loads(run_as_user(ONCE, XDG_RUNTIME_DIR=str(tmp_path)).strip().splitlines()[-1])
+    assert "not True" in out["bool"] and "tokens" in out["bool"], out
+    assert out["again"] is True, out
+    assert "already shares a node budget of 2 tokens" in out["other count"], out
+    assert "3 tokens" in out["other count"], out
+    out = json.loads(run_as_user(STARTED, XDG_RUNTIME_DIR=str(tmp_path)).strip().splitlines()[-1])
+    assert "already started" in out["started"] and "children_only=True" in out["started"], out
+    assert out["env"] is None, out  # nothing set by the refused call
+    assert out["children"] is True, out
+    assert out["kind"] == "local", out  # the running budget stays its own
+
+
+CHILDREN = """
+import json, os
+import budget
+
+out = {}
+path = budget.share_node(2, children_only=True)  # before this process's budget started
+out["kind"] = budget.joined()["kind"]
+out["env"] = os.environ.get("BUDGET_NODE") == path
+try:
+    budget.share_node(2)
+except RuntimeError as e:
+    out["join later"] = str(e)
+os.remove(path)
+print(json.dumps(out))
+"""
+
+
+def test_share_node_for_children_only_leaves_this_process_its_own_budget(tmp_path):
+    import json
+
+    os.chmod(tmp_path, 0o700)
+    out = json.loads(run_as_user(CHILDREN, XDG_RUNTIME_DIR=str(tmp_path)).strip().splitlines()[-1])
+    assert out["kind"] == "local", out
+    assert out["env"] is True, out
+    assert "processes it starts only" in out["join later"], out

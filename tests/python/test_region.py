@@ -317,3 +317,23 @@ def test_bad_counts_raise_value_errors_naming_the_argument():
     assert repr(budget.region(2)) == "<budget.region max_threads=2 (not entered)>"
     assert repr(budget.region()) == "<budget.region max_threads=None (not entered)>"
     assert repr(budget.limit(3)) == "<budget.limit n=3 (closed)>"
+
+
+def test_a_free_threaded_interpreter_gets_a_clear_import_error():
+    # No free-threaded CPython on this machine (3.13t/3.14t need a download that this
+    # workplace cannot make): the build flag such an interpreter reports is simulated.
+    from conftest import run_python
+
+    out = run_python(
+        """
+        import sysconfig
+        real = sysconfig.get_config_var
+        sysconfig.get_config_var = lambda name: 1 if name == "Py_GIL_DISABLED" else real(name)
+        try:
+            import budget
+        except ImportError as e:
+            print("ImportError:", e)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert "does not support free-threaded CPython" in out.stdout, out.stdout

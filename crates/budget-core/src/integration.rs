@@ -120,6 +120,23 @@ pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
     }
 }
 
+/// Whether this process's budget has started: a region, a lease, `stats()`,
+/// `joined()` or a builder made it. Settings read at start (`BUDGET_NODE`,
+/// `BUDGET_NUM_THREADS`, a jobserver) no longer change it then; an integration that
+/// sets one for this process checks this first (Python's `share_node` says so with a
+/// `RuntimeError`). In a forked child, the parent's budget does not count.
+///
+/// # Examples
+///
+/// ```
+/// # use budget_core as budget;
+/// let _ = budget::stats(); // starts it
+/// assert!(budget::integration::budget_started());
+/// ```
+pub fn budget_started() -> bool {
+    crate::registry::running()
+}
+
 /// Keeps `tokens` cores of this process out of other processes' reach for `window`:
 /// for a library whose worker threads busy-wait after a call (OpenBLAS on pthreads
 /// spins ~0.1 s after each multi-threaded call; `tokens` is the call's width, its

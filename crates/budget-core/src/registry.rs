@@ -69,6 +69,14 @@ pub(crate) fn started() -> bool {
     !GLOBAL.load(Ordering::Acquire).is_null()
 }
 
+/// Whether this process's own budget is running (a registry of this fork generation
+/// was installed); in a forked child, the parent's does not count.
+pub(crate) fn running() -> bool {
+    let ptr = GLOBAL.load(Ordering::Acquire);
+    // SAFETY: a pointer in GLOBAL came from Box::into_raw and is never freed.
+    !ptr.is_null() && unsafe { &*ptr }.is_current()
+}
+
 /// Installs a registry of `total` tokens (the configured total when `None`).
 /// With `Some`, fails if a registry of this process is already running.
 pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildError> {

@@ -50,7 +50,7 @@ mod spread;
 mod stack;
 
 pub use library::{Family, Libraries, Library, SettingScope, ThreadingLayer};
-pub use limit::{limit, Limit, NativeExt};
+pub use limit::{limit, limit_where, Limit, NativeExt};
 
 /// Every OpenMP and BLAS library loaded in the process now, in load order.
 ///

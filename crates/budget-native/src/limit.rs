@@ -64,22 +64,42 @@ struct ProcessWide {
 /// } // counts restored here
 /// ```
 pub fn limit(n: usize) -> Limit {
-    limit_width(n)
+    limit_width(n, None)
 }
 
-/// [`limit`] and [`NativeExt::native`]: every library set to `width`.
-fn limit_width(width: usize) -> Limit {
+/// [`limit`] for the loaded libraries that `select` accepts only (threadpoolctl's
+/// `threadpool_limits(n, user_api="blas")` and its per-library limits); the others
+/// keep their counts. `select` sees each library as [`libraries`](crate::libraries)
+/// describes it.
+///
+/// # Examples
+///
+/// ```
+/// use budget_native::{limit_where, Family};
+///
+/// // BLAS on one thread, OpenMP teams left as they are.
+/// let _blas = limit_where(1, |lib| lib.family != Family::OpenMp);
+/// ```
+pub fn limit_where(n: usize, select: impl Fn(&crate::Library) -> bool) -> Limit {
+    limit_width(n, Some(&|entry: &Entry| select(&entry.describe())))
+}
+
+/// [`limit`], [`limit_where`] and [`NativeExt::native`]: every library (that `select`
+/// accepts) set to `width`.
+fn limit_width(width: usize, select: Option<&dyn Fn(&Entry) -> bool>) -> Limit {
     let width = width.max(1);
     fork::register();
-    let entries = scan::entries();
+    let all = scan::entries();
+    let entries: Vec<&Arc<Entry>> = all
+        .iter()
+        .filter(|e| select.is_none_or(|keep| keep(e)))
+        .collect();
     // In a forked child, libgomp cannot fork its team: OpenMP code runs at 1.
-    let omp_width = if fork::in_child() && entries.iter().any(|e| e.is_libgomp()) {
+    let omp_width = if fork::in_child() && all.iter().any(|e| e.is_libgomp()) {
         1
     } else {
         width
     };
-    // Beside a spinning pool's workers, a narrow call gets a CPU of its own.
-    let pinned = spread::enter(width);
     let frame = stack::push();
     let mut process_wide = Vec::new();
     // Per-thread settings first: a process-wide OpenBLAS on OpenMP may then narrow
@@ -153,7 +173,6 @@ fn limit_width(width: usize) -> Limit {
         width,
         frame,
         process_wide,
-        _pinned: pinned,
         _not_send: PhantomData,
     }
 }
@@ -179,9 +198,6 @@ pub struct Limit {
     /// This guard's frame on the thread's stack of per-thread settings.
     frame: u64,
     process_wide: Vec<ProcessWide>,
-    /// The thread's affinity while a spinning pool's workers busy-wait (the `spread`
-    /// module); put back when the guard drops, after the counts.
-    _pinned: Option<spread::Pinned>,
     /// Per-thread settings must be undone on the thread that made them.
     _not_send: PhantomData<*const ()>,
 }
@@ -274,7 +290,10 @@ impl NativeExt for budget_core::Scope<'_> {
             return budget_core::scope_with(self.requested(), |inner| inner.native(f));
         }
         let width = self.width();
-        let _guard = limit_width(width);
+        // Beside a spinning pool's workers, a narrow call gets a CPU of its own for
+        // the closure (the `spread` module); put back after the counts are restored.
+        let _pinned = spread::enter(width);
+        let _guard = limit_width(width, None);
         f()
     }
 }

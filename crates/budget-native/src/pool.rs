@@ -215,8 +215,27 @@ pub(crate) fn exit(entry: &Arc<Entry>, ticket: Ticket) {
     ) = (&p.entry.control, ticket.used)
     {
         budget_core::integration::hold_for_spinners(ticket.used, *window);
-        crate::spread::spinning(ticket.used, *window);
+        if yields_while_spinning(p.entry.version.as_deref()) {
+            crate::spread::spinning(ticket.used, *window);
+        }
     }
+}
+
+/// Whether an OpenBLAS pool's idle workers call `sched_yield` while they spin (before
+/// 0.3.27; from 0.3.27 on they spin on `nop`s and keep their core whatever runs
+/// beside them, so pinning a neighbour beside one would only trap it there). An
+/// unknown version is taken as yielding (Debian's and most distributions' builds).
+fn yields_while_spinning(version: Option<&str>) -> bool {
+    let Some(version) = version else {
+        return true;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    (major, minor, patch) < (0, 3, 27)
 }
 
 #[cfg(unix)]
@@ -243,4 +262,19 @@ pub(crate) fn lock_for_fork() {
 pub(crate) fn unlock_after_fork() {
     // Dropping the guard unlocks (a futex word; in the child no thread waits on it).
     drop(HELD_FOR_FORK.with(|h| h.borrow_mut().take()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::yields_while_spinning;
+
+    #[test]
+    fn openblas_before_0_3_27_yields_while_it_spins() {
+        assert!(yields_while_spinning(Some("0.3.21")));
+        assert!(yields_while_spinning(Some("0.3.26.dev")));
+        assert!(yields_while_spinning(None));
+        assert!(!yields_while_spinning(Some("0.3.27")));
+        assert!(!yields_while_spinning(Some("0.3.31.188.0")));
+        assert!(!yields_while_spinning(Some("0.4.0")));
+    }
 }

@@ -12,13 +12,21 @@
 //! shares a core with at most one spinner, which yields it (0.3.21's spin loop calls
 //! `sched_yield`): the neighbour costs 1.00× (`--bench spin`).
 //!
-//! So, for the spin window after a wide call of a spinning pool, a call narrower than
-//! that call ([`enter`]) pins its thread to one CPU of the thread's own affinity mask
-//! that no other such call holds: the CPU it runs on if free, else the first free one.
-//! With no CPU free it is left alone (the scheduler spreads what exceeds the CPUs).
-//! The thread's mask is put back exactly when the call ends. Calls as wide as the
-//! spinning one run on its workers and are never pinned; outside a window, the cost is
-//! one relaxed load.
+//! So, for the spin window after a wide call of a spinning pool that yields (OpenBLAS
+//! before 0.3.27), an `s.native` call narrower than that call ([`enter`]) pins its
+//! thread to one CPU of the thread's own affinity mask that no other such call holds:
+//! the CPU it runs on if free, else the first free one. With no CPU free it is left
+//! alone (the scheduler spreads what exceeds the CPUs). When the closure ends, the
+//! thread's mask is put back, unless something else changed it meanwhile. Calls as
+//! wide as the spinning one run on its workers and are never pinned; outside a
+//! window, the cost is one relaxed load.
+//!
+//! Only `s.native` pins, for its closure: a short call, where a `limit` guard or a
+//! Python block may run anything (threads and processes created under a pin would
+//! inherit its one-CPU mask). A thread or process the closure itself starts inherits
+//! it too: do not start pools inside a narrow native call. In a forked child, the
+//! forking thread's own pin is put back by its guard as anywhere else; the claims of
+//! the parent's other threads are forgotten.
 //!
 //! Linux only (`sched_setaffinity`); elsewhere [`enter`] does nothing.
 
@@ -72,14 +80,18 @@ pub(crate) struct Pinned {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// Which CPUs a pinned call holds, by CPU number (`CPU_SETSIZE` of them).
-    static CLAIMED: [AtomicBool; libc::CPU_SETSIZE as usize] =
-        [const { AtomicBool::new(false) }; libc::CPU_SETSIZE as usize];
+    /// Which pinned call holds each CPU, by CPU number (`CPU_SETSIZE` of them): its
+    /// ticket, 0 when none. A ticket, not a flag: a pin dropped after the claims were
+    /// forgotten (in a forked child) must not free a CPU another pin holds since.
+    static CLAIMED: [AtomicU64; libc::CPU_SETSIZE as usize] =
+        [const { AtomicU64::new(0) }; libc::CPU_SETSIZE as usize];
+    static TICKETS: AtomicU64 = AtomicU64::new(1);
 
     pub(super) struct Pin {
         cpu: usize,
+        ticket: u64,
         mask: libc::cpu_set_t,
     }
 
@@ -93,60 +105,79 @@ mod imp {
         (rc == 0).then(|| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
     }
 
-    fn claim(cpu: usize) -> bool {
+    fn claim(cpu: usize, ticket: u64) -> bool {
         CLAIMED[cpu]
-            .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(0, ticket, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
 
-    pub(super) fn pin() -> Option<super::Pinned> {
+    fn unclaim(cpu: usize, ticket: u64) {
+        let _ = CLAIMED[cpu].compare_exchange(ticket, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The calling thread's mask, if it can be read.
+    fn mask() -> Option<libc::cpu_set_t> {
         // SAFETY: an all-zero cpu_set_t is the empty set.
         let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::cpu_set_t>();
         // SAFETY: `mask` is a writable cpu_set_t of `size` bytes; pid 0 is this thread.
-        if unsafe { libc::sched_getaffinity(0, size, &mut mask) } != 0 {
-            return None;
-        }
+        (unsafe { libc::sched_getaffinity(0, size, &mut mask) } == 0).then_some(mask)
+    }
+
+    pub(super) fn pin() -> Option<super::Pinned> {
+        let mask = mask()?;
         // SAFETY: CPU_ISSET/CPU_COUNT read the set within its size.
         let allowed = |cpu: usize| unsafe { libc::CPU_ISSET(cpu, &mask) };
         // SAFETY: as above.
         if unsafe { libc::CPU_COUNT(&mask) } < 2 {
             return None; // already on one CPU: nothing to spread
         }
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: no preconditions; -1 on error.
         let here = unsafe { libc::sched_getcpu() };
         let cpus = CLAIMED.len();
         let cpu = usize::try_from(here)
             .ok()
-            .filter(|&c| c < cpus && allowed(c) && claim(c))
-            .or_else(|| (0..cpus).find(|&c| allowed(c) && claim(c)))?;
+            .filter(|&c| c < cpus && allowed(c) && claim(c, ticket))
+            .or_else(|| (0..cpus).find(|&c| allowed(c) && claim(c, ticket)))?;
         // SAFETY: an all-zero cpu_set_t is the empty set.
         let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: CPU_SET writes within the set: `cpu` < CPU_SETSIZE.
         unsafe { libc::CPU_SET(cpu, &mut one) };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
         // SAFETY: `one` is a valid set of `size` bytes; pid 0 is this thread.
         if unsafe { libc::sched_setaffinity(0, size, &one) } != 0 {
-            CLAIMED[cpu].store(false, Ordering::Relaxed);
+            unclaim(cpu, ticket);
             return None;
         }
         Some(super::Pinned {
-            _pin: Pin { cpu, mask },
+            _pin: Pin { cpu, ticket, mask },
         })
     }
 
     pub(super) fn forget_claims() {
         for c in &CLAIMED {
-            c.store(false, Ordering::Relaxed);
+            c.store(0, Ordering::Relaxed);
         }
     }
 
     impl Drop for Pin {
         fn drop(&mut self) {
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            // SAFETY: `mask` is the set read by `sched_getaffinity` for this very
-            // thread (`Pinned` lives in a `Limit`, which is not `Send`).
-            unsafe { libc::sched_setaffinity(0, size, &self.mask) };
-            CLAIMED[self.cpu].store(false, Ordering::Relaxed);
+            // Put the mask back only if it is still the one CPU set here: code in the
+            // call may have set its own (`os.sched_setaffinity`, an OpenMP binding).
+            let still_ours = mask().is_some_and(|now| {
+                // SAFETY: CPU_COUNT/CPU_ISSET read the set within its size.
+                unsafe { libc::CPU_COUNT(&now) == 1 && libc::CPU_ISSET(self.cpu, &now) }
+            });
+            if still_ours {
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                // SAFETY: `mask` is the set read by `sched_getaffinity` for this very
+                // thread (`Pinned` never leaves the thread that made it: `native`
+                // holds it on its stack). A failure (a cpuset shrunk meanwhile) leaves
+                // the thread on its one CPU, which the cpuset still allows.
+                unsafe { libc::sched_setaffinity(0, size, &self.mask) };
+            }
+            unclaim(self.cpu, self.ticket);
         }
     }
 }

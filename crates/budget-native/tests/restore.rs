@@ -445,9 +445,11 @@ fn my_cpus() -> (usize, usize) {
 }
 
 /// Right after a wide call of Debian's OpenBLAS (its workers spin for the default
-/// window, no variable set), two narrow calls on two threads each run on a CPU of
-/// their own, and their threads get their masks back when the calls end; a call as
-/// wide as the spinning one, and a narrow call after the window, are left alone.
+/// window, no variable set), two narrow `s.native` calls on two threads each run on a
+/// CPU of their own, and their threads get their masks back when the calls end; a
+/// call as wide as the spinning one, a `limit` guard, and a narrow call after the
+/// window are left alone. (Needs 2 CPUs, as CI's machine has; the window is OpenBLAS's
+/// default ~0.1 s, and the narrow calls start right after the wide one.)
 /// (Without it the scheduler put both threads of a loop on one core beside the
 /// spinner: `--bench after_wide`, ~2× in most rounds.)
 #[cfg(target_os = "linux")]
@@ -458,7 +460,10 @@ fn narrow_calls_beside_spinning_workers_get_a_cpu_each() {
         &["BUDGET_NATIVE_OPENBLAS_PTHREAD"],
         |l| {
             let before = my_cpus();
-            assert!(before.0 >= 2, "this test needs 2 CPUs, the thread has {before:?}");
+            assert!(
+                before.0 >= 2,
+                "this test needs 2 CPUs, the thread has {before:?}"
+            );
             let (dgemm, n, a, mut c) = openblas_on_budget(&l[0], 2);
             budget_core::scope_with(2, |s| s.native(|| dgemm.run(n, &a, &a, &mut c)));
             let both = Barrier::new(2);
@@ -467,11 +472,14 @@ fn narrow_calls_beside_spinning_workers_get_a_cpu_each() {
                     .map(|_| {
                         t.spawn(|| {
                             let outside = my_cpus();
-                            let guard = limit(1);
-                            both.wait();
-                            let inside = my_cpus();
-                            both.wait();
-                            drop(guard);
+                            let inside = budget_core::scope_with(1, |s| {
+                                s.native(|| {
+                                    both.wait();
+                                    let inside = my_cpus();
+                                    both.wait();
+                                    inside
+                                })
+                            });
                             assert_eq!(my_cpus(), outside, "the mask comes back");
                             (inside, outside)
                         })
@@ -482,13 +490,14 @@ fn narrow_calls_beside_spinning_workers_get_a_cpu_each() {
             println!("narrow calls inside the window (cpus, lowest): {seen:?}");
             assert!(seen.iter().all(|(inside, _)| inside.0 == 1), "{seen:?}");
             assert_ne!(seen[0].0 .1, seen[1].0 .1, "one CPU each: {seen:?}");
-            {
-                let _wide = limit(2);
-                assert_eq!(my_cpus(), before, "a call as wide as the spinning one");
-            }
+            let wide = budget_core::scope_with(2, |s| s.native(my_cpus));
+            assert_eq!(wide, before, "a call as wide as the spinning one");
+            let guard = limit(1);
+            assert_eq!(my_cpus(), before, "a limit guard (not a native call)");
+            drop(guard);
             std::thread::sleep(std::time::Duration::from_millis(400));
-            let _late = limit(1);
-            assert_eq!(my_cpus(), before, "a narrow call after the window");
+            let late = budget_core::scope_with(1, |s| s.native(my_cpus));
+            assert_eq!(late, before, "a narrow call after the window");
         },
     );
 }

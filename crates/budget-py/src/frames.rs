@@ -29,13 +29,20 @@ enum Kind {
     Limit,
 }
 
+/// The libraries a limit frame sets, by path (`None`: all of them).
+pub(crate) type Only = Option<std::sync::Arc<Vec<std::path::PathBuf>>>;
+
 /// One open `with` block on this thread.
 struct Frame {
     id: u64,
     width: usize,
+    /// The libraries it sets (a `budget.limit` for some APIs or libraries only).
+    only: Only,
     kind: Kind,
-    /// The native settings; `None` only while they are being re-applied.
-    native: Option<budget_native::Limit>,
+    /// The native settings, in the order made (empty only while they are being
+    /// re-applied): a limit's one guard; a region's guard for every library, then one
+    /// per `budget.limit` of some libraries open below it on this thread.
+    native: Vec<budget_native::Limit>,
 }
 
 /// This thread's open frames, in entry order, and the state shared by its regions.
@@ -103,7 +110,7 @@ pub(crate) fn open_region(requested: usize) -> Grant {
         } else {
             extra.try_grow(want)
         };
-        let id = frames.push(width, Kind::Region { extra });
+        let id = frames.push(width, None, Kind::Region { extra });
         Grant {
             id,
             width,
@@ -112,15 +119,16 @@ pub(crate) fn open_region(requested: usize) -> Grant {
     })
 }
 
-/// The smallest width of the `budget.limit` frames open on this thread, if any: a
-/// region opened inside a limit asks for no more (as threadpoolctl's limit caps what
-/// runs inside it).
+/// The smallest width of the `budget.limit` frames of every library open on this
+/// thread, if any: a region opened inside a limit asks for no more (as threadpoolctl's
+/// limit caps what runs inside it). A limit of some libraries only (`{"blas": 1}`)
+/// does not narrow the region: its libraries stay at its count inside the region.
 pub(crate) fn limit_in_force() -> Option<usize> {
     FRAMES.with(|cell| {
         cell.borrow()
             .stack
             .iter()
-            .filter(|f| matches!(f.kind, Kind::Limit))
+            .filter(|f| matches!(f.kind, Kind::Limit) && f.only.is_none())
             .map(|f| f.width)
             .min()
     })
@@ -132,8 +140,43 @@ pub(crate) fn limit_in_force() -> Option<usize> {
 /// # Blocking
 ///
 /// As [`open_region`].
-pub(crate) fn open_limit(width: usize) -> u64 {
-    FRAMES.with(|cell| cell.borrow_mut().push(width.max(1), Kind::Limit))
+pub(crate) fn open_limit(width: usize, only: Only) -> u64 {
+    FRAMES.with(|cell| cell.borrow_mut().push(width.max(1), only, Kind::Limit))
+}
+
+/// The native settings of a frame of `kind` opened above `below`: a limit sets its
+/// libraries (`only`, or all) to `width`; a region sets every library to `width`, then
+/// each library of a limit of some libraries open below to the smaller of that
+/// limit's count and `width` (so `{"blas": 1}` holds inside a region of 2).
+fn settings(below: &[Frame], width: usize, only: &Only, kind: &Kind) -> Vec<budget_native::Limit> {
+    let mut guards = vec![native(width, only)];
+    if let Kind::Region { .. } = kind {
+        for limit in below.iter().filter(|f| matches!(f.kind, Kind::Limit)) {
+            if limit.only.is_some() {
+                guards.push(native(limit.width.min(width), &limit.only));
+            }
+        }
+    }
+    guards
+}
+
+/// Undoes a frame's native settings, newest first.
+fn undo(guards: &mut Vec<budget_native::Limit>) {
+    while let Some(guard) = guards.pop() {
+        drop(guard);
+    }
+}
+
+/// The native settings of one guard: every library, or those of `only`.
+fn native(width: usize, only: &Only) -> budget_native::Limit {
+    match only {
+        None => budget_native::limit(width),
+        // The loader's path or the file it names (threadpool_info() lists the latter).
+        Some(paths) => budget_native::limit_where(width, |lib| {
+            paths.contains(&lib.path)
+                || std::fs::canonicalize(&lib.path).is_ok_and(|real| paths.contains(&real))
+        }),
+    }
 }
 
 /// Closes the frame `id` of this thread, in whatever order frames are closed, and
@@ -151,13 +194,15 @@ pub(crate) fn close(id: u64) -> bool {
         // Undo the native settings from the innermost frame down to this one, so each
         // guard restores exactly the values it found.
         for frame in frames.stack[at..].iter_mut().rev() {
-            drop(frame.native.take());
+            undo(&mut frame.native);
         }
         let frame = frames.stack.remove(at);
         // Then apply the settings of the frames that were above it again, outermost
         // first: the innermost open frame's width is in force again.
-        for frame in frames.stack[at..].iter_mut() {
-            frame.native = Some(budget_native::limit(frame.width));
+        for i in at..frames.stack.len() {
+            let (below, rest) = frames.stack.split_at_mut(i);
+            let frame = &mut rest[0];
+            frame.native = settings(below, frame.width, &frame.only, &frame.kind);
         }
         if let Kind::Region { extra } = frame.kind {
             drop(extra);
@@ -177,13 +222,14 @@ pub(crate) fn depth() -> usize {
 }
 
 impl Frames {
-    fn push(&mut self, width: usize, kind: Kind) -> u64 {
+    fn push(&mut self, width: usize, only: Only, kind: Kind) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let native = Some(budget_native::limit(width));
+        let native = settings(&self.stack, width, &only, &kind);
         self.stack.push(Frame {
             id,
             width,
+            only,
             kind,
             native,
         });
@@ -196,7 +242,7 @@ impl Drop for Frames {
     /// their tokens back and restores its settings, innermost first.
     fn drop(&mut self) {
         while let Some(mut frame) = self.stack.pop() {
-            drop(frame.native.take());
+            undo(&mut frame.native);
         }
     }
 }

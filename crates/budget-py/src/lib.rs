@@ -104,11 +104,12 @@ fn joined(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
 /// `path` (in budget's node directory when `None`, named after this process) unless
 /// one is there, and returns `(path, tokens it shares)`; see [`node::share`].
 #[pyfunction]
-#[pyo3(signature = (tokens=None, path=None))]
+#[pyo3(signature = (tokens=None, path=None, children_only=false))]
 fn create_node(
     tokens: Option<&Bound<'_, PyAny>>,
     path: Option<std::path::PathBuf>,
+    children_only: bool,
 ) -> PyResult<(String, usize)> {
-    let (path, tokens) = node::share(tokens, path)?;
+    let (path, tokens) = node::share(tokens, path, children_only)?;
     Ok((path.to_string_lossy().into_owned(), tokens))
 }

@@ -17,19 +17,42 @@ use crate::region::{drop_open, exit, state, thread_count};
 pub(crate) struct Limit {
     /// `None`: `limit(None)`, a block that changes nothing (as threadpoolctl's).
     n: Option<usize>,
+    /// The libraries it sets, by path (`None`: every loaded one).
+    only: frames::Only,
     open: Option<(u64, ThreadId)>,
 }
 
 #[pymethods]
 impl Limit {
+    /// `libraries`: the file paths of the libraries to set (as `threadpool_info()`
+    /// lists them); `None` sets every loaded one.
     #[new]
-    fn new(n: &Bound<'_, PyAny>) -> PyResult<Limit> {
+    #[pyo3(signature = (n, libraries=None))]
+    fn new(n: &Bound<'_, PyAny>, libraries: Option<Vec<std::path::PathBuf>>) -> PyResult<Limit> {
         let n = if n.is_none() {
             None
         } else {
             Some(thread_count(n, "budget.limit", "n")?)
         };
-        Ok(Limit { n, open: None })
+        let only = libraries.map(|paths| {
+            // Each path as given and as the file it names.
+            std::sync::Arc::new(
+                paths
+                    .iter()
+                    .flat_map(|p| {
+                        [
+                            p.clone(),
+                            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+                        ]
+                    })
+                    .collect(),
+            )
+        });
+        Ok(Limit {
+            n,
+            only,
+            open: None,
+        })
     }
 
     /// The thread count this block sets (at least 1; `None` for `limit(None)`).
@@ -47,7 +70,8 @@ impl Limit {
         let Some(n) = slf.n else {
             return Ok(slf); // limit(None): nothing to set, nothing to restore
         };
-        let id = slf.py().detach(|| frames::open_limit(n));
+        let only = slf.only.clone();
+        let id = slf.py().detach(|| frames::open_limit(n, only));
         slf.open = Some((id, std::thread::current().id()));
         Ok(slf)
     }

@@ -16,7 +16,9 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyFileExistsError, PyOSError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{
+    PyFileExistsError, PyOSError, PyOverflowError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 
 /// Whether this process joined an outside budget.
@@ -34,9 +36,15 @@ pub(crate) fn joined() -> bool {
 /// it did not make here (a dead process's of the same pid) is replaced. A file at a
 /// given `path` that is not a node budget file is left as it is (`FileExistsError`).
 /// Every `OSError` names the path.
+///
+/// One node budget per process: a second call with the same count (and no other
+/// `path`) returns the first one's path; with another, `RuntimeError`. Unless
+/// `children_only`, the process joins the node itself, which it can only do before
+/// its budget starts (`RuntimeError` after).
 pub(crate) fn share(
     tokens: Option<&Bound<'_, PyAny>>,
     path: Option<PathBuf>,
+    children_only: bool,
 ) -> PyResult<(PathBuf, usize)> {
     let tokens = match tokens {
         Some(tokens) => checked_tokens(tokens)?,
@@ -44,6 +52,49 @@ pub(crate) fn share(
         // Slurm's count, the CPU quota, the affinity mask.
         None => budget_core::detect().total,
     };
+    // The node this process shares already, if any: (path, tokens, whether this
+    // process joined it itself).
+    static SHARED: Mutex<Option<(PathBuf, usize, bool)>> = Mutex::new(None);
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((first, n, joined)) = shared.as_ref() {
+        let same_path = path
+            .as_ref()
+            .is_none_or(|p| std::path::absolute(p).ok().as_deref() == Some(first.as_path()));
+        if *n != tokens || !same_path {
+            return Err(PyRuntimeError::new_err(format!(
+                "budget.share_node: this process already shares a node budget of {n} \
+                 tokens at {}; a second one ({tokens} tokens{}) would split its \
+                 processes between two budgets. Call share_node once, or again with \
+                 the same count",
+                first.display(),
+                path.as_ref()
+                    .map(|p| format!(" at {}", p.display()))
+                    .unwrap_or_default()
+            )));
+        }
+        if children_only || *joined {
+            return Ok((first.clone(), *n));
+        }
+        return Err(PyRuntimeError::new_err(format!(
+            "budget.share_node: this process shares the node budget at {} with the \
+             processes it starts only (made with children_only=True, or by the joblib \
+             backend, after its budget started); it cannot join it now",
+            first.display()
+        )));
+    }
+    if !children_only && budget_core::integration::budget_started() {
+        return Err(PyRuntimeError::new_err(
+            "budget.share_node: this process's budget has already started (a region, \
+             limit, stats() or joined() ran), and a running budget cannot join a node \
+             budget. Call share_node before the first of them, or pass \
+             children_only=True to share it with the processes started from now on only",
+        ));
+    }
+    if children_only {
+        // Start this process's budget now, before BUDGET_NODE names the node: a budget
+        // starting later would read the variable and join it.
+        let _ = budget_core::stats();
+    }
     let (path, own) = match path {
         Some(path) => (
             std::path::absolute(&path)
@@ -72,11 +123,12 @@ pub(crate) fn share(
     }
     let existed = path.symlink_metadata().is_ok();
     match budget_core::node::create(&path, tokens) {
-        Ok(shared) => {
+        Ok(size) => {
             if own {
                 *made_here = Some(path.clone());
             }
-            Ok((path, shared))
+            *shared = Some((path.clone(), size, !children_only));
+            Ok((path, size))
         }
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             if !existed {
@@ -101,7 +153,10 @@ pub(crate) fn share(
 /// [`budget_core::MAX_THREADS`], else `ValueError` naming the limit (`TypeError` for
 /// what is not a whole number).
 fn checked_tokens(tokens: &Bound<'_, PyAny>) -> PyResult<usize> {
+    // `True` is an int to Python, and no count anyone means.
+    let is_bool = tokens.is_instance_of::<pyo3::types::PyBool>();
     let n = match tokens.extract::<i128>() {
+        Ok(_) if is_bool => None,
         Ok(n) => Some(n),
         Err(e) if e.is_instance_of::<PyOverflowError>(tokens.py()) => None,
         Err(e) => return Err(e),

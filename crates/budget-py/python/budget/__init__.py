@@ -33,6 +33,14 @@ the limit holds.
 from __future__ import annotations
 
 import os as _os
+import sysconfig as _sysconfig
+
+if _sysconfig.get_config_var("Py_GIL_DISABLED"):
+    raise ImportError(
+        "budget-threads does not support free-threaded CPython (3.13t, 3.14t) yet: its "
+        "module is built for the stable ABI (abi3), which free-threaded interpreters "
+        "cannot load. Use a CPython build with the GIL for now."
+    )
 
 from . import _budget
 from ._budget import MAX_THREADS, Limit, Region
@@ -42,6 +50,7 @@ __all__ = [
     "MAX_THREADS",
     "Limit",
     "Region",
+    "ThreadLimit",
     "joined",
     "limit",
     "region",
@@ -86,17 +95,36 @@ def region(max_threads: int | None = None) -> Region:
     return Region(max_threads)
 
 
-def limit(n: int | None) -> Limit:
-    """Every loaded BLAS and OpenMP library limited to ``n`` threads for a block.
-
-    Like ``threadpoolctl.threadpool_limits(n)``, but safe from any number of threads
-    at once: per-thread settings are changed on the calling thread only; process-wide
+def limit(limits=None, user_api: str | None = None) -> "ThreadLimit":
+    """BLAS and OpenMP libraries limited for a block, as threadpoolctl's
+    ``threadpool_limits(limits, user_api)``, but safe from any number of threads at
+    once: per-thread settings are changed on the calling thread only; process-wide
     ones (OpenBLAS on pthreads, BLIS) under one lock, the smallest limit in flight
     winning. Every count is restored exactly at exit, also when the block raises. It
-    takes no tokens from the budget.
+    takes no tokens from the budget. The libraries are those loaded when the block
+    starts.
 
-    ``limit(None)`` changes nothing, as ``threadpool_limits(None)``; ``0``, ``-1`` and
-    ``True`` raise ``ValueError``.
+    ``limits`` is, as in threadpoolctl:
+
+    - an int ``n``: every library (or those of ``user_api``, ``"blas"`` or
+      ``"openmp"``) at ``n`` threads;
+    - a dict, by ``user_api`` or by library prefix (``{"blas": 1}``,
+      ``{"libgomp": 2, "libscipy_openblas": 1}``; a prefix wins over its API), or the
+      list :func:`threadpool_info` returns;
+    - ``"sequential_blas_under_openmp"``: BLAS at 1, unless an OpenBLAS built on
+      OpenMP is loaded (which sizes itself under OpenMP);
+    - ``None``: a block that changes nothing.
+
+    A region opened inside a limit of every library gets no more than its count; inside
+    a limit of some libraries (``{"blas": 1}``) those libraries keep that count. The
+    result is a context manager and a decorator (each call of the decorated function
+    runs in a block of its own). Unlike ``threadpool_limits``, nothing is set before
+    the ``with`` block (or the decorated call) starts.
+
+    ``0``, ``-1`` and ``True`` as counts raise ``ValueError``, as do an unknown
+    ``user_api`` or dict key (threadpoolctl ignores unknown keys; a typo should not
+    pass silently). Dict keys match a library by file path, then by prefix (exactly),
+    then by ``user_api``, as threadpoolctl matches them.
 
     >>> import budget
     >>> with budget.limit(1) as l:
@@ -104,8 +132,152 @@ def limit(n: int | None) -> Limit:
     1
     >>> budget.limit(2)
     <budget.limit n=2 (closed)>
+    >>> @budget.limit({"blas": 1})
+    ... def solve():
+    ...     return "BLAS on one thread here"
+    >>> solve()
+    'BLAS on one thread here'
     """
-    return Limit(n)
+    return ThreadLimit(limits, user_api)
+
+
+_USER_APIS = ("blas", "openmp")
+_KNOWN_PREFIXES = (
+    "libopenblas",
+    "libscipy_openblas",
+    "openblas",
+    "libblis",
+    "libmkl_rt",
+    "mkl_rt",
+    "libflexiblas",
+    "libiomp",
+    "libgomp",
+    "libomp",
+    "vcomp",
+)
+
+
+def _is_path(key) -> bool:
+    return isinstance(key, str) and _os.sep in key
+
+
+class ThreadLimit:
+    """The block :func:`limit` returns (see there)."""
+
+    __slots__ = ("_limits", "_user_api", "_n", "_open")
+
+    def __init__(self, limits=None, user_api=None):
+        if user_api is not None and user_api not in _USER_APIS:
+            raise ValueError(
+                f"budget.limit: user_api must be one of {_USER_APIS} or None, not {user_api!r}"
+            )
+        if isinstance(limits, list):  # threadpool_info()'s format: by file, as threadpoolctl
+            limits = {
+                lib.get("filepath", lib.get("prefix")): lib["num_threads"]
+                for lib in limits
+                if lib.get("user_api") in _USER_APIS
+            }
+        if isinstance(limits, dict):
+            for key, value in limits.items():
+                if not (key in _USER_APIS or key in _KNOWN_PREFIXES or _is_path(key)):
+                    raise ValueError(
+                        f"budget.limit: {key!r} is neither a user_api {_USER_APIS}, a "
+                        f"library prefix {_KNOWN_PREFIXES} nor a library's file path"
+                    )
+                if value is not None:
+                    Limit(value)  # the count's checks, with their message
+        elif isinstance(limits, str):
+            if limits != "sequential_blas_under_openmp":
+                raise ValueError(
+                    "budget.limit: limits must be an int, a dict, a list of "
+                    "threadpool_info() entries, 'sequential_blas_under_openmp' or None, "
+                    f"not {limits!r}"
+                )
+        elif limits is not None:
+            Limit(limits)  # ValueError / TypeError naming `n`
+        self._limits = limits
+        self._user_api = user_api
+        # The plain form: one count for every library (what `width` reports).
+        self._n = limits if (user_api is None and not isinstance(limits, (dict, str))) else None
+        self._open = None
+
+    @property
+    def width(self):
+        """The thread count this block sets for every library (``None`` when it sets
+        none, or several)."""
+        return self._n
+
+    def _groups(self):
+        """[(count, library paths or None for all)] for the libraries loaded now."""
+        limits, user_api = self._limits, self._user_api
+        if limits is None:
+            return []
+        if isinstance(limits, str):  # sequential_blas_under_openmp
+            if any(
+                lib["internal_api"] == "openblas" and lib.get("threading_layer") == "openmp"
+                for lib in threadpool_info()
+            ):
+                return []
+            limits, user_api = 1, "blas"
+        if not isinstance(limits, dict):
+            if user_api is None:
+                return [(limits, None)]
+            limits = {user_api: limits}
+        groups = {}
+        for lib in threadpool_info():
+            # As threadpoolctl matches them: the file, then the prefix, then the API.
+            for key in (lib["filepath"], lib["prefix"], lib["user_api"]):
+                if key in limits:
+                    count = limits[key]
+                    break
+            else:
+                continue
+            if count is not None:
+                groups.setdefault(count, []).append(lib["filepath"])
+        return sorted(groups.items())
+
+    def __enter__(self):
+        if self._open is not None:
+            raise RuntimeError(
+                "this budget.limit is already open: make a new budget.limit(...) for a nested block"
+            )
+        blocks = []
+        try:
+            for count, paths in self._groups():
+                block = Limit(count) if paths is None else Limit(count, paths)
+                block.__enter__()
+                blocks.append(block)
+        except BaseException:
+            for block in reversed(blocks):
+                block.__exit__(None, None, None)
+            raise
+        self._open = blocks
+        return self
+
+    def __exit__(self, *exc):
+        blocks, self._open = self._open, None
+        for block in reversed(blocks or []):
+            block.__exit__(*exc)
+        return False
+
+    def __call__(self, func):
+        import functools
+
+        limits, user_api = self._limits, self._user_api
+
+        @functools.wraps(func)
+        def limited(*args, **kwargs):
+            with ThreadLimit(limits, user_api):
+                return func(*args, **kwargs)
+
+        return limited
+
+    def __repr__(self):
+        state = "open" if self._open is not None else "closed"
+        if self._n is not None or self._limits is None:
+            return f"<budget.limit n={self._n} ({state})>"
+        api = "" if self._user_api is None else f" user_api={self._user_api!r}"
+        return f"<budget.limit limits={self._limits!r}{api} ({state})>"
 
 
 def stats() -> dict:
@@ -142,7 +314,9 @@ def joined() -> dict:
     return _budget.joined()
 
 
-def share_node(tokens: int | None = None, path: str | None = None) -> str:
+def share_node(
+    tokens: int | None = None, path: str | None = None, *, children_only: bool = False
+) -> str:
     """Makes a node budget of ``tokens`` (default: this process's budget total, the
     ``total`` of :func:`stats`: ``BUDGET_NUM_THREADS``, Slurm's
     ``SLURM_CPUS_PER_TASK``, the CPU quota or the CPUs it may use) and sets
@@ -160,8 +334,15 @@ def share_node(tokens: int | None = None, path: str | None = None) -> str:
     lacks: the node's tokens that come free while it runs are fetched for it and serve
     the process's next region; it never waits for them.
 
+    One node budget per process: calling it again with the same count returns the
+    same path. This process joins the node too, which a running budget cannot do: call
+    it before the first region (or ``limit``, ``stats()``, ``joined()``), or pass
+    ``children_only=True`` to share the node with processes started from now on only.
+
     Raises ``ValueError`` when ``tokens`` is not from 1 to :data:`MAX_THREADS` (nothing
-    is made then), ``FileExistsError`` when ``path`` holds a file that is not a node
+    is made then; ``True`` is refused too), ``RuntimeError`` when this process's budget
+    already started (without ``children_only``) or when it already shares a node budget
+    of another count, ``FileExistsError`` when ``path`` holds a file that is not a node
     budget file (left as it is), and ``OSError`` naming the path when the file cannot
     be made.
 
@@ -171,7 +352,7 @@ def share_node(tokens: int | None = None, path: str | None = None) -> str:
     ...
     ValueError: budget.share_node: tokens must be a whole number from 1 to 4096 (budget.MAX_THREADS), not 4097
     """
-    node_path, _ = _budget.create_node(tokens, path)
+    node_path, _ = _budget.create_node(tokens, path, children_only)
     _os.environ["BUDGET_NODE"] = node_path
     return node_path
 
@@ -214,3 +395,52 @@ del _name
 from . import _threadpoolctl  # noqa: E402  (registers the controller)
 
 del _threadpoolctl
+
+
+def _register_joblib_backend() -> None:
+    try:
+        # Registers "budget" at the end of its import (also when joblib was imported
+        # by importing budget._joblib itself: then this returns the module half made).
+        from . import _joblib  # noqa: F401
+    except Exception as e:  # a joblib too old or too new: joblib itself still works
+        import warnings
+
+        warnings.warn(f"budget: the joblib backend is not available: {e!r}", stacklevel=2)
+
+
+class _JoblibHook:
+    """Registers the ``"budget"`` joblib backend right after joblib is imported, so
+    that ``import budget`` does not import joblib (~100 ms) to offer it."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "joblib":
+            return None
+        import importlib.util
+        import sys
+
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not cls]
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _register_joblib_backend()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _offer_joblib_backend() -> None:
+    import sys
+
+    if "joblib" in sys.modules:
+        _register_joblib_backend()
+    elif _JoblibHook not in sys.meta_path:
+        sys.meta_path.insert(0, _JoblibHook)
+
+
+_offer_joblib_backend()
