@@ -23,7 +23,7 @@
 //!   with an inner region's `for_each` over each task's rows (`nested`), against the
 //!   outer loop alone (`outer_only`, each task's rows serial) and the serial run (goal:
 //!   nested ≤ 1.15 × serial / cores: the big task's rows spread over every core once
-//!   the small tasks are done, issue 10 item 8).
+//!   the small tasks are done).
 #![allow(missing_docs)]
 
 use std::hint::black_box;

@@ -42,14 +42,16 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "cargo publish --dry-run: each published package builds from what it ships"
-# Needs the crates.io index (as the build does); uploads nothing. A fresh
-# target/package: cargo keeps the builds of a previous dry run, whose packages have
-# the same versions, and would check against those stale copies...
-rm -rf target/package
-# ...and the sources it unpacked from those packages (same versions: never unpacked
-# again otherwise).
+# Needs the crates.io index (as the build does); uploads nothing. The packages keep
+# their versions from one run to the next, and cargo takes a registry crate of a
+# known version as unchanged: so a target directory of its own, without the builds
+# of budget's packages from an earlier dry run (the dependencies' builds stay)...
+pubdir=target/publish-check
+rm -rf "$pubdir/package" "$pubdir"/debug/.fingerprint/budget-threads* "$pubdir"/debug/deps/*budget*
+# ...and without the sources it unpacked from those packages (never unpacked again
+# otherwise).
 rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/budget-threads*
-cargo publish --workspace --dry-run --allow-dirty 2>&1 \
+CARGO_TARGET_DIR="$pubdir" cargo publish --workspace --dry-run --allow-dirty 2>&1 \
   | { grep -Ev '^(warning: ignoring|\s+(Compiling|Downloaded|Locking|Adding|Blocking))' || true; }
 
 step "budget-py (the Python module, its own workspace): cargo fmt and clippy"

@@ -1,4 +1,4 @@
-//! A region's own handle used from its own tasks (issue 10, item 1): `s.install(..)`
+//! A region's own handle used from its own tasks: `s.install(..)`
 //! called inside `s.for_each`, `s.spawn` or `s.join` sizes itself as the nested region
 //! the task is, so the rayon bodies running at once never exceed the budget. Each case
 //! runs in a child process with `BUDGET_NUM_THREADS=4` and a watchdog. Before the fix,

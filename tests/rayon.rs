@@ -230,7 +230,7 @@ fn broadcast_indices() -> Vec<usize> {
 #[test]
 fn broadcast_in_a_nested_narrowed_region_completes() {
     let _g = two_cores();
-    // Issue 10, item 7: the inner region gets width 1 (the outer holds both tokens
+    // The inner region gets width 1 (the outer holds both tokens
     // until its task ends), so its pool gates one thread, which only the end of the
     // outer region would have let through.
     let seen = budget_testkit::budget::watchdog("broadcast in a nested narrowed region", || {

@@ -1,4 +1,4 @@
-//! Torture (issue 10's evidence): every promise of the budget under adversarial nesting,
+//! Torture: every promise of the budget under adversarial nesting,
 //! injected panics and a real OpenMP runtime, each case in a child process of its own
 //! (a process has one budget, fixed at first use).
 //!
@@ -8,7 +8,7 @@
 //! the team size taken from the calling thread's count, as `#pragma omp parallel`).
 //!
 //! 1. Alone: a region of the whole budget calls `s.install` and `s.native` from all its
-//!    `for_each` tasks at once (issue 10, finding 1). Nothing else runs and the thread
+//!    `for_each` tasks at once. Nothing else runs and the thread
 //!    holds its own token, so at most `total` work bodies may run at once.
 //! 2. 12 outside threads, each running 6 rounds of a region tree: the top region's own
 //!    handle from its tasks, then `join → install → nested scope → native → for_each`
@@ -634,7 +634,7 @@ fn shape_for_each(ctx: &Ctx, s: &budget::Scope<'_>, depth: u32, site: u64, fan: 
     });
 }
 
-/// The region's own handle used from one of its tasks (issue 10, finding 1): these
+/// The region's own handle used from one of its tasks: these
 /// must size themselves as the nested region the task is.
 fn own_handle(ctx: &Ctx, n: &budget::Scope<'_>, site: u64) {
     use_handle(ctx, n, site, ctx.draw(site, 6, 3));
@@ -666,7 +666,7 @@ fn handle_work(n: &budget::Scope<'_>, choice: u64, bodies: usize, in_native: imp
 }
 
 /// Two `limit` guards, dropped in the order the seed picks: the count after both is
-/// the count before (issue 10, finding 6).
+/// the count before.
 fn guards(ctx: &Ctx, site: u64) {
     let _native = NativeDepth::enter();
     let before = omp_max();
@@ -801,7 +801,7 @@ fn torture() {
     assert_eq!(omp_max(), DEFAULT_OMP, "native restored the count");
 
     // Alone, a region of the whole budget uses its own handle from all its tasks at once
-    // (issue 10, finding 1): an outside thread that holds a token, nothing else running,
+    //: an outside thread that holds a token, nothing else running,
     // so the bound is the total itself. Three times, so that pools and teams exist.
     // The tasks wait (at most 1 s) for each other, so that their calls overlap.
     MAX.store(0, SeqCst);

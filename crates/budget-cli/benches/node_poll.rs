@@ -1,5 +1,5 @@
 //! What waiting in a node budget costs, and what a region's entry costs in a
-//! process that joined one (issue 17, item 15).
+//! process that joined one.
 //!
 //! - **Polling.** A holder process takes every token of a node of N tokens (4, 64,
 //!   512, 4096; and 4096 held by two processes in alternate tokens, one lock record

@@ -277,7 +277,7 @@ fn a_build_of_plain_recipes_warns_once() {
 /// tokens starts its region and ends: the jobserver state is per process, never a
 /// lock copied from the parent in the state a thread of the parent left it (that
 /// copy stayed locked: 10 of the first 155 children hung in
-/// `crates/budget-core/examples/fork_hunt.rs`, issue 17's "1 of 700"); nor a
+/// `crates/budget-core/examples/fork_hunt.rs`, where 1 fork of 700 hung); nor a
 /// `OnceLock` copied half made (the clock calibration: 1 in ~3,000). Two threads of
 /// each child start its budget at once: the second copy's handshake read a shared
 /// object its maker had not sized yet (SIGBUS, 2–5 of 5,000).

@@ -61,7 +61,7 @@ pub(crate) struct Region {
     /// How the region's own thread is paid for (`own.rs`); authoritative once the
     /// region's shared state exists.
     pub(crate) own: OwnToken,
-    /// Open `Scope::with_demand` calls: the region wants its full request even with
+    /// Open `ScopeHooks::with_demand` calls: the region wants its full request even with
     /// no task queued (an integration, such as a rayon pool, runs its work).
     external_demand: AtomicUsize,
     /// Told the new width each time the region grows (under the growers lock).
@@ -307,7 +307,7 @@ impl Region {
 
 impl Region {
     /// Declares demand that is not in the task queue while `f` runs, telling
-    /// `listener` each new width. See `Scope::with_demand`.
+    /// `listener` each new width. See `ScopeHooks::with_demand`.
     pub(crate) fn with_demand<R>(&self, listener: Listener, f: impl FnOnce() -> R) -> R {
         struct Undo<'a>(&'a Region, &'a Listener);
         impl Drop for Undo<'_> {
@@ -358,7 +358,7 @@ impl Grower for Region {
             // panic must not unwind through the budget's hand-off (or into a `join`
             // that has a task queued). Report and go on.
             if catch_unwind(AssertUnwindSafe(|| listener(width))).is_err() {
-                tracing::error!("budget: a Scope::with_demand on_grow callback panicked");
+                tracing::error!("budget: an on_grow callback of ScopeHooks::with_demand panicked");
             }
         }
         for _ in 0..n {

@@ -83,7 +83,7 @@ pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, BuildEr
     register_fork_handler();
     // No fork while a registry is being made: `fork` waits for it (the prepare
     // handler), so a child never inherits a `Once`, `OnceLock` or lock of the making
-    // half done (it waited for ever on one: issue 17's fork hunt).
+    // half done (it waited for ever on one: the fork hunt, `examples/fork_hunt.rs`).
     let _making = InstallGuard::lock();
     let generation = FORK_GENERATION.load(Ordering::Acquire);
     let mut current = GLOBAL.load(Ordering::Acquire);

@@ -687,7 +687,7 @@ mod tests {
     use crate::clock;
 
     /// An item that takes longer than a wake ends the inline phase at once: the rest
-    /// of the loop can still get help (issue 10 item 8's big task).
+    /// of the loop can still get help (a big task among small ones).
     #[test]
     fn a_long_item_ends_the_inline_phase_after_one() {
         let called = Cell::new(0);

@@ -30,7 +30,7 @@
 //!   `for_each` at width 1 first runs alone for about the cost of a wake
 //!   (`clock.rs`): a helper woken for a shorter loop would arrive after its end.
 //!
-//! The argument (see also `src/README.md`):
+//! The argument (see also the crate's `README.md`):
 //!
 //! - **Never more threads running than tokens.** A helper runs the task in place,
 //!   on the token it already holds and would otherwise leave unused while it sleeps or

@@ -1,4 +1,4 @@
-//! Panic payloads whose `Drop` panics (issue 10, item 2). A region must never return
+//! Panic payloads whose `Drop` panics. A region must never return
 //! early (its tasks borrow the caller's stack) and never hang, whichever thread drops
 //! an extra payload. Each case runs in a child process with a watchdog: before the
 //! fix, some returned while a task still ran, some hung, some aborted.

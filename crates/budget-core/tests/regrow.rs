@@ -1,4 +1,4 @@
-//! Nested regions on budget's own pool regrow (issue 10, item 8): at total 2, an outer
+//! Nested regions on budget's own pool regrow: at total 2, an outer
 //! `for_each` over 16 tasks, one of them much bigger and running an inner region's
 //! `for_each`. Once the small tasks are done, the outer region's other thread is idle
 //! (waiting in the loop, or its slot left empty) and must help the inner region: its

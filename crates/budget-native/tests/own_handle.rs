@@ -1,4 +1,4 @@
-//! `s.native(..)` called from the region's own tasks (issue 10, item 1) sizes the call
+//! `s.native(..)` called from the region's own tasks sizes the call
 //! as the nested region the task is: the OpenMP threads of calls in flight at once
 //! never exceed the budget. Real libgomp, in a child process with
 //! `BUDGET_NUM_THREADS=4`. Before the fix each of four tasks got 4 threads (16).

@@ -470,7 +470,7 @@ mod tests {
     fn a_winner_is_called_only_when_every_round_agrees() {
         assert_eq!(Call::of(&[0.9, 0.95, 0.97, 0.99, 0.8]), Call::Budget);
         assert_eq!(Call::of(&[1.1, 1.05, 1.2, 1.01, 1.3]), Call::BestStatic);
-        // The mixed-BLAS figures of issue 11: 0.84×, 1.57×, 1.01×.
+        // The mixed-BLAS figures measured before: 0.84×, 1.57×, 1.01×.
         assert_eq!(Call::of(&[0.84, 1.57, 1.01, 0.9, 0.95]), Call::TooClose);
         assert_eq!(Call::of(&[0.5, 0.5, 0.5, 0.5]), Call::TooFewRounds);
         // A tie in one round is not a win.
