@@ -61,8 +61,8 @@ cargo clippy --manifest-path crates/budget-py/Cargo.toml --all-targets -- -D war
 step "budget-py wheel: manylinux2014 (glibc 2.17) build, auditwheel check, install and import in a fresh venv"
 # scripts/build-wheel.sh: the wheel README.md's install lines use (target/wheels/);
 # any failure (maturin's or auditwheel's check, the smoke import) fails the suite here.
-# The joblib backend is run from the installed wheel too (tests/python/wheel_smoke.py).
-BUILD_WHEEL_SMOKE=tests/python/wheel_smoke.py BUILD_WHEEL_SMOKE_PIP="joblib==${JOBLIB_VERSION:-1.6.0}" \
+# The joblib backend is run from the installed wheel too (scripts/wheel_smoke.py).
+BUILD_WHEEL_SMOKE=scripts/wheel_smoke.py BUILD_WHEEL_SMOKE_PIP="joblib==${JOBLIB_VERSION:-1.6.0}" \
   scripts/build-wheel.sh
 
 step "pytest: tests/python and the budget package's doctests"

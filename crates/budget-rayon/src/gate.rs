@@ -28,7 +28,8 @@
 //! one job per worker, gated ones included, and the caller waits for all of them; a
 //! gated worker that only slept would hang it until the region grew to its full
 //! request, forever for a nested region whose parent waits for it. So a blocked
-//! worker wakes now and then (`POLL_MIN` doubling to `POLL_MAX`) and runs the jobs of its *own* queues with `rayon::yield_local`:
+//! worker wakes now and then (`POLL_MIN` doubling to `POLL_MAX`) and runs the jobs
+//! of its *own* queues with `rayon::yield_local`:
 //! its local deque is empty (it arrived idle), which leaves exactly the broadcast
 //! jobs addressed to it. It never steals, so it takes no share of the region's
 //! ordinary work; while it runs a broadcast job the region runs beyond its width

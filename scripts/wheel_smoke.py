@@ -1,5 +1,6 @@
-"""Run by scripts/test.sh in the fresh venv the wheel was installed into
-(BUILD_WHEEL_SMOKE): the joblib backend, threads and loky processes, from the wheel."""
+"""Run by scripts/test.sh (through scripts/build-wheel.sh, BUILD_WHEEL_SMOKE) in the
+fresh venv the wheel was installed into: the joblib backend, in threads and in loky
+processes, from the installed wheel. Outside tests/python: pytest would import it."""
 
 import os
 
