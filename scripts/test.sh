@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it and .ci/run calls it:
 #   setup, formatting, clippy, the other platforms' checks (scripts/check-targets.sh),
-#   unit + integration + doc tests, loom models, docs,
+#   unit + integration + doc tests, loom models, Miri over budget-core's unsafe, docs,
 #   and the Python module (crates/budget-py, its own workspace): fmt, clippy, its
 #   manylinux2014 wheel (scripts/build-wheel.sh: built, checked, installed into a fresh
 #   venv and imported), pytest.
@@ -37,6 +37,19 @@ cargo test --workspace --all-features 2>&1 | tee -a "$log"
 step "loom models of the token protocol (--cfg budget_loom)"
 RUSTFLAGS="--cfg budget_loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p budget-threads-core --lib --release loom -- --test-threads=1 2>&1 | tee -a "$log"
+
+step "Miri (nightly) over budget-core's unsafe: its unit tests and tests/miri.rs"
+# The nightly toolchain with Miri, installed by rustup when missing (no update else).
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  rustup component add miri rust-src --toolchain nightly
+fi
+# Isolated (file reads fail, and budget falls back as it does without cgroup files),
+# 2 CPUs (so regions have helpers), worker threads left running at exit allowed. Tests
+# that call into C (locks, pipes) or measure time say "ignored" under Miri.
+MIRIFLAGS="-Zmiri-isolation-error=warn-nobacktrace -Zmiri-num-cpus=2 -Zmiri-ignore-leaks" \
+  cargo +nightly miri test -p budget-threads-core --lib --test miri 2>&1 \
+  | grep -v '^warning: operation rejected by isolation' | tee -a "$log"
 
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps

@@ -180,17 +180,18 @@ fn take_making() {
 
 // On Linux the fork handlers are registered when the program (or the library that
 // holds this crate) is loaded, before any thread could be in the middle of it.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 #[used]
 #[link_section = ".init_array"]
 static REGISTER_AT_LOAD: extern "C" fn() = register_at_load;
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 extern "C" fn register_at_load() {
     register_fork_handler();
 }
 
-#[cfg(unix)]
+// Under Miri, which runs no `pthread_atfork` (a foreign call): no fork in its tests.
+#[cfg(all(unix, not(miri)))]
 fn register_fork_handler() {
     // An atomic, not a `Once`: a `Once` being run at a fork is copied "running" into
     // the child, which then waits for it for ever. Elsewhere than Linux (no load-time
@@ -222,7 +223,7 @@ fn register_fork_handler() {
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(any(not(unix), miri))]
 fn register_fork_handler() {}
 
 impl Registry {

@@ -275,6 +275,7 @@ fn counts_from_budget_run_static_env_are_not_the_users() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "files: Miri runs isolated")]
 fn real_v1_files_in_a_directory() {
     let root = std::env::temp_dir().join(format!("budget-cgroup-{}", std::process::id()));
     let leaf = root.join("cpu/job/step");

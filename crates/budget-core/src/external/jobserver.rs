@@ -538,6 +538,7 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
+    #[cfg_attr(miri, ignore = "pipes and fcntl: foreign calls")]
     fn only_an_inherited_pipe_or_a_fifo_passes() {
         use super::check_inherited;
         let dir = std::env::temp_dir().join(format!("budget-auth-{}", std::process::id()));

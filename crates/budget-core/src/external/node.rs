@@ -764,6 +764,7 @@ mod tests {
     /// (they took 4 of a 2-token node when they shared one process-owned lock set);
     /// and reading the file through a descriptor of one's own drops nobody's locks.
     #[test]
+    #[cfg_attr(miri, ignore = "fcntl locks: foreign calls")]
     #[cfg(unix)]
     fn two_members_in_one_process_share_the_tokens() {
         let path = test_node("two-members", 2);
@@ -797,6 +798,7 @@ mod tests {
     /// between runs others hold, cost 150 locks and a handful of queries (a byte by
     /// byte look would need 300 calls).
     #[test]
+    #[cfg_attr(miri, ignore = "fcntl locks: foreign calls")]
     #[cfg(unix)]
     fn a_take_skips_runs_that_others_hold() {
         let path = test_node("runs", 300);

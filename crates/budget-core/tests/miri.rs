@@ -1,0 +1,59 @@
+//! Small runs of the unsafe paths, sized for Miri (`cargo +nightly miri test -p
+//! budget-threads-core --lib --test miri`, in the test command, with 2 CPUs): tasks
+//! that borrow the caller's stack through the lifetime-erasing `spawn`/`join`,
+//! `for_each` over a mutable slice (`SliceMut` hands each element to one thread),
+//! nested regions, and a panicking task. They run under plain `cargo test` too.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[test]
+fn spawned_tasks_borrow_the_callers_stack() {
+    let counter = AtomicUsize::new(0);
+    let words = ["a", "bb", "ccc"];
+    budget_core::scope_with(2, |s| {
+        for w in &words {
+            let counter = &counter;
+            s.spawn(move |_| {
+                counter.fetch_add(w.len(), Ordering::Relaxed);
+            });
+        }
+    });
+    assert_eq!(counter.load(Ordering::Relaxed), 6);
+}
+
+#[test]
+fn join_returns_both_sides_and_nests() {
+    let data = [1u64, 2, 3, 4, 5, 6];
+    let (left, right) = data.split_at(3);
+    let (a, b) = budget_core::scope_with(2, |s| {
+        s.join(
+            || left.iter().sum::<u64>(),
+            || {
+                budget_core::scope(|inner| {
+                    inner.join(|| right[0], || right[1..].iter().sum::<u64>())
+                })
+            },
+        )
+    });
+    assert_eq!((a, b.0 + b.1), (6, 15));
+}
+
+#[test]
+fn for_each_hands_each_element_of_a_mutable_slice_to_one_thread() {
+    let mut values = vec![0u32; 16];
+    budget_core::scope_with(2, |s| {
+        s.for_each(&mut values[..], |v: &mut u32| *v += 1);
+    });
+    assert!(values.iter().all(|&v| v == 1), "{values:?}");
+}
+
+#[test]
+fn a_panicking_task_reaches_the_caller() {
+    let caught = std::panic::catch_unwind(|| {
+        budget_core::scope_with(2, |s| {
+            s.spawn(|_| panic!("on purpose"));
+            s.spawn(|_| {});
+        })
+    });
+    assert!(caught.is_err());
+}
