@@ -137,6 +137,30 @@ pub fn budget_started() -> bool {
     crate::registry::running()
 }
 
+/// A job that borrows the caller's stack, made `'static` to hand to a thread pool that
+/// wants `'static` jobs (budget-rayon's relay onto a leased rayon pool). budget-core's
+/// own task bodies go through the same erasure, the workspace's only one.
+///
+/// # Safety
+///
+/// The caller must not let `'a` end (return or unwind past what the job borrows)
+/// before the job has run or was dropped.
+///
+/// # Examples
+///
+/// ```
+/// # use budget_core as budget;
+/// let text = String::from("borrowed");
+/// let job: Box<dyn FnOnce() + Send + '_> = Box::new(|| assert_eq!(text.len(), 8));
+/// // SAFETY: the job runs right here, while `text` lives.
+/// let job = unsafe { budget::integration::erase_job(job) };
+/// job();
+/// ```
+pub unsafe fn erase_job<'a>(job: Box<dyn FnOnce() + Send + 'a>) -> Box<dyn FnOnce() + Send> {
+    // SAFETY: the caller upholds the contract above.
+    unsafe { crate::job::erase_lifetime(job) }
+}
+
 /// Keeps `tokens` cores of this process out of other processes' reach for `window`:
 /// for a library whose worker threads busy-wait after a call (OpenBLAS on pthreads
 /// spins ~0.1 s after each multi-threaded call; `tokens` is the call's width, its

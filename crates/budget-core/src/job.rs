@@ -30,9 +30,44 @@ pub(crate) type Body = Box<dyn FnOnce(&Region) + Send + 'static>;
 /// `done` (or cancel the task) before they return, on unwind too (an
 /// [`AbortOnUnwind`] covers the window where they could not).
 pub(crate) unsafe fn erase<'a>(body: Box<dyn FnOnce(&Region) + Send + 'a>) -> Body {
-    // SAFETY: same layout (only the lifetime differs); the caller upholds the
-    // lifetime contract above.
-    unsafe { std::mem::transmute::<Box<dyn FnOnce(&Region) + Send + 'a>, Body>(body) }
+    // SAFETY: the caller upholds the lifetime contract above.
+    unsafe { erase_lifetime(body) }
+}
+
+/// A boxed closure whose only difference from `Static` is its lifetime `'a`: the
+/// shapes the workspace erases, one `impl` each, so that a single `transmute` (in
+/// [`erase_lifetime`]) serves them all.
+///
+/// # Safety
+///
+/// `Static` must be `Self` with `'a` replaced by `'static` (same layout).
+pub(crate) unsafe trait Erasable<'a>: Sized {
+    type Static: 'static;
+}
+
+// SAFETY: the same trait object, `'a` replaced by `'static`.
+unsafe impl<'a> Erasable<'a> for Box<dyn FnOnce(&Region) + Send + 'a> {
+    type Static = Body;
+}
+
+// SAFETY: as above.
+unsafe impl<'a> Erasable<'a> for Box<dyn FnOnce() + Send + 'a> {
+    type Static = Box<dyn FnOnce() + Send + 'static>;
+}
+
+/// The workspace's one lifetime-erasing `transmute`.
+///
+/// # Safety
+///
+/// Whatever `value` borrows must outlive every use of the result (each caller states
+/// how it waits).
+pub(crate) unsafe fn erase_lifetime<'a, T: Erasable<'a>>(value: T) -> T::Static {
+    debug_assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<T::Static>());
+    let value = std::mem::ManuallyDrop::new(value);
+    // SAFETY: `Erasable` guarantees the same layout (only the lifetime differs), and
+    // the `ManuallyDrop` gives up the original, so the box is owned once; the caller
+    // upholds the lifetime contract.
+    unsafe { std::mem::transmute_copy::<T, T::Static>(&value) }
 }
 
 /// Aborts the process if dropped during a panic: armed between queuing a task that

@@ -25,7 +25,8 @@
 //! as soon as the budget can afford it, and no free token goes to a third thread
 //! while it runs unpaid.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+// The `sync` shim: loom's atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
+use crate::sync::{AtomicU8, Ordering};
 
 use crate::token::Tokens;
 

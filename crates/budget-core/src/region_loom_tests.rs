@@ -120,3 +120,33 @@ fn loom_post_races_a_root_worker_leaving_serve() {
         assert_eq!(root.active.load(SeqCst), 0, "every slot was left");
     });
 }
+
+/// A region that found no token for its own thread (`OwnToken` owed, the region
+/// registered as a grower, `impl Grower for Region`) exits while another thread
+/// gives the only token back: the grant repays the owed token before the region
+/// closes (it then returns it at exit), or finds it unregistered and leaves the
+/// token free. Either way the budget ends with its one token free: none lost, none
+/// counted twice.
+#[test]
+fn loom_a_grant_races_the_exit_of_an_owed_region() {
+    loom::model(|| {
+        let registry = registry(1);
+        assert_eq!(
+            registry.tokens.try_acquire(1),
+            1,
+            "an outside holder's token"
+        );
+        let own = OwnToken::take(false, &registry.tokens);
+        assert!(own.owes(), "no token free for the region's own thread");
+        let region = Region::new(registry, 1, 1, own, None);
+        let holder = thread::spawn(move || registry.tokens.release(1));
+        // The region's exit, as `scope_with` does it.
+        let width = region.close();
+        registry
+            .tokens
+            .release(width - 1 + region.own.returned_at_exit());
+        holder.join().unwrap();
+        assert_eq!(registry.tokens.free(), 1, "the one token is free again");
+        assert_eq!(width, 1, "a grant pays the owed token, it does not widen");
+    });
+}

@@ -4,15 +4,16 @@
 //! `parking_lot`). Built with
 //! `RUSTFLAGS="--cfg budget_loom"`, they are loom's, so the protocol in
 //! [`crate::token`] and [`crate::event`] is model-checked over every interleaving
-//! (`scripts/test.sh` runs those models). The region state (`region.rs`, `tree.rs`)
-//! uses it too, so a model runs on the real `Region` (`region_loom_tests.rs`); the
+//! (`scripts/test.sh` runs those models). The region state (`region.rs`, `tree.rs`,
+//! `own.rs`) uses it too, so a model runs on the real `Region` and its grants
+//! (`region_loom_tests.rs`); the
 //! rest of the crate holds process-wide statics, which loom cannot model.
 
 #[cfg(budget_loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 #[cfg(not(budget_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// A mutex whose `lock` returns the guard directly on both backends.
 #[derive(Debug, Default)]

@@ -57,3 +57,17 @@ fn a_panicking_task_reaches_the_caller() {
     });
     assert!(caught.is_err());
 }
+
+#[test]
+fn an_erased_job_runs_while_what_it_borrows_lives() {
+    let text = String::from("borrowed");
+    let seen = AtomicUsize::new(0);
+    let job: Box<dyn FnOnce() + Send + '_> = Box::new(|| {
+        seen.store(text.len(), Ordering::Relaxed);
+    });
+    // SAFETY: the job runs on another thread that is joined before `text` and `seen`
+    // go out of scope.
+    let job = unsafe { budget_core::integration::erase_job(job) };
+    std::thread::spawn(job).join().unwrap();
+    assert_eq!(seen.load(Ordering::Relaxed), 8);
+}

@@ -41,7 +41,7 @@ where
         report.done.notify_one();
     };
     let job: Box<dyn FnOnce() + Send + '_> = Box::new(job);
-    // SAFETY: only the lifetime changes (same layout). The job borrows from this
+    // SAFETY: `erase_job`'s contract: the job borrows from this
     // stack frame (through `op` and `R`), and this function does not return, nor
     // unwind (nothing below panics: poisoned locks are taken over), before the job
     // stored its outcome, after which the job touches nothing but its `Arc` (the
@@ -49,11 +49,8 @@ where
     // empty by then, as the caller took the value, so no `R` is dropped late). The
     // job does run: `pool` is alive (the caller's lease holds it) and rayon runs
     // every spawned job before its threads exit; a panic in `op` is caught above.
-    let job: Box<dyn FnOnce() + Send + 'static> = unsafe {
-        std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Box<dyn FnOnce() + Send + 'static>>(
-            job,
-        )
-    };
+    let job: Box<dyn FnOnce() + Send + 'static> =
+        unsafe { budget_core::integration::erase_job(job) };
     pool.spawn(job);
     let mut slot = outcome.value.lock().unwrap_or_else(PoisonError::into_inner);
     let value = loop {

@@ -1,4 +1,6 @@
-//! budget-rayon: rayon code inside regions, with a budget of exactly 2 cores.
+//! budget-rayon: rayon code inside regions, with a budget of exactly 2 cores: the
+//! gate (a narrowed region's pool runs at its width and grows), the pool cache (built
+//! once, reused), the relay (`install` from outside a pool) and foreign rayon pools.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -6,8 +8,13 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use budget::prelude::*;
+use budget_rayon::RayonExt;
 use rayon::prelude::*;
+
+/// `budget::install`: `scope(|s| s.install(op))`.
+fn install<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+    budget_core::scope(|s| s.install(op))
+}
 
 fn two_cores() -> std::sync::MutexGuard<'static, ()> {
     budget_testkit::budget::exclusive_budget(2)
@@ -16,7 +23,7 @@ fn two_cores() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn width_inside_install_is_rayons_thread_count() {
     let _g = two_cores();
-    budget::scope(|s| {
+    budget_core::scope(|s| {
         assert_eq!(s.width(), 2);
         let (inside, on_pool) = s.install(|| {
             (
@@ -27,25 +34,25 @@ fn width_inside_install_is_rayons_thread_count() {
         assert_eq!(inside, s.width());
         assert!(on_pool, "install runs on a pool thread");
     });
-    budget::scope_with(1, |s| {
+    budget_core::scope_with(1, |s| {
         assert_eq!(s.install(rayon::current_num_threads), 1);
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
 fn nested_install_on_a_budget_worker_builds_no_pool() {
     let _g = two_cores();
-    budget::install(|| ()); // warm: the 2-thread pool exists
-    let before = budget::rayon::stats();
+    install(|| ()); // warm: the 2-thread pool exists
+    let before = budget_rayon::stats();
     let inner_regions = AtomicUsize::new(0);
-    let total: u64 = budget::scope(|s| {
+    let total: u64 = budget_core::scope(|s| {
         s.install(|| {
             (0..64u64)
                 .into_par_iter()
                 .map(|i| {
                     // A library call inside the application's parallel loop.
-                    budget::scope(|inner| {
+                    budget_core::scope(|inner| {
                         inner_regions.fetch_add(1, Ordering::Relaxed);
                         assert_eq!(inner.width(), 1, "the outer region holds both cores");
                         inner.install(|| {
@@ -59,7 +66,7 @@ fn nested_install_on_a_budget_worker_builds_no_pool() {
     });
     assert_eq!(total, (0..64u64).map(|i| i * 4950).sum());
     assert_eq!(inner_regions.into_inner(), 64);
-    let after = budget::rayon::stats();
+    let after = budget_rayon::stats();
     assert_eq!(
         after.pools_built, before.pools_built,
         "a nested install built a pool"
@@ -69,18 +76,18 @@ fn nested_install_on_a_budget_worker_builds_no_pool() {
         before.leases + 1,
         "only the outer region leased"
     );
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
 fn pools_are_reused_not_built_per_call() {
     let _g = two_cores();
-    budget::install(|| ());
-    let before = budget::rayon::stats();
+    install(|| ());
+    let before = budget_rayon::stats();
     for _ in 0..50 {
-        budget::install(|| (0..10).into_par_iter().for_each(|_| ()));
+        install(|| (0..10).into_par_iter().for_each(|_| ()));
     }
-    let after = budget::rayon::stats();
+    let after = budget_rayon::stats();
     assert_eq!(after.pools_built, before.pools_built);
     assert_eq!(after.leases, before.leases + 50);
 }
@@ -92,7 +99,7 @@ fn narrowed_region_grows_and_runs_on_two_threads() {
     let release = AtomicBool::new(false);
     thread::scope(|t| {
         t.spawn(|| {
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 assert_eq!(s.width(), 2);
                 held.wait();
                 budget_testkit::budget::wait_for("the release signal", || {
@@ -104,7 +111,7 @@ fn narrowed_region_grows_and_runs_on_two_threads() {
         let threads = Mutex::new(HashSet::new());
         let concurrent = AtomicUsize::new(0);
         let max_concurrent = AtomicUsize::new(0);
-        budget::scope(|s| {
+        budget_core::scope(|s| {
             assert_eq!(s.width(), 1, "the other region holds both cores");
             s.install(|| {
                 assert_eq!(rayon::current_num_threads(), 2, "capacity is the request");
@@ -129,7 +136,7 @@ fn narrowed_region_grows_and_runs_on_two_threads() {
         assert_eq!(threads.lock().unwrap().len(), 2, "work ran on both threads");
         assert_eq!(max_concurrent.load(Ordering::SeqCst), 2);
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -138,33 +145,31 @@ fn mutual_and_self_install_finish() {
     budget_testkit::budget::watchdog("mutual install", || {
         // rayon's mutual_install shape: a region's work enters another region,
         // whose work enters a third, all from inside pool threads.
-        let r = budget::scope(|a| {
+        let r = budget_core::scope(|a| {
             a.install(|| {
-                budget::scope(|b| {
-                    b.install(|| budget::install(|| (0..100).into_par_iter().sum::<i32>()))
+                budget_core::scope(|b| {
+                    b.install(|| install(|| (0..100).into_par_iter().sum::<i32>()))
                 })
             })
         });
         assert_eq!(r, 4950);
         // Self install: the same region's install nested in itself.
-        let r = budget::scope(|a| a.install(|| a.install(|| a.install(|| 7))));
+        let r = budget_core::scope(|a| a.install(|| a.install(|| a.install(|| 7))));
         assert_eq!(r, 7);
         // Two outside threads installing at once, each nesting into the other shape.
         thread::scope(|t| {
             for _ in 0..2 {
                 t.spawn(|| {
                     for _ in 0..20 {
-                        budget::scope(|s| {
-                            s.install(|| {
-                                rayon::join(|| budget::install(|| rayon::join(|| 1, || 2)), || 3)
-                            })
+                        budget_core::scope(|s| {
+                            s.install(|| rayon::join(|| install(|| rayon::join(|| 1, || 2)), || 3))
                         });
                     }
                 });
             }
         });
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -172,7 +177,7 @@ fn panics_in_rayon_work_keep_payload_and_tokens() {
     let _g = two_cores();
     for round in 0..10 {
         let err = std::panic::catch_unwind(|| {
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 s.install(|| {
                     (0..100).into_par_iter().for_each(|i| {
                         if i == 37 + round {
@@ -187,12 +192,12 @@ fn panics_in_rayon_work_keep_payload_and_tokens() {
             err.downcast_ref::<String>().unwrap(),
             &format!("item {}", 37 + round)
         );
-        assert_eq!(budget::stats().in_use, 0);
+        assert_eq!(budget_core::stats().in_use, 0);
     }
     // A panic in a narrowed (gated) region opens the gate and returns the tokens.
-    let lease = budget::Lease::try_new(1);
+    let lease = budget_core::Lease::try_new(1);
     let err = std::panic::catch_unwind(|| {
-        budget::scope(|s| {
+        budget_core::scope(|s| {
             assert_eq!(s.width(), 1);
             s.install(|| (0..10).into_par_iter().for_each(|_| panic!("gated")))
         })
@@ -200,9 +205,9 @@ fn panics_in_rayon_work_keep_payload_and_tokens() {
     .unwrap_err();
     assert_eq!(err.downcast_ref::<&str>(), Some(&"gated"));
     drop(lease);
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
     // The pool is whole again: a full-width region uses both threads.
-    budget::scope(|s| assert_eq!(s.install(rayon::current_num_threads), 2));
+    budget_core::scope(|s| assert_eq!(s.install(rayon::current_num_threads), 2));
 }
 
 #[test]
@@ -213,7 +218,7 @@ fn a_user_global_pool_is_left_alone() {
         .num_threads(1)
         .build_global();
     let global = rayon::current_num_threads();
-    let inside = budget::install(rayon::current_num_threads);
+    let inside = install(rayon::current_num_threads);
     assert_eq!(inside, 2);
     assert_eq!(rayon::current_num_threads(), global);
     let sum: i32 = (0..10).into_par_iter().sum();
@@ -235,9 +240,9 @@ fn broadcast_in_a_nested_narrowed_region_completes() {
     // outer region would have let through.
     let seen = budget_testkit::budget::watchdog("broadcast in a nested narrowed region", || {
         let seen = Mutex::new(Vec::new());
-        budget::scope(|s| {
+        budget_core::scope(|s| {
             s.spawn(|_| {
-                let indices = budget::scope(|i| {
+                let indices = budget_core::scope(|i| {
                     assert_eq!(i.width(), 1);
                     i.install(broadcast_indices)
                 });
@@ -247,7 +252,7 @@ fn broadcast_in_a_nested_narrowed_region_completes() {
         seen.into_inner().unwrap()
     });
     assert_eq!(seen, vec![0, 1], "the broadcast ran on every pool thread");
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -255,8 +260,8 @@ fn broadcast_in_a_narrowed_top_level_region_completes() {
     let _g = two_cores();
     budget_testkit::budget::watchdog("broadcast in a narrowed top-level region", || {
         // This thread keeps a token until the region ended: the region never grows.
-        let lease = budget::Lease::try_new(1);
-        let seen = budget::scope(|s| {
+        let lease = budget_core::Lease::try_new(1);
+        let seen = budget_core::scope(|s| {
             assert_eq!(s.width(), 1);
             s.install(broadcast_indices)
         });
@@ -264,14 +269,14 @@ fn broadcast_in_a_narrowed_top_level_region_completes() {
         assert_eq!(seen, vec![0, 1]);
         // From inside the gated pool: a nested region runs in place on it, and a
         // region opened in a budget task of a gated region gets a gated pool too.
-        let lease = budget::Lease::try_new(1);
-        let (in_place, from_task) = budget::scope(|s| {
+        let lease = budget_core::Lease::try_new(1);
+        let (in_place, from_task) = budget_core::scope(|s| {
             assert_eq!(s.width(), 1);
             s.install(|| {
-                let in_place = budget::install(broadcast_indices);
+                let in_place = install(broadcast_indices);
                 let from_task = Mutex::new(Vec::new());
-                budget::scope(|i| {
-                    i.spawn(|_| *from_task.lock().unwrap() = budget::install(broadcast_indices))
+                budget_core::scope(|i| {
+                    i.spawn(|_| *from_task.lock().unwrap() = install(broadcast_indices))
                 });
                 (in_place, from_task.into_inner().unwrap())
             })
@@ -280,7 +285,7 @@ fn broadcast_in_a_narrowed_top_level_region_completes() {
         assert_eq!(in_place, vec![0, 1]);
         assert_eq!(from_task, vec![0, 1]);
     });
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -293,7 +298,7 @@ fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
             let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
             // Full width: the spawned job holds one of the pool's threads after install
             // returned, until the next region sends it the signal.
-            budget::scope(|s| {
+            budget_core::scope(|s| {
                 assert_eq!(s.width(), 2);
                 s.install(|| {
                     rayon::spawn(move || {
@@ -302,8 +307,8 @@ fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
                     })
                 })
             });
-            let lease = budget::Lease::try_new(1);
-            let sum = budget::scope(|s| {
+            let lease = budget_core::Lease::try_new(1);
+            let sum = budget_core::scope(|s| {
                 assert_eq!(s.width(), 1);
                 s.install(|| {
                     tx.send(()).unwrap();
@@ -315,7 +320,7 @@ fn rayon_spawn_left_running_does_not_block_the_next_narrowed_region() {
             done_rx.recv().unwrap();
         },
     );
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -326,10 +331,10 @@ fn a_nested_region_with_free_tokens_on_a_pool_thread_uses_them() {
     // in place (on the one-thread pool) it would leave that token unused.
     let (width, threads, sum) =
         budget_testkit::budget::watchdog("nested region with free tokens", || {
-            budget::scope_with(1, |s| {
+            budget_core::scope_with(1, |s| {
                 s.install(|| {
                     assert_eq!(rayon::current_num_threads(), 1);
-                    budget::scope(|inner| {
+                    budget_core::scope(|inner| {
                         let width = inner.width();
                         let (threads, sum) = inner.install(|| {
                             (
@@ -345,7 +350,7 @@ fn a_nested_region_with_free_tokens_on_a_pool_thread_uses_them() {
     assert_eq!(width, 2, "the free token went to the nested region");
     assert_eq!(threads, width, "the nested region's tokens run threads");
     assert_eq!(sum, 499_500);
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
@@ -366,7 +371,7 @@ fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install()
                         // The library call, on the application's worker: it waits for its
                         // region's pool. Its token is the one that pool's first thread runs
                         // on, so the waiting worker must not run the application's jobs.
-                        budget::scope(|s| {
+                        budget_core::scope(|s| {
                             waiting.store(true, Ordering::SeqCst);
                             let sum = s.install(|| (0..1000u64).into_par_iter().sum::<u64>());
                             waiting.store(false, Ordering::SeqCst);
@@ -385,16 +390,16 @@ fn a_foreign_rayon_worker_runs_none_of_its_pools_jobs_while_waiting_in_install()
         !ran_during_install,
         "the application's job ran, unpaid, on the thread waiting in install"
     );
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 #[test]
 fn a_regions_own_install_inside_its_install_runs_in_place() {
     let _g = two_cores();
-    budget::install(|| ()); // warm
-    let before = budget::rayon::stats();
+    install(|| ()); // warm
+    let before = budget_rayon::stats();
     let seen = budget_testkit::budget::watchdog("self install", || {
-        budget::scope(|a| {
+        budget_core::scope(|a| {
             assert_eq!(a.width(), 2);
             a.install(|| {
                 (0..8)
@@ -406,11 +411,11 @@ fn a_regions_own_install_inside_its_install_runs_in_place() {
     });
     assert_eq!(seen, vec![2; 8]);
     assert_eq!(
-        budget::rayon::stats().leases,
+        budget_rayon::stats().leases,
         before.leases + 1,
         "the region's own handle leased a second pool: its tokens would pay two"
     );
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
 
 /// Library-only adoption: a plain-rayon application loop (its own pool, 2 threads)
@@ -425,14 +430,14 @@ fn a_library_under_a_plain_rayon_loop_takes_its_share_and_never_overcommits() {
         .num_threads(2)
         .build()
         .unwrap();
-    let before = budget::stats().overcommit;
+    let before = budget_core::stats().overcommit;
     let requested = budget_testkit::budget::watchdog("library-only adoption", move || {
         app.install(|| {
             (0..16u64)
                 .into_par_iter()
                 .map(|image| {
                     // The library: parallel inside, whatever calls it.
-                    budget::scope(|s| {
+                    budget_core::scope(|s| {
                         let sum = s.install(|| {
                             (0..200_000u64)
                                 .into_par_iter()
@@ -447,8 +452,12 @@ fn a_library_under_a_plain_rayon_loop_takes_its_share_and_never_overcommits() {
         })
     });
     assert!(requested.iter().all(|&r| r == 1), "{requested:?}");
-    assert_eq!(budget::stats().overcommit - before, 0, "regions ran unpaid");
+    assert_eq!(
+        budget_core::stats().overcommit - before,
+        0,
+        "regions ran unpaid"
+    );
     // Outside any foreign pool the request is the whole budget, as before.
-    assert_eq!(budget::scope(|s| s.requested()), 2);
-    assert_eq!(budget::stats().in_use, 0);
+    assert_eq!(budget_core::scope(|s| s.requested()), 2);
+    assert_eq!(budget_core::stats().in_use, 0);
 }
