@@ -141,6 +141,45 @@ fn scope_entry(c: &mut Criterion) {
     group.finish();
 }
 
+/// A binary tree of `join`s, 2^depth leaves of a little work each, inside one region
+/// (budget) or one pool (rayon), both at 2 threads: what a queued and a stolen `join`
+/// cost (the refactor's bar: budget within 1.2× of `rayon::join`).
+fn join_tree(c: &mut Criterion) {
+    const DEPTH: u32 = 10;
+    fn leaf(i: u64) -> u64 {
+        (0..64).fold(i, |a, k| a.wrapping_mul(31).wrapping_add(k))
+    }
+    fn budget_tree(s: &budget::Scope<'_>, depth: u32, i: u64) -> u64 {
+        if depth == 0 {
+            return leaf(i);
+        }
+        let (a, b) = s.join(
+            || budget_tree(s, depth - 1, 2 * i),
+            || budget_tree(s, depth - 1, 2 * i + 1),
+        );
+        a.wrapping_add(b)
+    }
+    fn rayon_tree(depth: u32, i: u64) -> u64 {
+        if depth == 0 {
+            return leaf(i);
+        }
+        let (a, b) = rayon::join(
+            || rayon_tree(depth - 1, 2 * i),
+            || rayon_tree(depth - 1, 2 * i + 1),
+        );
+        a.wrapping_add(b)
+    }
+    let mut group = c.benchmark_group("join/tree_1024_leaves");
+    group.bench_function("budget_join", |b| {
+        b.iter(|| budget::scope_with(2, |s| black_box(budget_tree(s, DEPTH, 1))))
+    });
+    let pool = rayon_pool(2);
+    group.bench_function("rayon_join", |b| {
+        b.iter(|| pool.install(|| black_box(rayon_tree(DEPTH, 1))))
+    });
+    group.finish();
+}
+
 /// The library pattern inside an outer region that holds every token: a region
 /// around a short parallel loop. A region that asks for every core may grow, so it
 /// queues a helper (and registers with the budget) even at width 1; one that asks for
@@ -389,6 +428,18 @@ fn summary(dir: &Path, since: SystemTime) {
             verdict(ratio <= 2.0)
         ));
     }
+    if let (Some(ours), Some(theirs)) = (
+        ns("join/tree_1024_leaves/budget_join"),
+        ns("join/tree_1024_leaves/rayon_join"),
+    ) {
+        let ratio = ours / theirs;
+        rows.push(format!(
+            "join/tree_1024_leaves    budget {} / rayon {} = {ratio:.2}×   goal ≤ 1.2×: {}",
+            show(ours),
+            show(theirs),
+            verdict(ratio <= 1.2)
+        ));
+    }
     if let Some(lease) = ns("token/contended_2threads/budget_lease") {
         let bare = ns("token/contended_2threads/bare_atomic").map_or(String::new(), |bare| {
             format!(" (bare {}, {:.2}×)", show(bare), lease / bare)
@@ -507,7 +558,7 @@ fn load_average() -> String {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = token, scope_entry, nested_loop, pool, imbalanced
+    targets = token, scope_entry, join_tree, nested_loop, pool, imbalanced
 }
 
 fn main() {
