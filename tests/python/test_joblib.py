@@ -149,16 +149,22 @@ print(json.dumps(out))
 """
 
 
-def run_processes(tmp_path, **config):
+def run_child(code, tmp_path, timeout):
+    """Runs `code` in a fresh interpreter with a budget of 2 and a private runtime
+    directory; returns the JSON its last line printed."""
     os.chmod(tmp_path, 0o700)
-    code = PROCESSES.replace("sys.argv[1]", repr(json.dumps(config)))
     r = run_python(
         code,
         env={"BUDGET_NUM_THREADS": "2", "XDG_RUNTIME_DIR": str(tmp_path)},
-        timeout=120,
+        timeout=timeout,
     )
     assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_processes(tmp_path, **config):
+    code = PROCESSES.replace("sys.argv[1]", repr(json.dumps(config)))
+    out = run_child(code, tmp_path, timeout=120)
     directory = tmp_path / "budget"
     left = sorted(os.listdir(directory)) if directory.is_dir() else []
     return out, [f for f in left if f.endswith((".node", ".busy"))]
@@ -225,14 +231,7 @@ print(json.dumps({"plain": plain, "budget": ours, "threads": threads, "error": e
 
 
 def test_scikit_learn_under_the_backend_gives_the_same_results(tmp_path):
-    os.chmod(tmp_path, 0o700)
-    r = run_python(
-        SKLEARN,
-        env={"BUDGET_NUM_THREADS": "2", "XDG_RUNTIME_DIR": str(tmp_path)},
-        timeout=180,
-    )
-    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_child(SKLEARN, tmp_path, timeout=180)
     assert out["budget"] == out["plain"], out
     assert out["threads"] == out["plain"], out
     assert out["error"] == "'worker task failed'", out

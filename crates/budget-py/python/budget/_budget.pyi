@@ -6,7 +6,17 @@ from typing import Any, Optional, Union
 
 MAX_THREADS: int
 
-class Region:
+class _Block:
+    """A ``with`` block of the module (``Region``, ``Limit``)."""
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
+
+class Region(_Block):
     """``budget.region(max_threads)``: a width from the budget for a ``with`` block."""
 
     def __init__(self, max_threads: Optional[int] = None) -> None: ...
@@ -17,14 +27,8 @@ class Region:
     @property
     def max_threads(self) -> Optional[int]: ...
     def __enter__(self) -> "Region": ...
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> bool: ...
 
-class Limit:
+class Limit(_Block):
     """One count for every loaded library, or for those at ``libraries`` (paths)."""
 
     def __init__(
@@ -37,12 +41,6 @@ class Limit:
     @property
     def width(self) -> Optional[int]: ...
     def __enter__(self) -> "Limit": ...
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> bool: ...
 
 def stats() -> dict[str, Any]: ...
 def joined() -> dict[str, Any]: ...

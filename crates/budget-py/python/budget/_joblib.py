@@ -212,7 +212,31 @@ def _capped(n: int) -> int:
     return n if width is None else max(1, min(n, width))
 
 
-class _BudgetThreads(ThreadingBackend):
+class _InRegions:
+    """What both flavours add to joblib's backend: each batch submitted in its region,
+    counted in flight until done or aborted, and nested calls on budget threads."""
+
+    def _in_flight(self) -> "_InFlight":
+        raise NotImplementedError
+
+    def _jobs(self) -> int:
+        raise NotImplementedError
+
+    def submit(self, func, callback=None):
+        live = self.__dict__.setdefault("_live", set())
+        return self._in_flight().submit(super().submit, func, callback, self._jobs(), live)
+
+    def abort_everything(self, ensure_ready=True):
+        # The tasks dropped from the queue (threads) or killed with the workers
+        # (processes) never report done: this call's are released here.
+        _release_all(self.__dict__.get("_live", ()))
+        super().abort_everything(ensure_ready=ensure_ready)
+
+    def get_nested_backend(self):
+        return _BudgetThreads(nesting_level=self.nesting_level + 1), None
+
+
+class _BudgetThreads(_InRegions, ThreadingBackend):
     """joblib's thread pool, each task in a budget region of this process."""
 
     def effective_n_jobs(self, n_jobs):
@@ -221,16 +245,11 @@ class _BudgetThreads(ThreadingBackend):
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs):
         return super().configure(n_jobs=n_jobs, parallel=parallel, **kwargs)
 
-    def submit(self, func, callback=None):
-        live = self.__dict__.setdefault("_live", set())
-        return _THREADS_IN_FLIGHT.submit(super().submit, func, callback, self._n_jobs, live)
+    def _in_flight(self):
+        return _THREADS_IN_FLIGHT
 
-    def abort_everything(self, ensure_ready=True):
-        _release_all(self.__dict__.get("_live", ()))
-        super().abort_everything(ensure_ready=ensure_ready)
-
-    def get_nested_backend(self):
-        return _BudgetThreads(nesting_level=self.nesting_level + 1), None
+    def _jobs(self):
+        return self._n_jobs
 
 
 # The node budget the workers share, and the count of tasks in flight they read:
@@ -286,7 +305,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
 
 
-class BudgetBackend(LokyBackend):
+class BudgetBackend(_InRegions, LokyBackend):
     """The ``"budget"`` joblib backend (see the module's documentation)."""
 
     supports_sharedmem = True  # by falling back to threads, as joblib asks
@@ -313,18 +332,11 @@ class BudgetBackend(LokyBackend):
                 env[var] = str(self.inner_max_num_threads)
         return env
 
-    def submit(self, func, callback=None):
-        in_flight = _worker_node()[1]
-        live = self.__dict__.setdefault("_live", set())
-        return in_flight.submit(super().submit, func, callback, self._budget_n_jobs, live)
+    def _in_flight(self):
+        return _worker_node()[1]
 
-    def abort_everything(self, ensure_ready=True):
-        # The killed workers' tasks and the queued ones are gone: this call's only.
-        _release_all(self.__dict__.get("_live", ()))
-        super().abort_everything(ensure_ready=ensure_ready)
-
-    def get_nested_backend(self):
-        return _BudgetThreads(nesting_level=self.nesting_level + 1), None
+    def _jobs(self):
+        return self._budget_n_jobs
 
 
 def register() -> None:
