@@ -143,8 +143,11 @@ pub fn budget_started() -> bool {
 ///
 /// # Safety
 ///
-/// The caller must not let `'a` end (return or unwind past what the job borrows)
-/// before the job has run or was dropped.
+/// `'a` must not end while the job can still reach anything it borrows for `'a`:
+/// the caller waits (and does not unwind) until the job has run or was dropped, or
+/// until the job signals that it is done with its borrows, after which the job
+/// touches only what it owns (budget-rayon's relay: the job stores its result under
+/// a lock it owns through an `Arc`, then signals).
 ///
 /// # Examples
 ///

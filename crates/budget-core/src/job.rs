@@ -62,7 +62,7 @@ unsafe impl<'a> Erasable<'a> for Box<dyn FnOnce() + Send + 'a> {
 /// Whatever `value` borrows must outlive every use of the result (each caller states
 /// how it waits).
 pub(crate) unsafe fn erase_lifetime<'a, T: Erasable<'a>>(value: T) -> T::Static {
-    debug_assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<T::Static>());
+    const { assert!(std::mem::size_of::<T>() == std::mem::size_of::<T::Static>()) };
     let value = std::mem::ManuallyDrop::new(value);
     // SAFETY: `Erasable` guarantees the same layout (only the lifetime differs), and
     // the `ManuallyDrop` gives up the original, so the box is owned once; the caller

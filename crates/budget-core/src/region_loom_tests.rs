@@ -150,3 +150,30 @@ fn loom_a_grant_races_the_exit_of_an_owed_region() {
         assert_eq!(width, 1, "a grant pays the owed token, it does not widen");
     });
 }
+
+/// The same race at the other end: the only token comes back while the owed region is
+/// being made (between `OwnToken::take` and its registration as a grower), so the
+/// release may find no grower yet. The region then finds the token at registration
+/// (`register` looks at the free tokens), or not at all; either way the budget ends
+/// with its one token free after the region's exit.
+#[test]
+fn loom_a_release_races_the_registration_of_an_owed_region() {
+    loom::model(|| {
+        let registry = registry(1);
+        assert_eq!(
+            registry.tokens.try_acquire(1),
+            1,
+            "an outside holder's token"
+        );
+        let own = OwnToken::take(false, &registry.tokens);
+        assert!(own.owes());
+        let holder = thread::spawn(move || registry.tokens.release(1));
+        let region = Region::new(registry, 1, 1, own, None);
+        let width = region.close();
+        registry
+            .tokens
+            .release(width - 1 + region.own.returned_at_exit());
+        holder.join().unwrap();
+        assert_eq!(registry.tokens.free(), 1, "the one token is free again");
+    });
+}

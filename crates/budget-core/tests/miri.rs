@@ -71,3 +71,44 @@ fn an_erased_job_runs_while_what_it_borrows_lives() {
     std::thread::spawn(job).join().unwrap();
     assert_eq!(seen.load(Ordering::Relaxed), 8);
 }
+
+/// The relay's pattern (budget-rayon): the caller returns as soon as the job has
+/// stored its result, while the job's thread is still running (it still holds its
+/// lock guard and its `Arc`); the thread is joined only after the caller's frame is
+/// gone. Under Miri, a job that touched the caller's stack after signalling would be
+/// reported.
+#[test]
+fn an_erased_job_that_outlives_its_callers_frame_touches_only_what_it_owns() {
+    use std::sync::{Arc, Condvar, Mutex};
+
+    fn relay(words: &[&str]) -> (usize, std::thread::JoinHandle<()>) {
+        let outcome = Arc::new((Mutex::new(None), Condvar::new()));
+        let report = outcome.clone();
+        let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+            let total = words.iter().map(|w| w.len()).sum::<usize>();
+            let (slot, done) = &*report;
+            *slot.lock().unwrap() = Some(total);
+            done.notify_one();
+            // From here on only `report` (owned) is touched.
+        });
+        // SAFETY: the caller waits below until the job stored its result; after that
+        // the job touches only its own `Arc`.
+        let job = unsafe { budget_core::integration::erase_job(job) };
+        let thread = std::thread::spawn(job);
+        let (slot, done) = &*outcome;
+        let mut value = slot.lock().unwrap();
+        while value.is_none() {
+            value = done.wait(value).unwrap();
+        }
+        (value.take().unwrap(), thread)
+    }
+
+    let (total, thread) = {
+        let words = [String::from("a"), String::from("bb")];
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        relay(&refs)
+        // `words` and `refs` are dropped here, maybe before the job's thread ends.
+    };
+    thread.join().unwrap();
+    assert_eq!(total, 3);
+}

@@ -2,10 +2,11 @@
 
 from os import PathLike
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, type_check_only
 
 MAX_THREADS: int
 
+@type_check_only
 class _Block:
     """A ``with`` block of the module (``Region``, ``Limit``)."""
 
