@@ -10,6 +10,7 @@
 
 pub use crate::context::RegionThread;
 pub use crate::lease::Lease;
+pub use crate::per_fork::PerFork;
 use crate::Scope;
 
 /// Integration hooks on a region. Bring them into scope with

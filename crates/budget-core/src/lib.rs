@@ -60,6 +60,7 @@ mod items;
 mod job;
 mod lease;
 mod own;
+mod per_fork;
 mod region;
 mod registry;
 mod scope;

@@ -121,6 +121,30 @@ fn loom_post_races_a_root_worker_leaving_serve() {
     });
 }
 
+/// A budget of one token, held by an outside holder, and the own token of a region
+/// opened now: owed.
+fn owed_start() -> (&'static Registry, OwnToken) {
+    let registry = registry(1);
+    assert_eq!(
+        registry.tokens.try_acquire(1),
+        1,
+        "an outside holder's token"
+    );
+    let own = OwnToken::take(false, &registry.tokens);
+    assert!(own.owes(), "no token free for the region's own thread");
+    (registry, own)
+}
+
+/// The region's exit, as `scope_with` does it; then the budget's one token must be
+/// free. Returns the final width.
+fn exit_and_count(registry: &'static Registry, region: &Region) -> usize {
+    let width = region.close();
+    registry
+        .tokens
+        .release(width - 1 + region.own.returned_at_exit());
+    width
+}
+
 /// A region that found no token for its own thread (`OwnToken` owed, the region
 /// registered as a grower, `impl Grower for Region`) exits while another thread
 /// gives the only token back: the grant repays the owed token before the region
@@ -130,21 +154,10 @@ fn loom_post_races_a_root_worker_leaving_serve() {
 #[test]
 fn loom_a_grant_races_the_exit_of_an_owed_region() {
     loom::model(|| {
-        let registry = registry(1);
-        assert_eq!(
-            registry.tokens.try_acquire(1),
-            1,
-            "an outside holder's token"
-        );
-        let own = OwnToken::take(false, &registry.tokens);
-        assert!(own.owes(), "no token free for the region's own thread");
+        let (registry, own) = owed_start();
         let region = Region::new(registry, 1, 1, own, None);
         let holder = thread::spawn(move || registry.tokens.release(1));
-        // The region's exit, as `scope_with` does it.
-        let width = region.close();
-        registry
-            .tokens
-            .release(width - 1 + region.own.returned_at_exit());
+        let width = exit_and_count(registry, &region);
         holder.join().unwrap();
         assert_eq!(registry.tokens.free(), 1, "the one token is free again");
         assert_eq!(width, 1, "a grant pays the owed token, it does not widen");
@@ -159,20 +172,10 @@ fn loom_a_grant_races_the_exit_of_an_owed_region() {
 #[test]
 fn loom_a_release_races_the_registration_of_an_owed_region() {
     loom::model(|| {
-        let registry = registry(1);
-        assert_eq!(
-            registry.tokens.try_acquire(1),
-            1,
-            "an outside holder's token"
-        );
-        let own = OwnToken::take(false, &registry.tokens);
-        assert!(own.owes());
+        let (registry, own) = owed_start();
         let holder = thread::spawn(move || registry.tokens.release(1));
         let region = Region::new(registry, 1, 1, own, None);
-        let width = region.close();
-        registry
-            .tokens
-            .release(width - 1 + region.own.returned_at_exit());
+        exit_and_count(registry, &region);
         holder.join().unwrap();
         assert_eq!(registry.tokens.free(), 1, "the one token is free again");
     });

@@ -171,11 +171,8 @@ fn undo(guards: &mut Vec<budget_native::Limit>) {
 fn native(width: usize, only: &Only) -> budget_native::Limit {
     match only {
         None => budget_native::limit(width),
-        // The loader's path or the file it names (threadpool_info() lists the latter).
-        Some(paths) => budget_native::limit_where(width, |lib| {
-            paths.contains(&lib.path)
-                || std::fs::canonicalize(&lib.path).is_ok_and(|real| paths.contains(&real))
-        }),
+        // The loader's paths, as `_libraries()` lists them (`budget.limit` passes those).
+        Some(paths) => budget_native::limit_where(width, |lib| paths.contains(&lib.path)),
     }
 }
 

@@ -24,8 +24,8 @@ pub(crate) struct Limit {
 
 #[pymethods]
 impl Limit {
-    /// `libraries`: the file paths of the libraries to set (as `threadpool_info()`
-    /// lists them); `None` sets every loaded one.
+    /// `libraries`: the paths of the libraries to set, as the loader gave them
+    /// (`_libraries()`'s `path`); `None` sets every loaded one.
     #[new]
     #[pyo3(signature = (n, libraries=None))]
     fn new(n: &Bound<'_, PyAny>, libraries: Option<Vec<std::path::PathBuf>>) -> PyResult<Limit> {
@@ -34,20 +34,7 @@ impl Limit {
         } else {
             Some(thread_count(n, "budget.limit", "n")?)
         };
-        let only = libraries.map(|paths| {
-            // Each path as given and as the file it names.
-            std::sync::Arc::new(
-                paths
-                    .iter()
-                    .flat_map(|p| {
-                        [
-                            p.clone(),
-                            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
-                        ]
-                    })
-                    .collect(),
-            )
-        });
+        let only = libraries.map(std::sync::Arc::new);
         Ok(Limit {
             n,
             only,

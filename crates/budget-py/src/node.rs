@@ -114,19 +114,14 @@ pub(crate) fn share(
             )
         }
     };
-    // The default file, once made here, is this process's own; before that, a file of
-    // that name is a dead process's (same pid): made anew, as `budget run` does.
-    static MADE_HERE: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut made_here = MADE_HERE.lock().unwrap_or_else(|e| e.into_inner());
-    if own && made_here.as_deref() != Some(path.as_path()) {
+    // This process has made no node yet (`SHARED` is empty): a file at its default
+    // name is a dead process's (same pid), made anew, as `budget run` does.
+    if own {
         let _ = std::fs::remove_file(&path);
     }
     let existed = path.symlink_metadata().is_ok();
     match budget_core::node::create(&path, tokens) {
         Ok(size) => {
-            if own {
-                *made_here = Some(path.clone());
-            }
             *shared = Some((path.clone(), size, !children_only));
             Ok((path, size))
         }

@@ -11,14 +11,15 @@
 //!
 //! After `fork()` the child has none of the parent's pool threads: a pool from the
 //! parent would take jobs that no thread ever runs. The cache therefore belongs to
-//! one *fork generation* (see [`fork_generation`]); in a child the parent's cache,
+//! one *fork generation* (budget-core's `integration::PerFork`); in a child the parent's cache,
 //! its idle pools and any pool still leased from it are leaked, never joined or
 //! shut down (their locks may have been held by threads that are gone), and the
 //! child builds fresh pools.
 
 use std::cell::OnceCell;
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use budget_core::integration::PerFork;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// How many idle pools of one capacity the cache keeps for reuse.
@@ -62,8 +63,6 @@ struct Counters {
 
 /// The pools of one process: a forked child starts a cache of its own.
 struct Cache {
-    /// The [`fork_generation`] this cache was made in.
-    generation: usize,
     /// Idle pools, indexed by capacity.
     idle: Mutex<Vec<Vec<Arc<Pool>>>>,
     counters: Counters,
@@ -78,76 +77,21 @@ impl Cache {
 
     /// False in a forked child for the parent's cache: its threads are gone.
     fn is_current(&self) -> bool {
-        self.generation == fork_generation()
+        CACHE.holds(self)
     }
 }
 
 /// The cache of this process. Caches are leaked: a `&'static Cache` stays valid
 /// after a fork replaced it, so a lease taken before the fork can still see that
 /// its pool is stale.
+static CACHE: PerFork<Cache> = PerFork::new();
+
 fn cache() -> &'static Cache {
-    static CURRENT: AtomicPtr<Cache> = AtomicPtr::new(ptr::null_mut());
-    let generation = fork_generation();
-    // Acquire pairs with the AcqRel compare-and-swap below: a cache's fields are
-    // initialised before its pointer is seen.
-    let mut seen = CURRENT.load(Ordering::Acquire);
-    loop {
-        if !seen.is_null() {
-            // SAFETY: pointers in CURRENT come from Box::into_raw and are never freed.
-            let cache = unsafe { &*seen };
-            if cache.generation == generation {
-                return cache;
-            }
-        }
-        let fresh = Box::into_raw(Box::new(Cache {
-            generation,
-            idle: Mutex::new(Vec::new()),
-            counters: Counters::default(),
-        }));
-        match CURRENT.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
-            // SAFETY: `fresh` came from Box::into_raw just above; it is now leaked.
-            Ok(_) => return unsafe { &*fresh },
-            Err(other) => {
-                // Another thread installed one first; ours was never published.
-                // SAFETY: `fresh` came from Box::into_raw and nobody else saw it.
-                drop(unsafe { Box::from_raw(fresh) });
-                seen = other;
-            }
-        }
-    }
+    CACHE.get(|| Cache {
+        idle: Mutex::new(Vec::new()),
+        counters: Counters::default(),
+    })
 }
-
-/// Bumped in a forked child by a `pthread_atfork` handler (registered on first use).
-static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
-
-/// How many forks separate this process from the one that first used the cache
-/// (0 in that process). Relaxed is enough: the handler runs in the child on the
-/// only thread there is, before `fork` returns to it.
-fn fork_generation() -> usize {
-    register_fork_handler();
-    FORK_GENERATION.load(Ordering::Relaxed)
-}
-
-#[cfg(unix)]
-fn register_fork_handler() {
-    use std::sync::Once;
-    static ONCE: Once = Once::new();
-    extern "C" fn in_child() {
-        // Async-signal-safe: one atomic add, no allocation, no lock.
-        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
-    }
-    ONCE.call_once(|| {
-        // SAFETY: `in_child` is an `extern "C" fn()` that lives for the whole program
-        // and only performs an atomic add.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
-        // It fails only for lack of memory (ENOMEM); a library must not panic for
-        // that: a child forked then would find the parent's pools, as before.
-        debug_assert_eq!(rc, 0, "pthread_atfork failed");
-    });
-}
-
-#[cfg(not(unix))]
-fn register_fork_handler() {}
 
 /// A pool leased to one region; goes back to the cache on drop.
 pub(crate) struct PoolLease {

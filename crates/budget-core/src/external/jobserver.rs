@@ -13,7 +13,7 @@
 //! when no region wants them, and all of them at exit (an `atexit` handler), also
 //! after a panic in `main`.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::sync::plain::Mutex;
@@ -257,9 +257,6 @@ pub(crate) struct Source {
 /// `make -j2`. A child never locks its parent's state: [`here`] sees the fork generation differ
 /// and installs one of its own.
 struct PerProcess {
-    /// The fork generation of the process this state belongs to (an atomic load, where
-    /// a pid costs a `getpid` call on every look, and a reused pid could match).
-    generation: usize,
     /// The tokens this process holds; each writes its byte back when dropped.
     held: Mutex<Vec<Acquired>>,
     /// Set by `give_back_all`, under the `held` lock: a token the helper thread
@@ -275,9 +272,9 @@ struct PerProcess {
     helper: Mutex<Option<HelperThread>>,
 }
 
-/// The state of the last process that used the jobserver: this one, or in a forked
-/// child until its first use, the parent's. Null before first use.
-static STATE: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
+/// This process's jobserver state, per fork generation (an atomic load, where a pid
+/// costs a `getpid` call on every look, and a reused pid could match).
+static STATE: crate::per_fork::PerFork<PerProcess> = crate::per_fork::PerFork::new();
 
 /// This process's jobserver state, made on its first use in each process.
 ///
@@ -287,39 +284,15 @@ static STATE: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
 /// names a thread the child does not have (dropping one signalled the missing thread
 /// for about a second, 100 × 10 ms).
 fn here() -> &'static PerProcess {
-    let generation = crate::registry::fork_generation();
-    // Acquire pairs with the AcqRel exchange below: a state's fields are written
-    // before its pointer is seen.
-    let mut current = STATE.load(Ordering::Acquire);
-    loop {
-        if !current.is_null() {
-            // SAFETY: pointers in STATE come from Box::into_raw and are never freed.
-            let state = unsafe { &*current };
-            if state.generation == generation {
-                return state;
-            }
-        }
-        let fresh = Box::into_raw(Box::new(PerProcess {
-            generation,
+    STATE.get_or_install(
+        || PerProcess {
             held: Mutex::new(Vec::new()),
             exiting: AtomicBool::new(false),
             helper: Mutex::new(None),
-        }));
-        match STATE.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                // The inherited count is the parent's (see `farewell`).
-                super::farewell::reset();
-                // SAFETY: `fresh` came from Box::into_raw above and is now leaked.
-                return unsafe { &*fresh };
-            }
-            Err(seen) => {
-                // Another thread of this process installed one first.
-                // SAFETY: `fresh` was never published, so we own it.
-                drop(unsafe { Box::from_raw(fresh) });
-                current = seen;
-            }
-        }
-    }
+        },
+        // The inherited count is the parent's (see `farewell`).
+        super::farewell::reset,
+    )
 }
 
 fn held_here() -> crate::sync::plain::MutexGuard<'static, Vec<Acquired>> {

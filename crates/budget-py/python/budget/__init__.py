@@ -208,14 +208,19 @@ class ThreadLimit:
         return self._n
 
     def _groups(self):
-        """[(count, library paths or None for all)] for the libraries loaded now."""
+        """[(count, library paths or None for all)] for the libraries loaded now. Read
+        from the native layer's list (no call into a library); the paths are the
+        loader's, as the native limit matches them."""
+        from ._info import _controlled, _identity
+
         limits, user_api = self._limits, self._user_api
         if limits is None:
             return []
+        libs = _controlled()
         if isinstance(limits, str):  # sequential_blas_under_openmp
             if any(
-                lib["internal_api"] == "openblas" and lib.get("threading_layer") == "openmp"
-                for lib in threadpool_info()
+                lib["family"] == "openblas" and lib["threading_layer"] == "openmp"
+                for lib in libs
             ):
                 return []
             limits, user_api = 1, "blas"
@@ -224,16 +229,17 @@ class ThreadLimit:
                 return [(limits, None)]
             limits = {user_api: limits}
         groups = {}
-        for lib in threadpool_info():
+        for lib in libs:
+            named = _identity(lib)
             # As threadpoolctl matches them: the file, then the prefix, then the API.
-            for key in (lib["filepath"], lib["prefix"], lib["user_api"]):
+            for key in (named["filepath"], named["prefix"], named["user_api"]):
                 if key in limits:
                     count = limits[key]
                     break
             else:
                 continue
             if count is not None:
-                groups.setdefault(count, []).append(lib["filepath"])
+                groups.setdefault(count, []).append(lib["path"])
         return sorted(groups.items())
 
     def __enter__(self):

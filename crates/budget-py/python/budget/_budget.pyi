@@ -30,7 +30,8 @@ class Region(_Block):
     def __enter__(self) -> "Region": ...
 
 class Limit(_Block):
-    """One count for every loaded library, or for those at ``libraries`` (paths)."""
+    """One count for every loaded library, or for those at ``libraries`` (the loader's
+    paths, as ``_libraries()`` lists them)."""
 
     def __init__(
         self,

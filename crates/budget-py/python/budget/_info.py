@@ -39,19 +39,34 @@ def _c_string(func):
     return value.decode("utf-8") if value is not None else None
 
 
-def _threadpoolctl_entry(lib: dict) -> dict:
+# The file each loader path names: libraries stay loaded, so it is read once each.
+_REALPATHS: dict = {}
+
+
+def _identity(lib: dict) -> dict:
+    """How threadpoolctl names one library of ``_budget._libraries()``: ``user_api``,
+    ``internal_api``, ``prefix`` and ``filepath`` (the file, symlinks resolved); no
+    call into the library (``budget.limit`` matches its keys against these)."""
     family = lib["family"]
-    path = os.path.realpath(lib["path"])
+    path = _REALPATHS.get(lib["path"])
+    if path is None:
+        path = _REALPATHS[lib["path"]] = os.path.realpath(lib["path"])
     name = os.path.basename(path).lower()
     prefix = next((p for p in _PREFIXES.get(family, ()) if name.startswith(p)), name)
-    entry = {
+    return {
         "user_api": _USER_API.get(family, family),
         "internal_api": family,
-        "num_threads": lib["num_threads"],
         "prefix": prefix,
         "filepath": path,
-        "version": lib["version"],
     }
+
+
+def _threadpoolctl_entry(lib: dict) -> dict:
+    family = lib["family"]
+    entry = _identity(lib)
+    path = entry["filepath"]
+    entry["num_threads"] = lib["num_threads"]
+    entry["version"] = lib["version"]
     sp, ss = lib["symbol_prefix"], lib["symbol_suffix"]
     layer = lib["threading_layer"]
     if family in ("openblas", "blis"):
@@ -73,6 +88,12 @@ def _threadpoolctl_entry(lib: dict) -> dict:
     return entry
 
 
+def _controlled() -> list[dict]:
+    """The libraries budget controls (``_budget._libraries()`` without the
+    unsupported ones), as the native layer describes them."""
+    return [lib for lib in _budget._libraries() if lib["unsupported"] is None]
+
+
 def threadpool_info() -> list[dict]:
     """The BLAS and OpenMP libraries loaded in the process, as threadpoolctl lists them.
 
@@ -89,7 +110,7 @@ def threadpool_info() -> list[dict]:
     >>> any(lib["user_api"] == "blas" for lib in budget.threadpool_info())
     True
     """
-    return [_threadpoolctl_entry(lib) for lib in _budget._libraries() if lib["unsupported"] is None]
+    return [_threadpoolctl_entry(lib) for lib in _controlled()]
 
 
 def _gomp_single_thread() -> bool:

@@ -190,8 +190,14 @@ def _read_in_flight(counter) -> int:
     return int.from_bytes(m[0:4], "little")
 
 
+_TOTAL = 0  # the budget's total, read once (it is fixed when the budget starts)
+
+
 def _total() -> int:
-    return int(_budget.stats()["total"])
+    global _TOTAL
+    if not _TOTAL:
+        _TOTAL = int(_budget.stats()["total"])
+    return _TOTAL
 
 
 def _resolve(n_jobs) -> int:
@@ -296,9 +302,10 @@ def _remove_file(path: str, owner: int) -> None:
 def _forget_in_child() -> None:
     # A forked child starts its own count (and its own node, if it uses the backend):
     # the parent's belong to the parent.
-    global _node, _THREADS_IN_FLIGHT
+    global _node, _THREADS_IN_FLIGHT, _TOTAL
     _node = None
     _THREADS_IN_FLIGHT = _InFlight()
+    _TOTAL = 0
 
 
 if hasattr(os, "register_at_fork"):
