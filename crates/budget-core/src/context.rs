@@ -65,6 +65,15 @@ impl Frame {
         scope: 0,
         task: false,
     };
+
+    /// The frame of the region whose `Scope` is `scope`: its body, or a task of it.
+    #[inline]
+    pub(crate) fn of<T>(scope: &T, task: bool) -> Frame {
+        Frame {
+            scope: std::ptr::from_ref(scope) as usize,
+            task,
+        }
+    }
 }
 
 /// The current thread's innermost frame.

@@ -1,25 +1,31 @@
 //! The unsafe pieces of running a task on another thread, with their contracts, in
 //! one place (as rayon-core's `job.rs` and `unwind.rs`):
 //!
-//! - [`erase`]: a task body that borrows the caller's stack, made `'static` so it
-//!   can sit in a region's queue. Sound only because the region waits for it.
+//! - [`StackJob`] and [`JobRef`]: `join`'s second half, kept on the joiner's stack
+//!   and lent to the region's other threads by address (`lent.rs`): a queued or
+//!   stolen `join` allocates nothing.
+//! - [`erase`]: a heap task body (`spawn`, `for_each`'s helpers) that borrows the
+//!   caller's stack, made `'static` so it can sit in a region's queue. Sound only
+//!   because the region waits for it.
+//! - [`Outliving`]: a reference carried where the borrow checker cannot follow it
+//!   (to a task on another thread, to the root of a region tree), whose target
+//!   outlives every holder by the region protocol.
 //! - [`AbortOnUnwind`]: armed while such a body is queued; if anything unwinds past
 //!   the frame that owns the borrowed data, the process aborts instead of letting a
 //!   queued task read a dead frame.
-//! - [`SendPtr`] and [`SlotPtr`]: raw pointers to the caller's stack that a queued
-//!   body carries to the thread that runs it.
 //! - [`discard`]: drops a panic payload that nobody will see, without letting a
 //!   panic of its `Drop` escape (it would unwind out of a task, kill a worker, or end
 //!   a region while its tasks still run).
 
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 
-use crate::region::Region;
-
-/// A queued task's body: it receives the region that runs it. Its real lifetime is
-/// erased to `'static` by [`erase`].
-pub(crate) type Body = Box<dyn FnOnce(&Region) + Send + 'static>;
+/// A queued task's body: it receives the state `C` of the region that runs it. Its
+/// real lifetime is erased to `'static` by [`erase`].
+pub(crate) type Body<C> = Box<dyn FnOnce(&C) + Send + 'static>;
 
 /// Erases the lifetime of a task body.
 ///
@@ -29,7 +35,7 @@ pub(crate) type Body = Box<dyn FnOnce(&Region) + Send + 'static>;
 /// and dropped: `Scope` waits for `pending == 0`, `join` and `for_each` wait for
 /// `done` (or cancel the task) before they return, on unwind too (an
 /// [`AbortOnUnwind`] covers the window where they could not).
-pub(crate) unsafe fn erase<'a>(body: Box<dyn FnOnce(&Region) + Send + 'a>) -> Body {
+pub(crate) unsafe fn erase<'a, C: 'static>(body: Box<dyn FnOnce(&C) + Send + 'a>) -> Body<C> {
     // SAFETY: the caller upholds the lifetime contract above.
     unsafe { erase_lifetime(body) }
 }
@@ -46,8 +52,8 @@ pub(crate) unsafe trait Erasable<'a>: Sized {
 }
 
 // SAFETY: the same trait object, `'a` replaced by `'static`.
-unsafe impl<'a> Erasable<'a> for Box<dyn FnOnce(&Region) + Send + 'a> {
-    type Static = Body;
+unsafe impl<'a, C: 'static> Erasable<'a> for Box<dyn FnOnce(&C) + Send + 'a> {
+    type Static = Body<C>;
 }
 
 // SAFETY: as above.
@@ -92,52 +98,153 @@ pub(crate) fn abort(why: &str) -> ! {
     std::process::abort();
 }
 
-/// A shared reference to a `Sync` value, carried to another thread as a raw pointer
-/// (its lifetime is the region's, see [`erase`]).
-pub(crate) struct SendPtr<T: Sync>(*const T);
+/// A shared reference whose target outlives every holder by the region protocol,
+/// not by a lifetime the borrow checker can see: a task's scope and loop state
+/// (the region waits for its tasks), the root of a region tree (open while any region
+/// nested in it is). `Send` and `Sync` as `&T` is, for `T: Sync`.
+pub(crate) struct Outliving<T: ?Sized>(*const T);
 
-impl<T: Sync> Clone for SendPtr<T> {
+impl<T: ?Sized> Clone for Outliving<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T: Sync> Copy for SendPtr<T> {}
-// SAFETY: `T: Sync`, so `&T` may be used from any thread; the pointer is only
-// dereferenced while the pointee is alive (each use says why).
-unsafe impl<T: Sync> Send for SendPtr<T> {}
+impl<T: ?Sized> Copy for Outliving<T> {}
+// SAFETY: an `Outliving<T>` is used only as a `&T` (`get`), which is `Send` when
+// `T: Sync`.
+unsafe impl<T: ?Sized + Sync> Send for Outliving<T> {}
+// SAFETY: as above.
+unsafe impl<T: ?Sized + Sync> Sync for Outliving<T> {}
 
-impl<T: Sync> SendPtr<T> {
-    pub(crate) fn of(value: &T) -> Self {
-        SendPtr(value)
-    }
-
-    /// A method, so closures capture the whole `SendPtr` and not its raw field.
-    pub(crate) fn get(&self) -> *const T {
-        self.0
-    }
-}
-
-/// An exclusive slot on the caller's stack that one task writes from another thread
-/// (`join`'s second result).
-pub(crate) struct SlotPtr<T: Send>(*mut T);
-
-// SAFETY: `T: Send`, so a `T` may be written from another thread; the owner does not
-// touch the slot until the writing task is done (see the use in `join`).
-unsafe impl<T: Send> Send for SlotPtr<T> {}
-
-impl<T: Send> SlotPtr<T> {
-    pub(crate) fn of(slot: &mut T) -> Self {
-        SlotPtr(slot)
-    }
-
-    /// Writes `value` into the slot.
+impl<T: ?Sized> Outliving<T> {
+    /// Carries `target` beyond what its lifetime says.
     ///
     /// # Safety
     ///
-    /// The slot is alive and nobody else reads or writes it meanwhile.
-    pub(crate) unsafe fn write(self, value: T) {
+    /// `target` stays alive, and is not mutated except through its own interior
+    /// mutability, for as long as the result (or a copy) can be used: each caller
+    /// says how the region protocol makes it so.
+    #[inline]
+    pub(crate) unsafe fn new(target: &T) -> Self {
+        Outliving(target)
+    }
+
+    /// The target whose address is `addr` (a `context::Frame`'s), `None` for 0.
+    ///
+    /// # Safety
+    ///
+    /// A non-zero `addr` is the address of a live `T`, with `new`'s contract.
+    #[inline]
+    pub(crate) unsafe fn from_addr(addr: usize) -> Option<Self>
+    where
+        T: Sized,
+    {
+        (addr != 0).then_some(Outliving(addr as *const T))
+    }
+
+    /// The target.
+    #[inline]
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: alive for as long as `self` can be used (`new`'s contract).
+        unsafe { &*self.0 }
+    }
+
+}
+
+/// A job that another thread can run, by address: what [`StackJob::as_job_ref`]
+/// lends. It carries no lifetime: the lender keeps the job alive (see there).
+#[derive(Clone, Copy)]
+pub(crate) struct JobRef {
+    job: *const (),
+    run: unsafe fn(*const ()),
+}
+
+// SAFETY: a `JobRef` is made only from a `StackJob` whose body and result are
+// `Send` (`as_job_ref`'s bounds), and is run once (`run`'s contract).
+unsafe impl Send for JobRef {}
+
+impl JobRef {
+    /// Runs the job on this thread, catching its panic into the job's result, and
+    /// marks it done; after that the job may be gone.
+    ///
+    /// # Safety
+    ///
+    /// At most once per lent job, while its lender keeps it alive.
+    pub(crate) unsafe fn run(self) {
         // SAFETY: the caller's contract.
-        unsafe { *self.0 = value };
+        unsafe { (self.run)(self.job) }
+    }
+}
+
+/// `join`'s second half, on the joiner's stack: its closure, then its result and a
+/// `done` flag once another thread ran it. Lent by address ([`JobRef`]), so a queued
+/// or stolen `join` allocates nothing.
+pub(crate) struct StackJob<F, R> {
+    body: UnsafeCell<Option<F>>,
+    result: UnsafeCell<Option<thread::Result<R>>>,
+    done: AtomicBool,
+}
+
+impl<F, R> StackJob<F, R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    pub(crate) fn new(body: F) -> Self {
+        StackJob {
+            body: UnsafeCell::new(Some(body)),
+            result: UnsafeCell::new(None),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// The job by address, for another thread to run.
+    ///
+    /// # Safety
+    ///
+    /// `self` is neither moved nor dropped before the reference is run to its end
+    /// ([`done`](StackJob::done)) or known never to run (taken back from the lender's
+    /// table); it is run at most once.
+    pub(crate) unsafe fn as_job_ref(&self) -> JobRef {
+        JobRef {
+            job: (self as *const Self).cast(),
+            run: Self::run_by_ref,
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `job` is a live `StackJob<F, R>` lent by `as_job_ref`, run once.
+    unsafe fn run_by_ref(job: *const ()) {
+        // SAFETY: the contract of `as_job_ref` and `JobRef::run`: alive, run once.
+        let this = unsafe { &*job.cast::<Self>() };
+        // SAFETY: only the one runner touches `body` and `result` until `done`; the
+        // lender reads them only after it saw `done` (or took the job back instead).
+        let body = unsafe { (*this.body.get()).take() }.expect("a lent job runs once");
+        let outcome = catch_unwind(AssertUnwindSafe(body));
+        // SAFETY: as above.
+        unsafe { *this.result.get() = Some(outcome) };
+        // SeqCst: the lender's wait reads it (`Event`'s "condition first"); the
+        // result written above is published by it. The job may be gone after it.
+        this.done.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether another thread ran the job to its end.
+    pub(crate) fn done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Runs the body on this thread: the job was taken back before anyone ran it.
+    pub(crate) fn run_here(self) -> thread::Result<R> {
+        let body = self.body.into_inner().expect("a job taken back still has its body");
+        catch_unwind(AssertUnwindSafe(body))
+    }
+
+    /// The outcome left by the thread that ran the job ([`done`](StackJob::done)).
+    pub(crate) fn into_result(self) -> thread::Result<R> {
+        self.result
+            .into_inner()
+            .expect("a job that is done left its outcome")
     }
 }
 

@@ -58,6 +58,7 @@ mod external;
 pub mod integration;
 mod items;
 mod job;
+mod lent;
 mod lease;
 mod own;
 mod per_fork;

@@ -12,8 +12,10 @@ use std::sync::{Arc, Weak};
 use crate::sync::plain::Mutex;
 use crossbeam_deque::{Injector, Steal};
 
+use crate::clock;
 use crate::context;
-use crate::job::{self, Body};
+use crate::job::{self, JobRef, StackJob};
+use crate::lent::{Lent, Loan};
 use crate::own::OwnToken;
 use crate::registry::Registry;
 // The shim: loom atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
@@ -24,6 +26,9 @@ use crate::tree::Tree;
 #[cfg(all(test, budget_loom))]
 #[path = "region_loom_tests.rs"]
 mod loom_tests;
+
+/// A queued task's body (`job::erase`): it receives the region that runs it.
+pub(crate) type Body = job::Body<Region>;
 
 /// A queued unit of work. Whoever `take`s the body runs (or drops) it; the others
 /// find `None`. `done` is set after the body returned.
@@ -39,6 +44,8 @@ pub(crate) struct Region {
     /// Tokens held by the region, its own thread's included. Only grows.
     width: AtomicUsize,
     queue: Injector<Arc<Task>>,
+    /// `join`s' second halves, lent by address (`lent.rs`).
+    lent: Lent,
     /// Tasks in `queue` whose body was not taken yet. Raised before the push, so it
     /// may briefly run ahead of the queue, never behind it.
     queued: AtomicUsize,
@@ -86,6 +93,9 @@ impl Region {
             requested,
             width: AtomicUsize::new(width),
             queue: Injector::new(),
+            // A lane per thread that may lend at once (a region's threads hold its
+            // tokens, so `requested` of them; more share lanes).
+            lent: Lent::new(requested.min(64)),
             queued: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -124,6 +134,14 @@ impl Region {
         // releasing region (`Tokens::release` → `wants`).
         self.queued.fetch_add(1, Ordering::SeqCst);
         self.queue.push(task.clone());
+        self.find_thread();
+        task
+    }
+
+    /// After a task was queued or a half lent: a free slot gets a worker; a region
+    /// short of its request asks the budget for free tokens; idle threads of the tree
+    /// are told.
+    fn find_thread(&self) {
         if self.try_reserve() {
             self.dispatch();
         } else {
@@ -138,7 +156,48 @@ impl Region {
         }
         // After the post: a waiter woken here sees it.
         self.tree.event.notify();
-        task
+    }
+
+    /// Runs `a` on this thread while `b` is lent to the region's other threads
+    /// (allocation-free: `b` stays on this stack, `lent.rs`), then runs `b` here too
+    /// unless a thief took it, in which case it helps until `b` is done. Returns both
+    /// outcomes; no panic of `a` or `b` escapes.
+    pub(crate) fn join<A, B, RA, RB>(
+        &self,
+        a: A,
+        b: B,
+    ) -> (std::thread::Result<RA>, std::thread::Result<RB>)
+    where
+        A: FnOnce() -> RA,
+        B: FnOnce() -> RB + Send,
+        RB: Send,
+    {
+        let b = StackJob::new(b);
+        // SAFETY: `b` is neither moved nor dropped before it is taken back or done:
+        // every path below ends so, `a`'s panic is caught, and anything else that
+        // could unwind meanwhile aborts (`armed`). A lent `JobRef` runs once
+        // (`Lent::steal`).
+        let Some(loan) = self.lend(unsafe { b.as_job_ref() }) else {
+            let result_a = catch_unwind(AssertUnwindSafe(a));
+            return (result_a, b.run_here());
+        };
+        let armed = job::AbortOnUnwind;
+        let result_a = catch_unwind(AssertUnwindSafe(a));
+        let result_b = if self.lent.take_back(loan) {
+            b.run_here()
+        } else {
+            self.help_until(|| b.done());
+            b.into_result()
+        };
+        std::mem::forget(armed);
+        (result_a, result_b)
+    }
+
+    /// Lends `job` to the region's threads; `None` when the table is full.
+    fn lend(&self, job: JobRef) -> Option<Loan> {
+        let loan = self.lent.lend(job)?;
+        self.find_thread();
+        Some(loan)
     }
 
     /// Takes the body of `task` if nobody has yet: the caller runs or drops it.
@@ -160,9 +219,10 @@ impl Region {
         }
     }
 
-    /// Whether tasks wait in the queue (SeqCst: read in the tree's Dekker pairs).
+    /// Whether tasks wait in the queue or halves are lent (SeqCst: read in the
+    /// tree's Dekker pairs).
     pub(crate) fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::SeqCst) > 0
+        self.queued.load(Ordering::SeqCst) > 0 || self.lent.any()
     }
 
     /// Whether a helper slot is free (a hint for `Scope::alone`).
@@ -170,8 +230,17 @@ impl Region {
         self.active.load(Ordering::Relaxed) + 1 < self.width.load(Ordering::Relaxed)
     }
 
-    /// Runs one queued task, if there is one; false if the queue was empty.
+    /// Runs one queued task or lent half, if there is one; false if there was none.
     pub(crate) fn run_one(&self) -> bool {
+        if let Some(job) = self.lent.steal() {
+            let armed = job::AbortOnUnwind;
+            // SAFETY: `steal` hands each loan out once; its lender keeps the job
+            // alive until it is done (`join`). The job catches its own panics.
+            unsafe { job.run() };
+            std::mem::forget(armed);
+            self.tree.event.notify();
+            return true;
+        }
         while let Some(task) = self.pop() {
             if let Some(body) = self.claim(&task) {
                 // Bodies catch every panic of user code; one escaping here would
@@ -293,6 +362,14 @@ impl Region {
             // as long as the helped task runs. (A slot of a nested region could
             // outlive that region, whose tokens are then back in the budget.)
             while self.run_one() || (self.is_root && self.tree.help_one()) {}
+            // Look again for about what a wake costs before leaving: a `join` that
+            // lends its next half within that time would otherwise pay for waking a
+            // parked thread. The slot's token is the region's either way (it goes back
+            // to the budget only when the region closes), so waiting in it
+            // oversubscribes nothing.
+            if self.linger() {
+                continue;
+            }
             // Leave first, then look once more (SeqCst both): a task pushed or posted
             // by a thread that saw every slot taken is seen here, or that thread saw
             // our slot free and dispatched a worker itself.
@@ -306,6 +383,27 @@ impl Region {
 }
 
 impl Region {
+    /// Waits in the slot, looking for work, for about [`clock::wake_ticks`]: true if
+    /// work came. Not under loom (a model has no clock).
+    #[cfg(not(budget_loom))]
+    fn linger(&self) -> bool {
+        let (start, wake) = (clock::now(), clock::wake_ticks());
+        while clock::since(start) < wake {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+            if self.has_queued() || (self.is_root && self.tree.has_posted()) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[cfg(budget_loom)]
+    fn linger(&self) -> bool {
+        false
+    }
+
     /// Declares demand that is not in the task queue while `f` runs, telling
     /// `listener` each new width. See `ScopeHooks::with_demand`.
     pub(crate) fn with_demand<R>(&self, listener: Listener, f: impl FnOnce() -> R) -> R {
@@ -334,9 +432,7 @@ impl Region {
 impl Grower for Region {
     fn wants(&self) -> usize {
         let own = usize::from(self.own.owes());
-        if self.queued.load(Ordering::SeqCst) == 0
-            && self.external_demand.load(Ordering::SeqCst) == 0
-        {
+        if !self.has_queued() && self.external_demand.load(Ordering::SeqCst) == 0 {
             return own;
         }
         own + self
@@ -362,7 +458,7 @@ impl Grower for Region {
             }
         }
         for _ in 0..n {
-            if self.queued.load(Ordering::SeqCst) == 0 || !self.try_reserve() {
+            if !self.has_queued() || !self.try_reserve() {
                 break;
             }
             self.dispatch();

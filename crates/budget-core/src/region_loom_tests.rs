@@ -53,7 +53,7 @@ fn region(
 }
 
 /// A task that records that it ran.
-fn task(ran: &Arc<AtomicBool>) -> crate::job::Body {
+fn task(ran: &Arc<AtomicBool>) -> crate::region::Body {
     let ran = ran.clone();
     Box::new(move |_: &Region| ran.store(true, SeqCst))
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use crate::clock;
 use crate::context;
 use crate::items::{sealed::Source, ForEachInput};
-use crate::job::{self, erase, AbortOnUnwind, SendPtr, SlotPtr};
+use crate::job::{self, erase, AbortOnUnwind, Outliving};
 use crate::own::OwnToken;
 use crate::region::Region;
 use crate::registry::{self, Registry};
@@ -135,7 +135,7 @@ where
         initial_width: width,
         own,
         shared: OnceLock::new(),
-        root: RootPtr::of_parent(context::frame()),
+        root: root_of_parent(context::frame()),
         marker: PhantomData,
     };
     if scope.own.owes() {
@@ -244,36 +244,23 @@ pub struct Scope<'scope> {
     own: OwnToken,
     /// Made on the first task: a region that spawns nothing allocates nothing.
     shared: OnceLock<Arc<Region>>,
-    /// The outermost region of this region's tree (`tree.rs`); null when this is it.
-    root: RootPtr,
+    /// The outermost region of this region's tree (`tree.rs`); `None` when this is
+    /// it. It outlives this region (this one runs inside its body or tasks).
+    root: Option<Outliving<Scope<'static>>>,
     /// Invariant in 'scope, as rayon's Scope: tasks may borrow for exactly 'scope.
     marker: PhantomData<&'scope mut &'scope ()>,
 }
 
-/// A pointer to the root `Scope` of a tree: alive as long as any region nested in
-/// it, since those run inside its body or tasks, which it outlives.
-struct RootPtr(*const ());
-
-// SAFETY: only read as `&Scope`, which is Sync, while the root is alive (above).
-unsafe impl Send for RootPtr {}
-// SAFETY: as above.
-unsafe impl Sync for RootPtr {}
-
-impl RootPtr {
-    /// The root of the tree that the region running `frame` belongs to.
-    #[inline]
-    fn of_parent(frame: context::Frame) -> RootPtr {
-        if frame.scope == 0 {
-            return RootPtr(std::ptr::null());
-        }
-        // SAFETY: a frame's scope is alive while the frame is current (`Frame`).
-        let parent = unsafe { &*(frame.scope as *const Scope<'static>) };
-        if parent.root.0.is_null() {
-            RootPtr(frame.scope as *const ())
-        } else {
-            RootPtr(parent.root.0)
-        }
-    }
+/// The root of the tree that the region running `frame` belongs to (`None` outside
+/// every region: a new region is a root).
+#[inline]
+fn root_of_parent(frame: context::Frame) -> Option<Outliving<Scope<'static>>> {
+    // SAFETY: a frame's scope is alive while the frame is current (`Frame`), and the
+    // root of its tree outlives every region nested in it, so the region being
+    // opened; only lifetime-independent fields are read through it (registry,
+    // widths, the shared state).
+    let parent = unsafe { Outliving::<Scope<'static>>::from_addr(frame.scope) }?;
+    Some(parent.get().root.unwrap_or(parent))
 }
 
 impl std::fmt::Debug for Scope<'_> {
@@ -338,37 +325,25 @@ impl<'scope> Scope<'scope> {
     /// Whether an idle thread of this region's tree could run a queued task now: a
     /// waiter in `help_until`, or a free slot of the root (see `tree.rs`).
     fn tree_can_help(&self) -> bool {
-        let is_root = self.root.0.is_null();
-        let root = self.root();
-        match root.shared.get() {
-            None => !is_root && root.initial_width > 1,
-            Some(region) => region.tree.waiting() > 0 || (!is_root && region.has_free_slot()),
+        match self.root {
+            None => self
+                .shared
+                .get()
+                .is_some_and(|region| region.tree.waiting() > 0),
+            Some(root) => {
+                let root = root.get();
+                match root.shared.get() {
+                    None => root.initial_width > 1,
+                    Some(region) => region.tree.waiting() > 0 || region.has_free_slot(),
+                }
+            }
         }
-    }
-
-    /// The root of this region's tree (`tree.rs`): this region, or the outermost one
-    /// it is nested in.
-    ///
-    /// Typed `'static` only to name it: the callers read no field that depends on the
-    /// lifetime (registry, widths, the shared state).
-    fn root(&self) -> &Scope<'static> {
-        let root = if self.root.0.is_null() {
-            (self as *const Self).cast::<Scope<'static>>()
-        } else {
-            self.root.0 as *const Scope<'static>
-        };
-        // SAFETY: the root is this region, or outlives every region nested in it
-        // (`RootPtr`); only lifetime-independent fields are read through it.
-        unsafe { &*root }
     }
 
     /// This region's frame: its body (`task == false`) or one of its tasks.
     #[inline]
     fn frame(&self, task: bool) -> context::Frame {
-        context::Frame {
-            scope: self as *const Scope<'_> as usize,
-            task,
-        }
+        context::Frame::of(self, task)
     }
 
     /// Whether the current thread runs this region's body directly: the thread that
@@ -394,7 +369,7 @@ impl<'scope> Scope<'scope> {
 
     fn shared(&self) -> &Arc<Region> {
         self.shared.get_or_init(|| {
-            let tree = (!self.root.0.is_null()).then(|| self.root().shared().tree.clone());
+            let tree = self.root.map(|root| root.get().shared().tree.clone());
             Region::new(
                 self.registry,
                 self.requested,
@@ -433,14 +408,13 @@ impl<'scope> Scope<'scope> {
     {
         let shared = self.shared();
         shared.pending.fetch_add(1, Ordering::SeqCst);
-        let scope = SendPtr::of(self);
+        // SAFETY: the scope outlives its tasks: `scope_with` waits for
+        // `pending == 0` before `Scope` is dropped.
+        let scope = unsafe { Outliving::new(self) };
         let frame = self.frame(true);
         let body = Box::new(move |shared: &Region| {
-            // SAFETY: the scope outlives its tasks: `scope_with` waits for
-            // `pending == 0` before `Scope` is dropped, and Scope is Sync.
-            let scope = unsafe { &*scope.get() };
             let _task = context::set_frame(frame);
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(scope))) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(scope.get()))) {
                 shared.store_panic(payload);
             }
             // Last touch of the scope: after this the scope may end.
@@ -491,29 +465,11 @@ impl<'scope> Scope<'scope> {
             let result_b = catch_unwind(AssertUnwindSafe(b));
             return both(result_a, result_b);
         }
-        let shared = self.shared();
-        let mut result_b: Option<std::thread::Result<RB>> = None;
-        let slot = SlotPtr::of(&mut result_b);
         let frame = self.frame(true);
-        let body = Box::new(move |_: &Region| {
+        let (result_a, result_b) = self.shared().join(a, move || {
             let _task = context::set_frame(frame);
-            let outcome = catch_unwind(AssertUnwindSafe(b));
-            // SAFETY: `join` does not read or free `result_b` before this task is
-            // done (it waits for `done`, set after the body returns) or claimed by
-            // the joiner itself.
-            unsafe { slot.write(Some(outcome)) };
+            b()
         });
-        let armed = AbortOnUnwind;
-        // SAFETY: join waits below for the task to be done or runs it itself, on
-        // every path (a's panic is caught first; anything else aborts via `armed`).
-        let task = shared.push(unsafe { erase(body) });
-        let result_a = catch_unwind(AssertUnwindSafe(a));
-        match shared.claim(&task) {
-            Some(body) => body(shared),
-            None => shared.help_until(|| task.done.load(Ordering::SeqCst)),
-        }
-        std::mem::forget(armed);
-        let result_b = result_b.expect("join's second closure ran");
         both(result_a, result_b)
     }
 
@@ -611,18 +567,17 @@ impl<'scope> Scope<'scope> {
             }
         };
         let shared = self.shared();
-        let drain_ref = SendPtr::of(&drain);
+        // SAFETY: for_each waits for every helper it did not cancel to be done before
+        // `drain` goes out of scope (on every path: `armed` aborts otherwise); `drain`
+        // is Sync (it captures Sync state only: F: Sync, Source: Sync, atomics, mutex).
+        let drain_ref = unsafe { Outliving::new(&drain) };
         let frame = self.frame(true);
         let armed = AbortOnUnwind;
         let tasks: Vec<_> = (0..helpers)
             .map(|_| {
                 let body = Box::new(move |_: &Region| {
                     let _task = context::set_frame(frame);
-                    // SAFETY: for_each waits for every helper it did not cancel to be
-                    // done before `drain` goes out of scope; `drain` is Sync (it
-                    // captures Sync state only: F: Sync, Source: Sync, atomics, mutex).
-                    let drain = unsafe { &*drain_ref.get() };
-                    drain();
+                    (drain_ref.get())();
                 });
                 // SAFETY: see above.
                 shared.push(unsafe { erase(body) })

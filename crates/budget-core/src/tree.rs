@@ -75,7 +75,9 @@ impl Tree {
     pub(crate) fn new(root: Weak<Region>) -> Tree {
         Tree {
             root,
-            board: Mutex::new(VecDeque::new()),
+            // Room for a few posted regions made with the tree, so that a `join`'s
+            // first post does not allocate (`tests/alloc.rs`).
+            board: Mutex::new(VecDeque::with_capacity(4)),
             posted: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             event: Event::new(),

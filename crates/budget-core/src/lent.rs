@@ -1,0 +1,226 @@
+//! [`Lent`]: where a region's `join`s lend their second halves to the region's other
+//! threads, a fixed table made with the region, so that a queued or stolen `join`
+//! allocates nothing (rayon keeps them in per-thread deques; a region's threads change
+//! as it grows, so budget keeps them with the region).
+//!
+//! A slot's state is one word, `generation << 2 | tag`:
+//!
+//! - `FREE` → `FILLING` (the lender's compare-and-swap, a new generation) → `LENT`
+//!   (the lender's SeqCst store, after it wrote the job);
+//! - `LENT` → `TAKEN` (a thief's compare-and-swap; it copies the job) → `FREE`;
+//! - or `LENT` → `FREE` (the lender takes its loan back, compare-and-swap on the exact
+//!   word it stored: a slot freed and lent again since has another generation, so a
+//!   lender never takes back someone else's loan).
+//!
+//! Each loan is therefore run by exactly one thread: the one thief whose swap won, or
+//! the lender whose take-back won.
+//!
+//! The table is cut into *lanes* of [`LANE`] slots, a slot to a cache line: a
+//! thread lends in its own lane (by a per-thread number), so two threads recursing
+//! at once write no common line. A lender takes the lowest free slot of its lane and
+//! a thief the lowest lent one of a lane, so a thief gets the oldest loan of a
+//! recursion, the biggest half. A full lane is no error: the lender runs the half
+//! itself.
+
+use std::cell::UnsafeCell;
+
+use crate::job::JobRef;
+// The shim: loom's atomics under `--cfg budget_loom` (the region models).
+use crate::sync::{AtomicUsize, Ordering};
+
+const FREE: usize = 0;
+const FILLING: usize = 1;
+const LENT: usize = 2;
+const TAKEN: usize = 3;
+const TAG: usize = 0b11;
+const GENERATION: usize = TAG + 1;
+
+/// Slots per lane: the levels of one thread's recursion that can be lent at once
+/// (deeper halves are small, and run by their lender).
+pub(crate) const LANE: usize = 8;
+
+/// This thread's lane number, before the modulo (threads are numbered in the order
+/// they first lend).
+fn lane_number() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize as StdAtomic, Ordering as StdOrdering};
+    static NEXT: StdAtomic = StdAtomic::new(0);
+    thread_local! {
+        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    MINE.with(|mine| {
+        if mine.get() == usize::MAX {
+            // Relaxed: a number, no data published.
+            mine.set(NEXT.fetch_add(1, StdOrdering::Relaxed));
+        }
+        mine.get()
+    })
+}
+
+/// See the module docs.
+pub(crate) struct Lent {
+    slots: Box<[Slot]>,
+    /// One past the highest slot ever filled: readers scan no further (a region that
+    /// never lends reads one word).
+    high: AtomicUsize,
+}
+
+/// Aligned to a cache line: a lender's slot is not on a line another lender writes.
+#[repr(align(64))]
+struct Slot {
+    state: AtomicUsize,
+    /// Written by the lender between `FILLING` and `LENT`, read by the thief between
+    /// `TAKEN` and `FREE`: the state word orders the two.
+    job: UnsafeCell<Option<JobRef>>,
+}
+
+// SAFETY: `job` is accessed only by the one thread that owns the slot's state at the
+// time (`FILLING`: the lender; `TAKEN`: the thief), handed over through `state` with
+// release/acquire (SeqCst) operations; `JobRef` is `Send`.
+unsafe impl Sync for Lent {}
+
+/// A loan: its slot, and the word that marks it lent (its generation).
+pub(crate) struct Loan {
+    index: usize,
+    lent: usize,
+}
+
+impl Lent {
+    /// A table of `lanes` lanes (one per thread of the region that may lend at once).
+    pub(crate) fn new(lanes: usize) -> Self {
+        Lent {
+            slots: (0..lanes.max(1) * LANE)
+                .map(|_| Slot {
+                    state: AtomicUsize::new(FREE),
+                    job: UnsafeCell::new(None),
+                })
+                .collect(),
+            high: AtomicUsize::new(0),
+        }
+    }
+
+    /// Lends `job`, or gives `None` when this thread's lane is full (the lender runs
+    /// it).
+    pub(crate) fn lend(&self, job: JobRef) -> Option<Loan> {
+        let lanes = self.slots.len() / LANE;
+        let first = (lane_number() % lanes) * LANE;
+        for (index, slot) in self.slots[first..first + LANE]
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| (first + i, slot))
+        {
+            let seen = slot.state.load(Ordering::Relaxed);
+            if seen & TAG != FREE {
+                continue;
+            }
+            let filling = (seen & !TAG).wrapping_add(GENERATION) | FILLING;
+            // Acquire: the last thief's read of `job` happened before its `FREE`.
+            if slot
+                .state
+                .compare_exchange(seen, filling, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: `FILLING` makes the slot ours alone (see the `Sync` impl).
+            unsafe { *slot.job.get() = Some(job) };
+            if self.high.load(Ordering::Relaxed) <= index {
+                self.high.fetch_max(index + 1, Ordering::SeqCst);
+            }
+            let lent = (filling & !TAG) | LENT;
+            // SeqCst: publishes `job`, and is the lender's half of the Dekker pairs
+            // with a leaving worker and a sleeping waiter (`Region::lend`).
+            slot.state.store(lent, Ordering::SeqCst);
+            return Some(Loan { index, lent });
+        }
+        None
+    }
+
+    /// Takes `loan` back if no thief took it: true when the lender must run the job
+    /// itself, false when a thief runs (or ran) it.
+    pub(crate) fn take_back(&self, loan: Loan) -> bool {
+        self.slots[loan.index]
+            .state
+            .compare_exchange(
+                loan.lent,
+                loan.lent & !TAG,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Takes the lowest lent job, for this thread to run.
+    pub(crate) fn steal(&self) -> Option<JobRef> {
+        let high = self.high.load(Ordering::SeqCst);
+        for slot in &self.slots[..high] {
+            let seen = slot.state.load(Ordering::SeqCst);
+            if seen & TAG != LENT {
+                continue;
+            }
+            let taken = (seen & !TAG) | TAKEN;
+            if slot
+                .state
+                .compare_exchange(seen, taken, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: `TAKEN` makes the slot ours alone; the lender's SeqCst store
+                // of `LENT`, read by our swap, published the job.
+                let job = unsafe { (*slot.job.get()).take() };
+                // Release: our read of `job` happens before the next lender's write.
+                slot.state.store(seen & !TAG, Ordering::Release);
+                return Some(job.expect("a lent slot holds its job"));
+            }
+        }
+        None
+    }
+
+    /// Whether a job is lent now (SeqCst loads: read in the Dekker pairs).
+    pub(crate) fn any(&self) -> bool {
+        let high = self.high.load(Ordering::SeqCst);
+        self.slots[..high]
+            .iter()
+            .any(|slot| slot.state.load(Ordering::SeqCst) & TAG == LENT)
+    }
+}
+
+#[cfg(all(test, not(budget_loom)))]
+mod tests {
+    use super::Lent;
+    use crate::job::StackJob;
+
+    /// Each loan runs once: taken back by its lender, or stolen, never both; a slot
+    /// freed and lent again is not taken back by the earlier lender.
+    #[test]
+    fn a_loan_runs_once() {
+        let lent = Lent::new(1);
+        assert!(!lent.any() && lent.steal().is_none());
+        let first = StackJob::new(|| 1);
+        let second = StackJob::new(|| 2);
+        let third = StackJob::new(|| 3);
+        // SAFETY: the jobs live to the end of the test and each runs once below.
+        let (a, b, c) = unsafe { (first.as_job_ref(), second.as_job_ref(), third.as_job_ref()) };
+        let loan_a = lent.lend(a).unwrap();
+        let loan_b = lent.lend(b).unwrap();
+        let others: Vec<_> = (2..super::LANE).map(|_| lent.lend(c).unwrap()).collect();
+        assert!(lent.lend(c).is_none(), "one lane");
+        for loan in others {
+            assert!(lent.take_back(loan));
+        }
+        assert!(lent.any());
+        // The lowest loan is stolen first.
+        let stolen = lent.steal().unwrap();
+        assert!(!lent.take_back(loan_a), "stolen: not taken back");
+        // SAFETY: stolen once, `first` alive.
+        unsafe { stolen.run() };
+        assert!(first.done());
+        assert_eq!(first.into_result().unwrap(), 1);
+        // The freed slot is lent again; the old loan's word no longer matches.
+        let loan_c = lent.lend(c).unwrap();
+        assert!(lent.take_back(loan_b));
+        assert_eq!(second.run_here().unwrap(), 2);
+        assert!(lent.take_back(loan_c));
+        assert!(!lent.any() && lent.steal().is_none());
+        assert_eq!(third.run_here().unwrap(), 3);
+    }
+}
