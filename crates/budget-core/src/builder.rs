@@ -1,28 +1,11 @@
 //! [`Builder`]: setting the budget explicitly before its first use.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::detect::{Source, MAX_THREADS};
-use crate::registry;
-
-/// Names a worker thread from its index.
-type ThreadName = Arc<dyn Fn(usize) -> String + Send + Sync>;
-
-/// How worker threads are started: budget's own and those of the rayon pools
-/// budget-rayon leases. Set once, by the builder that started the budget.
-#[derive(Clone, Default)]
-pub(crate) struct ThreadSettings {
-    pub(crate) stack_size: Option<usize>,
-    pub(crate) name: Option<ThreadName>,
-}
-
-static THREADS: OnceLock<ThreadSettings> = OnceLock::new();
-
-/// The worker thread settings in force (the defaults if no builder set them).
-pub(crate) fn thread_settings() -> ThreadSettings {
-    THREADS.get().cloned().unwrap_or_default()
-}
+use crate::process;
+use crate::registry::{self, ThreadSettings};
 
 /// Configures the process-wide budget before anything uses it.
 ///
@@ -145,11 +128,11 @@ impl Builder {
         };
         // Before the registry exists, so its first worker starts with them; a second
         // builder (refused below) changes nothing.
-        let fresh = THREADS.get().is_none() && !registry::started();
-        if fresh {
-            let _ = THREADS.set(self.threads);
+        if !process::started() {
+            registry::set_thread_settings(self.threads);
         }
-        registry::install(Some(total))?;
+        process::install(Some(total))
+            .map_err(|running| BuildError::AlreadyRunning { total: running.0 })?;
         crate::detect::record_build(total, source);
         Ok(())
     }

@@ -148,7 +148,6 @@ impl<T: ?Sized> Outliving<T> {
         // SAFETY: alive for as long as `self` can be used (`new`'s contract).
         unsafe { &*self.0 }
     }
-
 }
 
 /// A job that another thread can run, by address: what [`StackJob::as_job_ref`]
@@ -236,7 +235,10 @@ where
 
     /// Runs the body on this thread: the job was taken back before anyone ran it.
     pub(crate) fn run_here(self) -> thread::Result<R> {
-        let body = self.body.into_inner().expect("a job taken back still has its body");
+        let body = self
+            .body
+            .into_inner()
+            .expect("a job taken back still has its body");
         catch_unwind(AssertUnwindSafe(body))
     }
 

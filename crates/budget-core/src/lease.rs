@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::registry::{self, Registry};
+use crate::process;
+use crate::registry::Registry;
 use crate::token::{Grower, Wanted};
 
 /// Tokens held outside any region, returned to the budget on drop.
@@ -87,7 +88,7 @@ impl Lease {
 
     #[inline]
     fn take(max: usize, counted: bool) -> Lease {
-        let registry = registry::global();
+        let registry = process::global();
         let count = registry.tokens.take(max);
         let mut lease = Lease {
             registry,

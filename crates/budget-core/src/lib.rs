@@ -55,13 +55,15 @@ mod context;
 mod detect;
 mod event;
 mod external;
+mod fork;
 pub mod integration;
 mod items;
 mod job;
-mod lent;
 mod lease;
+mod lent;
 mod own;
 mod per_fork;
+mod process;
 mod region;
 mod registry;
 mod scope;
@@ -78,11 +80,11 @@ pub use detect::{
     ENV_NUM_THREADS, ENV_STATIC_ENV, MAX_THREADS,
 };
 pub use external::{
-    held_tokens, joined, node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE,
-    ENV_TOKEN_LOG, HANDSHAKE_ABI,
+    node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG, HANDSHAKE_ABI,
 };
 pub use items::ForEachInput;
 pub use lease::Lease;
+pub use process::{held_tokens, joined};
 pub use scope::{scope, scope_with, Scope};
 pub use stats::Stats;
 
@@ -100,5 +102,5 @@ pub use stats::Stats;
 /// println!("{stats}");
 /// ```
 pub fn stats() -> Stats {
-    registry::global().stats()
+    process::global().stats()
 }

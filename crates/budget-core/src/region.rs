@@ -12,16 +12,16 @@ use std::sync::{Arc, Weak};
 use crate::sync::plain::Mutex;
 use crossbeam_deque::{Injector, Steal};
 
-use crate::clock;
 use crate::context;
 use crate::job::{self, JobRef, StackJob};
 use crate::lent::{Lent, Loan};
 use crate::own::OwnToken;
 use crate::registry::Registry;
 // The shim: loom atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
+use crate::registry::Visit;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crate::token::Grower;
-use crate::tree::Tree;
+use crate::tree::{Member, Tree};
 
 #[cfg(all(test, budget_loom))]
 #[path = "region_loom_tests.rs"]
@@ -57,7 +57,7 @@ pub(crate) struct Region {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// The tree of regions this one is nested in (its own, for a root). Threads
     /// waiting inside the region sleep on the tree's event.
-    pub(crate) tree: Arc<Tree>,
+    pub(crate) tree: Arc<Tree<Region>>,
     /// Posted on the tree's board (see `tree.rs`).
     pub(crate) on_board: AtomicBool,
     /// The root of its tree: its idle slots help nested regions (`tree.rs`).
@@ -84,7 +84,7 @@ impl Region {
         requested: usize,
         width: usize,
         own: OwnToken,
-        tree: Option<Arc<Tree>>,
+        tree: Option<Arc<Tree<Region>>>,
     ) -> Arc<Self> {
         let grower = width < requested || own.owes();
         let shared = Arc::new_cyclic(|me| Region {
@@ -350,11 +350,13 @@ impl Region {
     pub(crate) fn dispatch(&self) {
         self.registry.dispatch(self.arc());
     }
+}
 
+impl Visit for Region {
     /// A worker's visit: it arrives holding a reserved slot, runs tasks until the
     /// queue is empty (and, in a root slot, the tree's board: `tree.rs`), then gives
     /// the slot back before returning to park.
-    pub(crate) fn serve(self: Arc<Self>) {
+    fn serve(self: Arc<Self>) {
         let _in_region = context::enter();
         loop {
             // Only the root's slots help the tree: the root stays open while any
@@ -383,12 +385,12 @@ impl Region {
 }
 
 impl Region {
-    /// Waits in the slot, looking for work, for about [`clock::wake_ticks`]: true if
+    /// Waits in the slot, looking for work, for about [`crate::clock::wake_ticks`]: true if
     /// work came. Not under loom (a model has no clock).
     #[cfg(not(budget_loom))]
     fn linger(&self) -> bool {
-        let (start, wake) = (clock::now(), clock::wake_ticks());
-        while clock::since(start) < wake {
+        let (start, wake) = (crate::clock::now(), crate::clock::wake_ticks());
+        while crate::clock::since(start) < wake {
             for _ in 0..32 {
                 std::hint::spin_loop();
             }
@@ -463,5 +465,26 @@ impl Grower for Region {
             }
             self.dispatch();
         }
+    }
+}
+
+impl Member for Region {
+    fn on_board(&self) -> &AtomicBool {
+        &self.on_board
+    }
+    fn arc(&self) -> Arc<Region> {
+        Region::arc(self)
+    }
+    fn try_reserve(&self) -> bool {
+        Region::try_reserve(self)
+    }
+    fn dispatch(&self) {
+        Region::dispatch(self)
+    }
+    fn has_queued(&self) -> bool {
+        Region::has_queued(self)
+    }
+    fn run_one(&self) -> bool {
+        Region::run_one(self)
     }
 }

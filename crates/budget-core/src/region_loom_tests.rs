@@ -9,6 +9,7 @@
 //! anyway.) The atomics read in a pair are rewritten with SeqCst before the threads
 //! start, for the loom limitation described in `token/loom_tests.rs`.
 
+use crate::registry::Visit;
 use std::sync::Arc;
 
 use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -20,7 +21,7 @@ use crate::registry::Registry;
 
 /// A registry of `total` tokens for one model run (leaked: a registry is `'static`).
 fn registry(total: usize) -> &'static Registry {
-    Box::leak(Box::new(Registry::new(total, 0)))
+    Box::leak(Box::new(Registry::new(total, 0, &crate::process::OURS)))
 }
 
 /// A region holding `width` tokens; `tree` is its root's tree (`None`: it is a root,

@@ -11,8 +11,9 @@ use crate::context;
 use crate::items::{sealed::Source, ForEachInput};
 use crate::job::{self, erase, AbortOnUnwind, Outliving};
 use crate::own::OwnToken;
+use crate::process;
 use crate::region::Region;
-use crate::registry::{self, Registry};
+use crate::registry::Registry;
 
 /// Opens a parallel region that asks for every core in the budget.
 ///
@@ -102,7 +103,7 @@ pub fn scope_with<'scope, F, R>(max: usize, f: F) -> R
 where
     F: FnOnce(&Scope<'scope>) -> R,
 {
-    let registry = registry::global();
+    let registry = process::global();
     let tokens = &registry.tokens;
     let nested = context::in_region();
     let requested = if nested {

@@ -52,17 +52,33 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 use crate::event::Event;
-use crate::region::Region;
 // The shim: loom's under `--cfg budget_loom`, as in `region.rs`. The board's lock is
 // the shim's too: the critical section writes `posted`, a loom operation.
-use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
+
+/// What the tree needs of a region (`region.rs` holds the one implementation): the
+/// tree knows regions only through it, so the two files do not import each other.
+pub(crate) trait Member: Send + Sync + Sized {
+    /// Whether the region is posted on its tree's board.
+    fn on_board(&self) -> &AtomicBool;
+    /// The region's own `Arc`.
+    fn arc(&self) -> Arc<Self>;
+    /// Occupies a free helper slot of the region, if any.
+    fn try_reserve(&self) -> bool;
+    /// Sends a worker to a slot reserved with `try_reserve`.
+    fn dispatch(&self);
+    /// Whether the region has tasks nobody took yet.
+    fn has_queued(&self) -> bool;
+    /// Runs one of the region's tasks on this thread; false if none was found.
+    fn run_one(&self) -> bool;
+}
 
 /// See the module docs.
-pub(crate) struct Tree {
+pub(crate) struct Tree<R> {
     /// The outermost region; its idle slots are lent to nested regions.
-    root: Weak<Region>,
+    root: Weak<R>,
     /// Regions with queued tasks that had no free slot when they queued them.
-    board: Mutex<VecDeque<Arc<Region>>>,
+    board: Mutex<VecDeque<Arc<R>>>,
     /// `board.len()`, readable without the lock.
     posted: AtomicUsize,
     /// Threads of the tree about to sleep or asleep in `help_until`.
@@ -71,8 +87,8 @@ pub(crate) struct Tree {
     pub(crate) event: Event,
 }
 
-impl Tree {
-    pub(crate) fn new(root: Weak<Region>) -> Tree {
+impl<R: Member> Tree<R> {
+    pub(crate) fn new(root: Weak<R>) -> Tree<R> {
         Tree {
             root,
             // Room for a few posted regions made with the tree, so that a `join`'s
@@ -97,9 +113,9 @@ impl Tree {
 
     /// `region` queued a task and found no free slot of its own: post it, and send a
     /// worker to an idle slot of the root, if any.
-    pub(crate) fn post(&self, region: &Region) {
-        if !region.on_board.load(Ordering::SeqCst) && !region.on_board.swap(true, Ordering::SeqCst)
-        {
+    pub(crate) fn post(&self, region: &R) {
+        let on_board = region.on_board();
+        if !on_board.load(Ordering::SeqCst) && !on_board.swap(true, Ordering::SeqCst) {
             let mut board = self.board.lock();
             board.push_back(region.arc());
             // SeqCst: the Dekker pair with a leaving root worker (see the module docs).
@@ -129,7 +145,7 @@ impl Tree {
             let Some(region) = region else { return false };
             // Off the board, then look at its queue: a push that saw it still on the
             // board queued before our store, so the load below sees that task.
-            region.on_board.store(false, Ordering::SeqCst);
+            region.on_board().store(false, Ordering::SeqCst);
             if region.has_queued() {
                 self.post_only(&region);
             }
@@ -140,8 +156,8 @@ impl Tree {
         false
     }
 
-    fn post_only(&self, region: &Arc<Region>) {
-        if !region.on_board.swap(true, Ordering::SeqCst) {
+    fn post_only(&self, region: &Arc<R>) {
+        if !region.on_board().swap(true, Ordering::SeqCst) {
             let mut board = self.board.lock();
             board.push_back(region.clone());
             self.posted.store(board.len(), Ordering::SeqCst);
@@ -150,8 +166,8 @@ impl Tree {
 
     /// Takes a closing region off the board: the board holds its shared state, which
     /// holds the tree, so a region left there would keep both alive for good.
-    pub(crate) fn unpost(&self, region: &Region) {
-        if region.on_board.swap(false, Ordering::SeqCst) {
+    pub(crate) fn unpost(&self, region: &R) {
+        if region.on_board().swap(false, Ordering::SeqCst) {
             let mut board = self.board.lock();
             board.retain(|r| !std::ptr::eq(&**r, region));
             self.posted.store(board.len(), Ordering::SeqCst);
@@ -167,7 +183,7 @@ impl Tree {
     }
 
     /// Counts the calling thread as idle (a waiter) while `f` runs.
-    pub(crate) fn idle<R>(&self, f: impl FnOnce() -> R) -> R {
+    pub(crate) fn idle<T>(&self, f: impl FnOnce() -> T) -> T {
         struct Undo<'a>(&'a AtomicUsize);
         impl Drop for Undo<'_> {
             fn drop(&mut self) {
@@ -199,7 +215,7 @@ mod tests {
     #[test]
     fn closed_regions_leave_the_board() {
         // This test binary's budget: 2 tokens (no other unit test starts one).
-        let _ = crate::registry::install(Some(2));
+        let _ = crate::process::install(Some(2));
         assert_eq!(crate::stats().total, 2);
         let started = AtomicBool::new(false);
         let release = AtomicBool::new(false);

@@ -12,7 +12,7 @@
 //!   the bytes back, restores the default action and raises the signal again, so
 //!   the process ends as it would have. A program that installs its own handler
 //!   later replaces ours (and ends through `exit`, or not, as it chooses).
-//! - **`_exit` and `exec`** ([`release_outside_tokens`]): a forked worker of
+//! - **`_exit` and `exec`** ([`release_outside_tokens`](super::jobserver::release_outside_tokens)): a forked worker of
 //!   Python's `multiprocessing` ends with `os._exit`, and the budget module calls
 //!   this first (it wraps `os._exit`, `os.execv` and `os.execve`); a Rust program
 //!   that calls `libc::_exit` or `exec` calls it itself.
@@ -43,25 +43,6 @@ static PID: AtomicU32 = AtomicU32::new(0);
 /// on the fifo; -1 when there is none.
 #[cfg(unix)]
 static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-
-/// Gives back every jobserver token this process holds, now: for a process about
-/// to end with `_exit` or to replace itself with `exec`, where no `atexit` handler
-/// runs. Afterwards the process takes no more jobserver tokens (its regions run on
-/// the tokens it holds anyway). Does nothing in a process that joined no jobserver
-/// (node budget tokens are locks, which the kernel drops at `_exit` and at `exec`).
-///
-/// # Examples
-///
-/// ```no_run
-/// # use budget_core as budget;
-/// // A Rust program about to `exec` another one:
-/// budget::release_outside_tokens();
-/// let error = std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("make"));
-/// # let _ = error;
-/// ```
-pub fn release_outside_tokens() {
-    super::jobserver::give_back_all();
-}
 
 /// Starts this process's count at 0 (its first use of the jobserver; in a forked
 /// child, the parent's count is not its own). The count first, then the pid: a

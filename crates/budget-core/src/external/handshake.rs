@@ -65,18 +65,6 @@ pub(crate) struct Published {
     pub(crate) give: extern "C" fn(usize),
 }
 
-extern "C" fn our_total() -> usize {
-    crate::registry::global().tokens.total()
-}
-
-extern "C" fn our_take(n: usize) -> usize {
-    crate::registry::global().tokens.take(n)
-}
-
-extern "C" fn our_give(n: usize) {
-    crate::registry::global().tokens.release(n);
-}
-
 const fn version() -> [u8; 24] {
     let text = env!("CARGO_PKG_VERSION").as_bytes();
     let mut out = [0u8; 24];
@@ -88,15 +76,24 @@ const fn version() -> [u8; 24] {
     out
 }
 
-/// This copy's table.
-static OURS: Published = Published {
-    magic: MAGIC,
-    abi: HANDSHAKE_ABI,
-    version: version(),
-    total: our_total,
-    take: our_take,
-    give: our_give,
-};
+impl Published {
+    /// This copy's table: its version and ABI, and the three calls into its budget
+    /// (`process.rs` defines them, over the process's registry).
+    pub(crate) const fn ours(
+        total: extern "C" fn() -> usize,
+        take: extern "C" fn(usize) -> usize,
+        give: extern "C" fn(usize),
+    ) -> Published {
+        Published {
+            magic: MAGIC,
+            abi: HANDSHAKE_ABI,
+            version: version(),
+            total,
+            take,
+            give,
+        }
+    }
+}
 
 /// What a copy found when its budget started.
 pub(crate) enum Met {
@@ -109,12 +106,12 @@ pub(crate) enum Met {
 }
 
 /// Publishes this copy's table, or finds the one another copy published.
-pub(crate) fn meet() -> Met {
+pub(crate) fn meet(ours: &'static Published) -> Met {
     // Not under Miri: `shm_open` and `mmap` of another copy's table are foreign calls.
     #[cfg(all(target_os = "linux", not(miri)))]
     {
-        match linux::meet(&OURS) {
-            Some(addr) if addr == &OURS as *const Published as usize => Met::First,
+        match linux::meet(ours) {
+            Some(addr) if addr == ours as *const Published as usize => Met::First,
             // SAFETY: the address was published by a copy of budget-core in this very
             // process (the name holds our pid and start time) and points to its
             // `static OURS`, which lives as long as that copy stays loaded (see the
@@ -125,6 +122,7 @@ pub(crate) fn meet() -> Met {
     }
     #[cfg(any(not(target_os = "linux"), miri))]
     {
+        let _ = ours;
         Met::First
     }
 }
@@ -324,6 +322,6 @@ mod tests {
             }
             _ => panic!("another ABI was accepted"),
         }
-        assert!(matches!(check(&OURS), Met::Other(_)));
+        assert!(matches!(check(&crate::process::OURS), Met::Other(_)));
     }
 }

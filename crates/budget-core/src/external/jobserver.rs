@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use crate::sync::plain::Mutex;
 use jobserver::{Acquired, Client, HelperThread};
 
-use super::{is_off, ENV_JOBSERVER};
+use super::{is_off, warn_once, ENV_JOBSERVER};
 use crate::token::Tokens;
 
 /// A jobserver found in the environment at load.
@@ -176,15 +176,6 @@ fn check_inherited(_auth: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Prints `message` once per process (the first caller's).
-pub(crate) fn warn_once(message: &str) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!("{message}");
-        eprintln!("{message}");
-    }
-}
-
 /// Whether this process is the first of its tree to give `message`: make 4.3 hands
 /// every recipe not marked `+` a jobserver it cannot use, and a build of hundreds of
 /// recipes printed the same warning hundreds of times. The tree is the process group
@@ -303,8 +294,27 @@ extern "C" fn give_back_at_exit() {
     give_back_all();
 }
 
+/// Gives back every jobserver token this process holds, now: for a process about
+/// to end with `_exit` or to replace itself with `exec`, where no `atexit` handler
+/// runs. Afterwards the process takes no more jobserver tokens (its regions run on
+/// the tokens it holds anyway). Does nothing in a process that joined no jobserver
+/// (node budget tokens are locks, which the kernel drops at `_exit` and at `exec`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # use budget_core as budget;
+/// // A Rust program about to `exec` another one:
+/// budget::release_outside_tokens();
+/// let error = std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("make"));
+/// # let _ = error;
+/// ```
+pub fn release_outside_tokens() {
+    give_back_all();
+}
+
 /// Stops taking tokens and writes back every one this process holds: at exit, and
-/// before an `_exit` or `exec` ([`super::farewell::release_outside_tokens`]).
+/// before an `_exit` or `exec` ([`release_outside_tokens`]).
 pub(crate) fn give_back_all() {
     let state = here();
     // 1. Stop the helper thread: dropping it interrupts a blocked read and waits for

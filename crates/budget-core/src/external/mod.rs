@@ -21,8 +21,8 @@ pub(crate) mod jobserver;
 pub mod node;
 mod sys;
 
-pub use farewell::release_outside_tokens;
 pub use handshake::HANDSHAKE_ABI;
+pub use jobserver::release_outside_tokens;
 
 /// The environment variable that turns joining make's jobserver off: `0` (or
 /// `false`, `no`, `off`). On by default.
@@ -79,32 +79,10 @@ pub enum Joined {
 
 static JOINED: OnceLock<Joined> = OnceLock::new();
 
-/// The outside budget this process joined (decided when the budget starts, which
-/// this call does if nothing did yet).
-///
-/// # Examples
-///
-/// ```
-/// # use budget_core as budget;
-/// let joined = budget::joined();
-/// assert_eq!(joined, budget::joined());
-/// ```
-pub fn joined() -> Joined {
-    let _ = crate::registry::global();
+/// The outside budget this process joined, as decided when its budget started
+/// (`process::joined` starts it first).
+pub(crate) fn joined_as_started() -> Joined {
     JOINED.get().cloned().unwrap_or(Joined::Local)
-}
-
-/// Tokens this process holds now: all of the budget when it shares none, else its
-/// implicit token plus those it got from the jobserver or node budget.
-///
-/// # Examples
-///
-/// ```
-/// # use budget_core as budget;
-/// assert!(budget::held_tokens() >= 1);
-/// ```
-pub fn held_tokens() -> usize {
-    crate::registry::global().tokens.held()
 }
 
 /// The environment variable naming a file where each process appends a line
@@ -160,11 +138,11 @@ pub(crate) fn is_off(value: &str) -> bool {
 
 /// The tokens of a new registry: joined to the node budget (first) or the jobserver
 /// when the environment offers one, the process's own otherwise.
-pub(crate) fn tokens(total: usize) -> Tokens {
+pub(crate) fn tokens(total: usize, ours: &'static handshake::Published) -> Tokens {
     let _ = token_log();
     // Another copy of budget-core in this process (one cargo could not see) started
     // first: share its budget, never count the cores twice (`handshake.rs`).
-    match handshake::meet() {
+    match handshake::meet(ours) {
         handshake::Met::First => {}
         handshake::Met::Other(first) => {
             let total = (first.total)();
@@ -175,7 +153,7 @@ pub(crate) fn tokens(total: usize) -> Tokens {
             );
         }
         handshake::Met::Incompatible(message) => {
-            jobserver::warn_once(&message);
+            warn_once(&message);
             return Tokens::new(1);
         }
     }
@@ -604,5 +582,14 @@ impl Supplier for Driver {
             let _guard = self.lock.lock();
             self.wake.notify_one();
         }
+    }
+}
+
+/// Prints `message` once per process (the first caller's).
+pub(crate) fn warn_once(message: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("{message}");
+        eprintln!("{message}");
     }
 }

@@ -239,7 +239,7 @@ fn shared(path: &Path) -> io::Result<&'static Shared> {
     }
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         file: Box::leak(Box::new(sys::open_shared(path)?)),
-        taken: Mutex::new((crate::registry::fork_generation(), Vec::new())),
+        taken: Mutex::new((crate::fork::generation(), Vec::new())),
     }));
     files.push((path.to_path_buf(), shared));
     Ok(shared)
@@ -359,7 +359,7 @@ impl Member {
             shared,
             path: path.to_path_buf(),
             tokens,
-            generation: crate::registry::fork_generation(),
+            generation: crate::fork::generation(),
             slots: Mutex::new((Vec::new(), vec![false; tokens])),
             waiting: Mutex::new(None),
             cursor: AtomicUsize::new(0),
@@ -387,7 +387,7 @@ impl Member {
 
     /// Whether this member was opened before a `fork` of this process.
     fn stale(&self) -> bool {
-        self.generation != crate::registry::fork_generation()
+        self.generation != crate::fork::generation()
     }
 
     /// Takes up to `n` free node tokens without waiting; returns how many.
@@ -719,14 +719,14 @@ pub(crate) fn from_env() -> Option<(Member, usize)> {
             Some((member, tokens))
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            super::jobserver::warn_once(&format!(
+            super::warn_once(&format!(
                 "budget: the node budget {text:?} ({ENV_NODE}) is gone: the `budget run` that \
                  made it has ended; using this process's own budget"
             ));
             None
         }
         Err(error) => {
-            super::jobserver::warn_once(&format!(
+            super::warn_once(&format!(
                 "budget: ignoring {ENV_NODE}={text:?}: {error}; using this process's own budget"
             ));
             None
