@@ -8,9 +8,9 @@
 //! - [`RegionThread`]: mark a thread whose running is paid for by a region's tokens.
 //! - [`Lease`]: hold tokens outside any region, for a pool of one's own.
 
-pub use crate::context::RegionThread;
-pub use crate::lease::Lease;
-pub use crate::per_fork::PerFork;
+pub use crate::pool::per_fork::PerFork;
+pub use crate::regions::context::RegionThread;
+pub use crate::tokens::lease::Lease;
 use crate::Scope;
 
 /// Integration hooks on a region. Bring them into scope with
@@ -112,7 +112,7 @@ impl ScopeHooks for Scope<'_> {
 /// # drop((all, extra));
 /// ```
 pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
-    let tokens = &crate::process::global().tokens;
+    let tokens = &crate::pool::process::global().tokens;
     tokens
         .counters
         .note_region(width < requested, overcommitted);
@@ -135,7 +135,7 @@ pub fn note_region(requested: usize, width: usize, overcommitted: bool) {
 /// assert!(budget::integration::budget_started());
 /// ```
 pub fn budget_started() -> bool {
-    crate::process::running()
+    crate::pool::process::running()
 }
 
 /// A job that borrows the caller's stack, made `'static` to hand to a thread pool that
@@ -162,7 +162,7 @@ pub fn budget_started() -> bool {
 /// ```
 pub unsafe fn erase_job<'a>(job: Box<dyn FnOnce() + Send + 'a>) -> Box<dyn FnOnce() + Send> {
     // SAFETY: the caller upholds the contract above.
-    unsafe { crate::job::erase_lifetime(job) }
+    unsafe { crate::regions::job::erase_lifetime(job) }
 }
 
 /// Keeps `tokens` cores of this process out of other processes' reach for `window`:
@@ -187,7 +187,7 @@ pub unsafe fn erase_job<'a>(job: Box<dyn FnOnce() + Send + 'a>) -> Box<dyn FnOnc
 /// budget::scope(|s| assert_eq!(s.width(), budget::stats().total));
 /// ```
 pub fn hold_for_spinners(tokens: usize, window: std::time::Duration) {
-    let registry = crate::process::global();
+    let registry = crate::pool::process::global();
     registry
         .tokens
         .hold_outside(tokens, std::time::Instant::now() + window);
@@ -203,7 +203,7 @@ pub fn hold_for_spinners(tokens: usize, window: std::time::Duration) {
 /// let _bytes: Option<usize> = budget::integration::worker_stack_size();
 /// ```
 pub fn worker_stack_size() -> Option<usize> {
-    crate::registry::thread_settings().stack_size
+    crate::pool::registry::thread_settings().stack_size
 }
 
 /// The name [`Builder::thread_name`](crate::Builder::thread_name) gives the worker
@@ -217,7 +217,7 @@ pub fn worker_stack_size() -> Option<usize> {
 /// assert_eq!(budget::integration::worker_thread_name(0), None); // none set here
 /// ```
 pub fn worker_thread_name(index: usize) -> Option<String> {
-    crate::registry::thread_settings()
+    crate::pool::registry::thread_settings()
         .name
         .map(|name| name(index))
 }

@@ -21,12 +21,12 @@
 //! - **Beyond one process** ([`joined`], [`held_tokens`], [`node`]): a process
 //!   finding GNU make's jobserver, or a node budget (`BUDGET_NODE`, `budget run`),
 //!   holds only its implicit token and takes the others from there while its regions
-//!   want them (`src/external/README.md`).
+//!   want them (`src/config/external/README.md`).
 //!
 //! The design note, with a glossary (token, width, requested, grant, grower, demand,
 //! lease, overcommit) and the map of the modules, is `README.md` beside `Cargo.toml`;
 //! the token protocol and the argument for why it loses no token and no wake-up are
-//! in `src/token/README.md`.
+//! in `src/tokens/token/README.md`.
 //!
 //! # Examples
 //!
@@ -49,44 +49,28 @@
 //! ```
 #![warn(missing_docs)]
 
-mod builder;
-mod clock;
-mod context;
-mod detect;
-mod event;
-mod external;
-mod fork;
+// The four wings (each folder's `mod.rs` says what it holds), then the glue.
+mod config;
 pub mod integration;
-mod items;
-mod job;
-mod lease;
-mod lent;
-mod own;
-mod per_fork;
-mod process;
-mod region;
-mod registry;
-mod scope;
-mod stats;
+mod pool;
+mod regions;
 mod sync;
-mod tally;
-mod token;
-mod tree;
+mod tokens;
 
-pub use builder::{BuildError, Builder};
-pub use context::RegionThread;
-pub use detect::{
+pub use config::builder::{BuildError, Builder};
+pub use config::detect::{
     available_cores, detect, static_env_marker, user_thread_variable, Detected, Source,
     ENV_NUM_THREADS, ENV_STATIC_ENV, MAX_THREADS,
 };
-pub use external::{
+pub use config::external::{
     node, release_outside_tokens, Joined, ENV_JOBSERVER, ENV_NODE, ENV_TOKEN_LOG, HANDSHAKE_ABI,
 };
-pub use items::ForEachInput;
-pub use lease::Lease;
-pub use process::{held_tokens, joined};
-pub use scope::{scope, scope_with, Scope};
-pub use stats::Stats;
+pub use pool::process::{held_tokens, joined};
+pub use regions::context::RegionThread;
+pub use regions::items::ForEachInput;
+pub use regions::scope::{scope, scope_with, Scope};
+pub use tokens::lease::Lease;
+pub use tokens::stats::Stats;
 
 /// A snapshot of the process-wide budget: total, tokens in use, peak, and counts of
 /// regions, narrowed grants, regrown tokens and overcommit.
@@ -102,5 +86,5 @@ pub use stats::Stats;
 /// println!("{stats}");
 /// ```
 pub fn stats() -> Stats {
-    process::global().stats()
+    pool::process::global().stats()
 }

@@ -2,7 +2,7 @@
 //! jobserver; `BUDGET_NODE`, `budget run`).
 //!
 //! Such a process holds one token of its own; its supplier thread brings more only
-//! while registered demand wants them (`external/README.md` in budget-core). A Python
+//! while registered demand wants them (`src/config/external/README.md` in budget-core). A Python
 //! region that got less than it asked for there registers what it lacks with
 //! [`budget_core::Lease::want`] and starts at once with what it has (its own thread
 //! at least): it never waits. The supplier fetches for that demand; tokens that arrive

@@ -9,19 +9,23 @@
 //! anyway.) The atomics read in a pair are rewritten with SeqCst before the threads
 //! start, for the loom limitation described in `token/loom_tests.rs`.
 
-use crate::registry::Visit;
+use crate::pool::registry::Visit;
 use std::sync::Arc;
 
 use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use loom::thread;
 
 use super::Region;
-use crate::own::OwnToken;
-use crate::registry::Registry;
+use crate::pool::registry::Registry;
+use crate::tokens::own::OwnToken;
 
 /// A registry of `total` tokens for one model run (leaked: a registry is `'static`).
 fn registry(total: usize) -> &'static Registry {
-    Box::leak(Box::new(Registry::new(total, 0, &crate::process::OURS)))
+    Box::leak(Box::new(Registry::new(
+        total,
+        0,
+        &crate::pool::process::OURS,
+    )))
 }
 
 /// A region holding `width` tokens; `tree` is its root's tree (`None`: it is a root,
@@ -54,7 +58,7 @@ fn region(
 }
 
 /// A task that records that it ran.
-fn task(ran: &Arc<AtomicBool>) -> crate::region::Body {
+fn task(ran: &Arc<AtomicBool>) -> crate::regions::region::Body {
     let ran = ran.clone();
     Box::new(move |_: &Region| ran.store(true, SeqCst))
 }

@@ -51,7 +51,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
-use crate::event::Event;
+use crate::regions::event::Event;
 // The shim: loom's under `--cfg budget_loom`, as in `region.rs`. The board's lock is
 // the shim's too: the critical section writes `posted`, a loom operation.
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn closed_regions_leave_the_board() {
         // This test binary's budget: 2 tokens (no other unit test starts one).
-        let _ = crate::process::install(Some(2));
+        let _ = crate::pool::process::install(Some(2));
         assert_eq!(crate::stats().total, 2);
         let started = AtomicBool::new(false);
         let release = AtomicBool::new(false);

@@ -322,6 +322,6 @@ mod tests {
             }
             _ => panic!("another ABI was accepted"),
         }
-        assert!(matches!(check(&crate::process::OURS), Met::Other(_)));
+        assert!(matches!(check(&crate::pool::process::OURS), Met::Other(_)));
     }
 }

@@ -28,7 +28,7 @@
 // The `sync` shim: loom's atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
 use crate::sync::{AtomicU8, Ordering};
 
-use crate::token::Tokens;
+use crate::tokens::token::Tokens;
 
 const INHERITED: u8 = 0;
 const HELD: u8 = 1;

@@ -3,7 +3,7 @@
 //!
 //! A child of `fork` has one thread; locks in its parent's state may be held by
 //! threads that do not exist in it, and handles in it name the parent's threads. So
-//! such state is kept per *fork generation* ([`crate::fork::generation`],
+//! such state is kept per *fork generation* ([`crate::pool::fork::generation`],
 //! bumped in the child by budget-core's `pthread_atfork` handler): a look from a
 //! newer generation makes a fresh value and leaks the parent's, never touching it.
 //! The jobserver's held tokens (`external/jobserver.rs`) and budget-rayon's pool
@@ -70,7 +70,7 @@ impl<T: Send + Sync + 'static> PerFork<T> {
     /// [`get`](Self::get), calling `installed` once, on the thread whose value was
     /// published, when a value is made for this process.
     pub(crate) fn get_or_install(&self, make: impl FnOnce() -> T, installed: impl FnOnce()) -> &T {
-        let generation = crate::fork::generation();
+        let generation = crate::pool::fork::generation();
         // Acquire pairs with the AcqRel exchange below: a value is written before its
         // pointer is seen.
         let mut seen = self.current.load(Ordering::Acquire);
@@ -117,7 +117,7 @@ impl<T: Send + Sync + 'static> PerFork<T> {
     /// assert!(!ONE.holds(&1));
     /// ```
     pub fn holds(&self, value: &T) -> bool {
-        let generation = crate::fork::generation();
+        let generation = crate::pool::fork::generation();
         Self::of(self.current.load(Ordering::Acquire), generation)
             .is_some_and(|mine| ptr::eq(mine, value))
     }

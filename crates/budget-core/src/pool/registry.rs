@@ -8,9 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use crate::sync::plain::{Condvar, Mutex};
 
-use crate::external::handshake::Published;
-use crate::stats::Stats;
-use crate::token::Tokens;
+use crate::config::external::handshake::Published;
+use crate::tokens::stats::Stats;
+use crate::tokens::token::Tokens;
 
 /// What a worker does with a slot handed to it: serves the region that reserved it,
 /// then returns to the pool.
@@ -65,7 +65,7 @@ impl Registry {
     /// environment names one; `ours` is what this copy exports to another.
     pub(crate) fn new(total: usize, fork_generation: usize, ours: &'static Published) -> Self {
         Registry {
-            tokens: crate::external::tokens(total, ours),
+            tokens: crate::config::external::tokens(total, ours),
             fork_generation,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -77,7 +77,7 @@ impl Registry {
     /// must not be waited on or locked.
     #[inline]
     pub(crate) fn is_current(&self) -> bool {
-        self.fork_generation == crate::fork::current()
+        self.fork_generation == crate::pool::fork::current()
     }
 
     pub(crate) fn stats(&self) -> Stats {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use crate::stats::{Counters, NarrowedBy};
 use crate::sync::{fence, AtomicUsize, Mutex, Ordering};
+use crate::tokens::stats::{Counters, NarrowedBy};
 
 #[cfg(all(test, budget_loom))]
 mod loom_tests;
@@ -81,7 +81,7 @@ impl Grower for Wanted {
 }
 
 /// Where a process that joined an outside budget (a jobserver, a node budget) gets
-/// the tokens beyond those it holds; see `external/README.md`.
+/// the tokens beyond those it holds; see `src/config/external/README.md`.
 pub(crate) trait Supplier: Send + Sync {
     /// Called once the `Tokens` it serves is installed for good.
     fn start(&'static self, tokens: &'static Tokens);

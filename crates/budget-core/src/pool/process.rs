@@ -5,10 +5,10 @@
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::external::handshake::Published;
-use crate::external::Joined;
-use crate::fork::{self, InstallGuard};
-use crate::registry::Registry;
+use crate::config::external::handshake::Published;
+use crate::config::external::Joined;
+use crate::pool::fork::{self, InstallGuard};
+use crate::pool::registry::Registry;
 
 /// Why [`install`] with a total failed: a registry of this process runs already,
 /// with this total.
@@ -68,7 +68,7 @@ pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, Already
     // Lazily made process-wide state, made now, before any thread of the budget could
     // be in the middle of making it when the process forks (a `OnceLock` being
     // initialized is copied stuck into the child).
-    crate::clock::prime();
+    crate::regions::clock::prime();
     // In a forked child the parent's registry is stale but its total is what the
     // parent configured (Builder or environment): the child keeps it.
     let inherited = (!current.is_null()).then(|| {
@@ -77,7 +77,7 @@ pub(crate) fn install(total: Option<usize>) -> Result<&'static Registry, Already
     });
     let total = total
         .or(inherited)
-        .unwrap_or_else(crate::detect::configured_total);
+        .unwrap_or_else(crate::config::detect::configured_total);
     let fresh = Box::into_raw(Box::new(Registry::new(total, generation, &OURS)));
     loop {
         match GLOBAL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
@@ -141,7 +141,7 @@ pub(crate) static OURS: Published = Published::ours(our_total, our_take, our_giv
 /// ```
 pub fn joined() -> Joined {
     let _ = global();
-    crate::external::joined_as_started()
+    crate::config::external::joined_as_started()
 }
 
 /// Tokens this process holds now: all of the budget when it shares none, else its

@@ -20,7 +20,7 @@ use crate::sync::plain::Mutex;
 use jobserver::{Acquired, Client, HelperThread};
 
 use super::{is_off, warn_once, ENV_JOBSERVER};
-use crate::token::Tokens;
+use crate::tokens::token::Tokens;
 
 /// A jobserver found in the environment at load.
 struct Found {
@@ -265,7 +265,7 @@ struct PerProcess {
 
 /// This process's jobserver state, per fork generation (an atomic load, where a pid
 /// costs a `getpid` call on every look, and a reused pid could match).
-static STATE: crate::per_fork::PerFork<PerProcess> = crate::per_fork::PerFork::new();
+static STATE: crate::pool::per_fork::PerFork<PerProcess> = crate::pool::per_fork::PerFork::new();
 
 /// This process's jobserver state, made on its first use in each process.
 ///

@@ -26,7 +26,7 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::thread;
 
 use super::{Grower, Tokens, Wanted};
-use crate::event::Event;
+use crate::regions::event::Event;
 
 /// A loom model builder. `None` explores every interleaving; `Some(n)` bounds the
 /// preemptions per execution, for the models too large to explore whole.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::sync::plain::{Condvar, Mutex};
 
-use crate::token::{Grower, Supplier, Tokens};
+use crate::tokens::token::{Grower, Supplier, Tokens};
 
 mod farewell;
 pub(crate) mod handshake;
@@ -39,7 +39,7 @@ pub const ENV_NODE: &str = "BUDGET_NODE";
 /// the linger (a token is given back once it was unused at two ticks in a row).
 pub(crate) const TICK: Duration = Duration::from_millis(2);
 
-/// The outside budget this process takes its tokens from, from [`joined`].
+/// The outside budget this process takes its tokens from, from [`joined`](crate::joined).
 ///
 /// # Examples
 ///

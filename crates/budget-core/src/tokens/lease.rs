@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::process;
-use crate::registry::Registry;
-use crate::token::{Grower, Wanted};
+use crate::pool::process;
+use crate::pool::registry::Registry;
+use crate::tokens::token::{Grower, Wanted};
 
 /// Tokens held outside any region, returned to the budget on drop.
 ///

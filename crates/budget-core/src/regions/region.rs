@@ -12,16 +12,16 @@ use std::sync::{Arc, Weak};
 use crate::sync::plain::Mutex;
 use crossbeam_deque::{Injector, Steal};
 
-use crate::context;
-use crate::job::{self, JobRef, StackJob};
-use crate::lent::{Lent, Loan};
-use crate::own::OwnToken;
-use crate::registry::Registry;
+use crate::pool::registry::Registry;
+use crate::regions::context;
+use crate::regions::job::{self, JobRef, StackJob};
+use crate::regions::lent::{Lent, Loan};
+use crate::tokens::own::OwnToken;
 // The shim: loom atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
-use crate::registry::Visit;
+use crate::pool::registry::Visit;
+use crate::regions::tree::{Member, Tree};
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
-use crate::token::Grower;
-use crate::tree::{Member, Tree};
+use crate::tokens::token::Grower;
 
 #[cfg(all(test, budget_loom))]
 #[path = "region_loom_tests.rs"]
@@ -385,12 +385,15 @@ impl Visit for Region {
 }
 
 impl Region {
-    /// Waits in the slot, looking for work, for about [`crate::clock::wake_ticks`]: true if
+    /// Waits in the slot, looking for work, for about [`crate::regions::clock::wake_ticks`]: true if
     /// work came. Not under loom (a model has no clock).
     #[cfg(not(budget_loom))]
     fn linger(&self) -> bool {
-        let (start, wake) = (crate::clock::now(), crate::clock::wake_ticks());
-        while crate::clock::since(start) < wake {
+        let (start, wake) = (
+            crate::regions::clock::now(),
+            crate::regions::clock::wake_ticks(),
+        );
+        while crate::regions::clock::since(start) < wake {
             for _ in 0..32 {
                 std::hint::spin_loop();
             }

@@ -6,14 +6,14 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::clock;
-use crate::context;
-use crate::items::{sealed::Source, ForEachInput};
-use crate::job::{self, erase, AbortOnUnwind, Outliving};
-use crate::own::OwnToken;
-use crate::process;
-use crate::region::Region;
-use crate::registry::Registry;
+use crate::pool::process;
+use crate::pool::registry::Registry;
+use crate::regions::clock;
+use crate::regions::context;
+use crate::regions::items::{sealed::Source, ForEachInput};
+use crate::regions::job::{self, erase, AbortOnUnwind, Outliving};
+use crate::regions::region::Region;
+use crate::tokens::own::OwnToken;
 
 /// Opens a parallel region that asks for every core in the budget.
 ///
@@ -640,7 +640,7 @@ mod tests {
     use std::cell::Cell;
 
     use super::run_until_help_pays;
-    use crate::clock;
+    use crate::regions::clock;
 
     /// An item that takes longer than a wake ends the inline phase at once: the rest
     /// of the loop can still get help (a big task among small ones).

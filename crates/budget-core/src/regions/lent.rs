@@ -24,7 +24,7 @@
 
 use std::cell::UnsafeCell;
 
-use crate::job::JobRef;
+use crate::regions::job::JobRef;
 // The shim: loom's atomics under `--cfg budget_loom` (the region models).
 use crate::sync::{AtomicUsize, Ordering};
 
@@ -187,7 +187,7 @@ impl Lent {
 #[cfg(all(test, not(budget_loom)))]
 mod tests {
     use super::Lent;
-    use crate::job::StackJob;
+    use crate::regions::job::StackJob;
 
     /// Each loan runs once: taken back by its lender, or stolen, never both; a slot
     /// freed and lent again is not taken back by the earlier lender.

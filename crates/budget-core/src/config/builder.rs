@@ -3,9 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::detect::{Source, MAX_THREADS};
-use crate::process;
-use crate::registry::{self, ThreadSettings};
+use crate::config::detect::{Source, MAX_THREADS};
+use crate::pool::process;
+use crate::pool::registry::{self, ThreadSettings};
 
 /// Configures the process-wide budget before anything uses it.
 ///
@@ -124,7 +124,7 @@ impl Builder {
                 return Err(BuildError::InvalidThreads { requested: n })
             }
             Some(n) => (n, Source::Builder),
-            None => crate::detect::configured_total_and_source(),
+            None => crate::config::detect::configured_total_and_source(),
         };
         // Before the registry exists, so its first worker starts with them; a second
         // builder (refused below) changes nothing.
@@ -133,7 +133,7 @@ impl Builder {
         }
         process::install(Some(total))
             .map_err(|running| BuildError::AlreadyRunning { total: running.0 })?;
-        crate::detect::record_build(total, source);
+        crate::config::detect::record_build(total, source);
         Ok(())
     }
 }

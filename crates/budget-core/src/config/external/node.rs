@@ -239,7 +239,7 @@ fn shared(path: &Path) -> io::Result<&'static Shared> {
     }
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         file: Box::leak(Box::new(sys::open_shared(path)?)),
-        taken: Mutex::new((crate::fork::generation(), Vec::new())),
+        taken: Mutex::new((crate::pool::fork::generation(), Vec::new())),
     }));
     files.push((path.to_path_buf(), shared));
     Ok(shared)
@@ -297,7 +297,7 @@ pub(crate) fn mask_key(cpus: &[bool]) -> String {
 
 /// The affinity mask as a file-name key; "all" where the OS gives no mask.
 fn affinity_key() -> String {
-    crate::detect::affinity_cpus().map_or_else(|| "all".to_owned(), |cpus| mask_key(&cpus))
+    crate::config::detect::affinity_cpus().map_or_else(|| "all".to_owned(), |cpus| mask_key(&cpus))
 }
 
 /// This process's membership in a node budget: the node tokens it holds, as locks.
@@ -359,7 +359,7 @@ impl Member {
             shared,
             path: path.to_path_buf(),
             tokens,
-            generation: crate::fork::generation(),
+            generation: crate::pool::fork::generation(),
             slots: Mutex::new((Vec::new(), vec![false; tokens])),
             waiting: Mutex::new(None),
             cursor: AtomicUsize::new(0),
@@ -387,7 +387,7 @@ impl Member {
 
     /// Whether this member was opened before a `fork` of this process.
     fn stale(&self) -> bool {
-        self.generation != crate::fork::generation()
+        self.generation != crate::pool::fork::generation()
     }
 
     /// Takes up to `n` free node tokens without waiting; returns how many.

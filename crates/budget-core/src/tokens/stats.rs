@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::tally::{self, Kind};
+use crate::tokens::tally::{self, Kind};
 
 /// A snapshot of the process-wide budget, from [`stats()`](crate::stats()).
 ///
