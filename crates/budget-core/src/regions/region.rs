@@ -60,6 +60,8 @@ pub(crate) struct Region {
     pub(crate) tree: Arc<Tree<Region>>,
     /// Posted on the tree's board (see `tree.rs`).
     pub(crate) on_board: AtomicBool,
+    /// Set by `close`: a worker lingering in a slot (`linger`) leaves.
+    closed: AtomicBool,
     /// The root of its tree: its idle slots help nested regions (`tree.rs`).
     is_root: bool,
     /// Registered with the budget as a grower (the grant fell short, or the
@@ -103,6 +105,7 @@ impl Region {
             is_root: tree.is_none(),
             tree: tree.unwrap_or_else(|| Arc::new(Tree::new(me.clone()))),
             on_board: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             grower,
             own,
             external_demand: AtomicUsize::new(0),
@@ -314,6 +317,8 @@ impl Region {
     /// Called by the scope at exit, after `pending` reached 0: no grant reaches the
     /// region after this. Returns the final width; `own` is final too.
     pub(crate) fn close(&self) -> usize {
+        // A lingering worker leaves at once: the region's tokens go back now.
+        self.closed.store(true, Ordering::Relaxed);
         self.tree.unpost(self);
         if self.grower {
             let me: Arc<dyn Grower> = self.arc();
@@ -364,11 +369,11 @@ impl Visit for Region {
             // as long as the helped task runs. (A slot of a nested region could
             // outlive that region, whose tokens are then back in the budget.)
             while self.run_one() || (self.is_root && self.tree.help_one()) {}
-            // Look again for about what a wake costs before leaving: a `join` that
-            // lends its next half within that time would otherwise pay for waking a
-            // parked thread. The slot's token is the region's either way (it goes back
-            // to the budget only when the region closes), so waiting in it
-            // oversubscribes nothing.
+            // Look again for about what a wake costs (5 µs) before leaving: a `join`
+            // that lends its next half within that time would otherwise pay for
+            // waking a parked thread. The slot's token is the region's until the
+            // region closes, so waiting in it oversubscribes nothing; a closing
+            // region sends it away at once (`closed`).
             if self.linger() {
                 continue;
             }
