@@ -2,9 +2,12 @@
 //! (budget-rayon's pools, budget-native's OpenMP/BLAS calls), kept apart from the
 //! user API as `lock_api` is from `parking_lot`. Applications do not need them.
 //!
-//! - [`ScopeHooks`]: on a [`Scope`], declare demand that is not in its task queue
-//!   ([`with_demand`](ScopeHooks::with_demand)) and tell whether the current thread
-//!   runs the region's body itself ([`runs_body`](ScopeHooks::runs_body)).
+//! - [`ScopeHooks`] (sealed: implemented by [`Scope`] only): on a region, declare
+//!   demand that is not in its task queue ([`with_demand`](ScopeHooks::with_demand)),
+//!   tell whether the current thread runs the region's body itself
+//!   ([`runs_body`](ScopeHooks::runs_body)), run code as the body of this region or of
+//!   one nested here, the rule in one place ([`in_body`](ScopeHooks::in_body)), and
+//!   name the region ([`id`](ScopeHooks::id), a [`RegionId`]).
 //! - [`RegionThread`]: mark a thread whose running is paid for by a region's tokens.
 //! - [`Lease`]: hold tokens outside any region, for a pool of one's own.
 
@@ -13,9 +16,53 @@ pub use crate::regions::context::RegionThread;
 pub use crate::tokens::lease::Lease;
 use crate::Scope;
 
+mod sealed {
+    /// Keeps [`ScopeHooks`](super::ScopeHooks) to budget-core's own `Scope`: its
+    /// methods rely on the region's internals, and new ones can be added.
+    pub trait Sealed {}
+    impl Sealed for crate::Scope<'_> {}
+}
+
+/// An open region's identity: unique among the regions of the process for its life
+/// (never reused), opaque, cheap to copy and compare. budget-rayon marks the pool a
+/// region leases with it.
+///
+/// # Examples
+///
+/// ```
+/// # use budget_core as budget;
+/// use budget::integration::ScopeHooks;
+///
+/// let outer = budget::scope(|s| {
+///     let id = s.id();
+///     assert_eq!(id, s.id(), "the same region, the same id");
+///     budget::scope(|inner| assert_ne!(inner.id(), id));
+///     id
+/// });
+/// budget::scope(|s| assert_ne!(s.id(), outer, "never reused"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(pub(crate) std::num::NonZeroUsize);
+
+impl RegionId {
+    /// The id as a number (never 0), for an atomic slot that holds "no region" as 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use budget_core as budget;
+    /// use budget::integration::ScopeHooks;
+    /// budget::scope(|s| assert!(s.id().get().get() > 0));
+    /// ```
+    pub fn get(self) -> std::num::NonZeroUsize {
+        self.0
+    }
+}
+
 /// Integration hooks on a region. Bring them into scope with
-/// `use budget_core::integration::ScopeHooks;`.
-pub trait ScopeHooks {
+/// `use budget_core::integration::ScopeHooks;`. Sealed: [`Scope`] is its one
+/// implementation.
+pub trait ScopeHooks: sealed::Sealed {
     /// Runs `f` while the region asks the budget for its full request even though it
     /// has no task queued, and calls `on_grow(new_width)` each time the region grows
     /// meanwhile. For integrations that run a region's work on threads of their own:
@@ -74,6 +121,41 @@ pub trait ScopeHooks {
     /// });
     /// ```
     fn runs_body(&self) -> bool;
+
+    /// Runs `f` as the body of a region: of this one when the current thread
+    /// [`runs_body`](ScopeHooks::runs_body), else of a region nested here that asks for
+    /// this one's [`requested`](Scope::requested) (its own thread plus what is free),
+    /// since other threads of this region may be running. The rule for integrations
+    /// that size threads of their own from a handle: budget-rayon's `install` and
+    /// budget-native's `native` go through it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use budget_core as budget;
+    /// use budget::integration::ScopeHooks;
+    ///
+    /// budget::scope(|s| {
+    ///     let outer = s.id();
+    ///     assert_eq!(s.in_body(|b| b.id()), outer, "the body itself");
+    ///     s.join(
+    ///         || assert_ne!(s.in_body(|b| b.id()), outer, "a task: a nested region"),
+    ///         || {},
+    ///     );
+    /// });
+    /// ```
+    fn in_body<R>(&self, f: impl FnOnce(&Scope<'_>) -> R) -> R;
+
+    /// This region's identity (see [`RegionId`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use budget_core as budget;
+    /// use budget::integration::ScopeHooks;
+    /// budget::scope(|s| assert_eq!(s.id(), s.id()));
+    /// ```
+    fn id(&self) -> RegionId;
 }
 
 impl ScopeHooks for Scope<'_> {
@@ -87,6 +169,18 @@ impl ScopeHooks for Scope<'_> {
 
     fn runs_body(&self) -> bool {
         self.runs_body_hook()
+    }
+
+    fn in_body<R>(&self, f: impl FnOnce(&Scope<'_>) -> R) -> R {
+        if self.runs_body() {
+            f(self)
+        } else {
+            crate::scope_with(self.requested(), |inner| f(inner))
+        }
+    }
+
+    fn id(&self) -> RegionId {
+        RegionId(self.id_hook())
     }
 }
 

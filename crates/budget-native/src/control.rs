@@ -150,7 +150,7 @@ impl Lookup<'_> {
     /// - the result is only called while the library stays loaded, which holds
     ///   because an [`Entry`] keeps its handle for the rest of the process (never
     ///   closed), and by the rules of that function (thread safety included: the
-    ///   process-wide setters only under the `pool` lock).
+    ///   process-wide setters only under the `process_wide` lock).
     unsafe fn required<F: Copy>(&self, name: &str) -> Result<F, String> {
         // SAFETY: the caller upholds `func`'s contract (this one's first two points).
         unsafe { self.func::<F>(name) }
@@ -288,7 +288,7 @@ impl Entry {
                     2 => {
                         // Each call re-syncs the library's one global count to the
                         // caller's OpenMP count: budget keeps every caller's count
-                        // equal to it while calls are in flight (see `pool`).
+                        // equal to it while calls are in flight (see `process_wide`).
                         self.layer = ThreadingLayer::OpenMp;
                         self.control = Control::OpenBlasOpenMp {
                             get,

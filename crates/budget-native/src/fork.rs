@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 #[cfg(unix)]
-use crate::{pool, scan};
+use crate::{process_wide, scan};
 
 /// Set in a forked child (by the child handler), never cleared: the process is a
 /// fork of one that may have used libgomp.
@@ -55,12 +55,12 @@ pub(crate) fn in_child() -> bool {
 #[cfg(unix)]
 extern "C" fn prepare() {
     scan::lock_for_fork();
-    pool::lock_for_fork();
+    process_wide::lock_for_fork();
 }
 
 #[cfg(unix)]
 extern "C" fn parent() {
-    pool::unlock_after_fork();
+    process_wide::unlock_after_fork();
     scan::unlock_after_fork();
 }
 
@@ -68,6 +68,6 @@ extern "C" fn parent() {
 extern "C" fn child() {
     IN_CHILD.store(true, Ordering::Relaxed);
     crate::spread::forget_in_child();
-    pool::unlock_after_fork();
+    process_wide::unlock_after_fork();
     scan::unlock_after_fork();
 }

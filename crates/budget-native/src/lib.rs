@@ -44,7 +44,7 @@ mod envcap;
 mod fork;
 mod library;
 mod limit;
-mod pool;
+mod process_wide;
 mod scan;
 mod spread;
 mod stack;

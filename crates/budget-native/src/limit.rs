@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use crate::control::{Control, Entry};
 use crate::stack::{self, Restore};
-use crate::{fork, pool, scan, spread};
+use crate::{fork, process_wide, scan, spread};
 
-/// A process-wide call a [`Limit`] ends on drop (see the `pool` module).
+/// A process-wide call a [`Limit`] ends on drop (see the `process_wide` module).
 struct ProcessWide {
     entry: Arc<Entry>,
-    ticket: pool::Ticket,
+    ticket: process_wide::Ticket,
 }
 
 /// Sets every loaded OpenMP/BLAS library's thread count to `n` until the returned guard
@@ -150,7 +150,7 @@ fn limit_width(width: usize, select: Option<&dyn Fn(&Entry) -> bool>) -> Limit {
             Control::ProcessWideInt { .. } | Control::ProcessWideDim { .. } => {
                 process_wide.push(ProcessWide {
                     entry: Arc::clone(entry),
-                    ticket: pool::enter(entry, capped(width)),
+                    ticket: process_wide::enter(entry, capped(width)),
                 });
             }
             Control::OpenBlasOpenMp {
@@ -158,7 +158,7 @@ fn limit_width(width: usize, select: Option<&dyn Fn(&Entry) -> bool>) -> Limit {
             } => {
                 // SAFETY: as for `Control::OpenMp` (the runtime OpenBLAS links).
                 stack::save(frame, Restore::OpenMp(omp_set), unsafe { omp_get() });
-                let ticket = pool::enter(entry, capped(omp_width));
+                let ticket = process_wide::enter(entry, capped(omp_width));
                 // SAFETY: as above; the OpenMP count this call may run at.
                 unsafe { omp_set(c_int::try_from(ticket.used).unwrap_or(c_int::MAX)) };
                 process_wide.push(ProcessWide {
@@ -240,7 +240,7 @@ impl std::fmt::Debug for Limit {
 impl Drop for Limit {
     fn drop(&mut self) {
         while let Some(p) = self.process_wide.pop() {
-            pool::exit(&p.entry, p.ticket);
+            process_wide::exit(&p.entry, p.ticket);
         }
         // On the thread that pushed the frame: the guard is not `Send`.
         stack::pop(self.frame);
@@ -284,16 +284,16 @@ pub trait NativeExt {
 
 impl NativeExt for budget_core::Scope<'_> {
     fn native<R>(&self, f: impl FnOnce() -> R) -> R {
-        if !budget_core::integration::ScopeHooks::runs_body(self) {
-            // Called from a task of the region: other threads of it may run now, so
-            // this is a nested region (its own thread plus what is free).
-            return budget_core::scope_with(self.requested(), |inner| inner.native(f));
-        }
-        let width = self.width();
-        // Beside a spinning pool's workers, a narrow call gets a CPU of its own for
-        // the closure (the `spread` module); put back after the counts are restored.
-        let _pinned = spread::enter(width);
-        let _guard = limit_width(width, None);
-        f()
+        // From a task of the region (other threads of it may run now), a nested
+        // region: its own thread plus what is free (`ScopeHooks::in_body`).
+        budget_core::integration::ScopeHooks::in_body(self, |s| {
+            let width = s.width();
+            // Beside a spinning pool's workers, a narrow call gets a CPU of its own
+            // for the closure (the `spread` module); put back after the counts are
+            // restored.
+            let _pinned = spread::enter(width);
+            let _guard = limit_width(width, None);
+            f()
+        })
     }
 }

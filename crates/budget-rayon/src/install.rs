@@ -84,27 +84,41 @@ impl RayonExt for Scope<'_> {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        if let Some(leased_by) = pool_region() {
-            // On budget's pool: in place, unless this is a region opened here that
-            // found free tokens (in place, nothing would run on them). The region
-            // that leased this pool, through its own handle, stays in place.
-            if self.width() == 1 || leased_by == region_id(self) {
-                return op();
+        if in_place_on_pool(self) {
+            return op();
+        }
+        // From a task of the region (other threads of it may run now), a nested
+        // region: its own thread plus what is free (`ScopeHooks::in_body`).
+        self.in_body(|s| {
+            if in_place_on_pool(s) {
+                op()
+            } else {
+                install_in_body(s, op)
             }
-        }
-        if !self.runs_body() {
-            // Called from a task of the region: other threads of it may run now, so
-            // this is a nested region (its own thread plus what is free).
-            return budget_core::scope_with(self.requested(), |inner| inner.install(op));
-        }
-        let capacity = self.requested();
-        let lease = PoolLease::take(capacity);
-        lease.lease_to(region_id(self));
-        if self.width() >= capacity {
-            return run(lease.pool(), op);
-        }
-        install_gated(self, lease, op)
+        })
     }
+}
+
+/// On budget's pool, a region runs its rayon work in place: one opened here at width
+/// 1 (nothing would run on the pool's other threads), or the region that leased this
+/// pool, through its own handle.
+fn in_place_on_pool(scope: &Scope<'_>) -> bool {
+    pool_region().is_some_and(|leased_by| scope.width() == 1 || leased_by == region_id(scope))
+}
+
+/// `install` from the region's body: the region's own pool, gated to its width.
+fn install_in_body<R, OP>(scope: &Scope<'_>, op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    let capacity = scope.requested();
+    let lease = PoolLease::take(capacity);
+    lease.lease_to(region_id(scope));
+    if scope.width() >= capacity {
+        return run(lease.pool(), op);
+    }
+    install_gated(scope, lease, op)
 }
 
 /// How long a narrowed region waits for an idle pool's workers to arrive at its

@@ -39,10 +39,10 @@ pub(crate) fn pool_region() -> Option<usize> {
     ON_POOL.with(|region| region.get().map(|r| r.load(Ordering::Acquire)))
 }
 
-/// A region's identity while it is open: the address of its `Scope` (no two live
-/// scopes share one; 0 is no region).
+/// A region's identity, as a pool's slot holds it (0 is no region):
+/// budget-core's opaque `RegionId`, never reused.
 pub(crate) fn region_id(scope: &budget_core::Scope<'_>) -> usize {
-    scope as *const budget_core::Scope<'_> as usize
+    budget_core::integration::ScopeHooks::id(scope).get().get()
 }
 
 /// A cached pool: rayon's pool, and which region leases it now.

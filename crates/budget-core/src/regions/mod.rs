@@ -14,4 +14,5 @@ pub(crate) mod job;
 pub(crate) mod lent;
 pub(crate) mod region;
 pub(crate) mod scope;
+pub(crate) mod tasks;
 pub(crate) mod tree;
