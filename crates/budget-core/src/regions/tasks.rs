@@ -18,7 +18,7 @@ impl<'scope> Scope<'scope> {
     /// ends.
     ///
     /// `f` receives the scope and may spawn more tasks. A panic in `f` is kept and
-    /// resumed by the [`scope`] call after all tasks have finished.
+    /// resumed by the [`scope`](crate::scope) call after all tasks have finished.
     ///
     /// # Examples
     ///
