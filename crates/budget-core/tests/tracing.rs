@@ -1,5 +1,5 @@
-//! Each region is a `budget.region` tracing span recording its requested, granted
-//! and regrown widths. A minimal subscriber collects them (budget of 2 cores).
+//! Each region is a `budget.region` tracing span recording its requested width, the
+//! width taken at entry and the tokens regrown. A minimal subscriber collects them (budget of 2 cores).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -62,7 +62,7 @@ fn field(fields: &Fields, name: &str) -> Option<u64> {
 }
 
 #[test]
-fn regions_record_requested_granted_and_regrown() {
+fn regions_record_requested_width_and_regrown() {
     let _g = budget_testkit::budget::exclusive_budget(2);
     let collector = Arc::new(Collector::default());
     let held = Barrier::new(2);
@@ -95,10 +95,10 @@ fn regions_record_requested_granted_and_regrown() {
     assert_eq!(regions.len(), 2, "one span per region: {spans:?}");
     let (outer, inner) = (regions[0], regions[1]);
     assert_eq!(field(outer, "requested"), Some(2));
-    assert_eq!(field(outer, "granted"), Some(1));
+    assert_eq!(field(outer, "width"), Some(1));
     assert_eq!(field(outer, "regrown"), Some(1));
     assert_eq!(field(inner, "requested"), Some(2));
-    assert_eq!(field(inner, "granted"), Some(1));
+    assert_eq!(field(inner, "width"), Some(1));
     assert_eq!(field(inner, "regrown"), None);
     assert_eq!(budget_core::stats().in_use, 0);
 }

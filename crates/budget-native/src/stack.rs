@@ -51,7 +51,7 @@ impl Restore {
 }
 
 /// One live guard's saved values.
-struct Frame {
+struct Saved {
     id: u64,
     saved: Vec<(Restore, c_int)>,
 }
@@ -59,7 +59,7 @@ struct Frame {
 #[derive(Default)]
 struct Stack {
     next_id: u64,
-    frames: Vec<Frame>,
+    frames: Vec<Saved>,
 }
 
 thread_local! {
@@ -72,7 +72,7 @@ pub(crate) fn push() -> u64 {
         let mut s = s.borrow_mut();
         s.next_id += 1;
         let id = s.next_id;
-        s.frames.push(Frame {
+        s.frames.push(Saved {
             id,
             saved: Vec::new(),
         });

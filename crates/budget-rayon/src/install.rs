@@ -7,7 +7,7 @@ use budget_core::integration::ScopeHooks;
 use budget_core::Scope;
 
 use crate::gate::Gate;
-use crate::pool::{pool_region, region_id, PoolLease};
+use crate::pool::{pool_region, region_id, LentPool};
 use crate::relay::install_blocking;
 
 /// Runs rayon code on a budget region. Import it with `use budget::prelude::*`.
@@ -113,7 +113,7 @@ where
     R: Send,
 {
     let capacity = scope.requested();
-    let lease = PoolLease::take(capacity);
+    let lease = LentPool::take(capacity);
     lease.lease_to(region_id(scope));
     if scope.width() >= capacity {
         return run(lease.pool(), op);
@@ -130,7 +130,7 @@ const ARRIVAL_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A narrowed region: holds `capacity - width` threads of the pool at the gate
 /// (module `gate`) and lets them through as the region grows.
-fn install_gated<R, OP>(scope: &Scope<'_>, mut lease: PoolLease, op: OP) -> R
+fn install_gated<R, OP>(scope: &Scope<'_>, mut lease: LentPool, op: OP) -> R
 where
     OP: FnOnce() -> R + Send,
     R: Send,
@@ -148,7 +148,7 @@ where
         // Busy with work left by an earlier lease: its gate jobs pass when they run.
         gate.open_all();
         lease.retire();
-        lease = PoolLease::build(capacity);
+        lease = LentPool::build(capacity);
         lease.lease_to(region_id(scope));
     };
     struct OpenOnExit<'a>(&'a Gate);

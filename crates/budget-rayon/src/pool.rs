@@ -33,7 +33,7 @@ thread_local! {
 /// `None` off budget's pools; on a worker of one of them, the region that leases
 /// its pool now ([`region_id`]; 0 between leases).
 pub(crate) fn pool_region() -> Option<usize> {
-    // Acquire pairs with the Release store in `PoolLease::lease_to`: the store comes
+    // Acquire pairs with the Release store in `LentPool::lease_to`: the store comes
     // before the region's work is handed to the pool, and rayon's queues order that
     // hand-off, so a worker running the region's work sees its id either way.
     ON_POOL.with(|region| region.get().map(|r| r.load(Ordering::Acquire)))
@@ -93,8 +93,9 @@ fn cache() -> &'static Cache {
     })
 }
 
-/// A pool leased to one region; goes back to the cache on drop.
-pub(crate) struct PoolLease {
+/// A pool lent to one region (no token lease: the region holds the tokens); goes back
+/// to the cache on drop.
+pub(crate) struct LentPool {
     pool: Option<Arc<Pool>>,
     capacity: usize,
     /// Built for this lease: no earlier lease left work on it.
@@ -103,15 +104,15 @@ pub(crate) struct PoolLease {
     cache: &'static Cache,
 }
 
-impl PoolLease {
+impl LentPool {
     /// Leases an idle pool of `capacity` threads, building one if none is idle.
-    pub(crate) fn take(capacity: usize) -> PoolLease {
+    pub(crate) fn take(capacity: usize) -> LentPool {
         let cache = cache();
         cache.counters.leases.fetch_add(1, Ordering::Relaxed);
         let reused = cache.idle().get_mut(capacity).and_then(|list| list.pop());
         let fresh = reused.is_none();
         let pool = reused.unwrap_or_else(|| build(cache, capacity));
-        PoolLease {
+        LentPool {
             pool: Some(pool),
             capacity,
             fresh,
@@ -120,10 +121,10 @@ impl PoolLease {
     }
 
     /// Leases a newly built pool of `capacity` threads (for a region that found
-    /// the cached one busy: see [`retire`](PoolLease::retire)).
-    pub(crate) fn build(capacity: usize) -> PoolLease {
+    /// the cached one busy: see [`retire`](LentPool::retire)).
+    pub(crate) fn build(capacity: usize) -> LentPool {
         let cache = cache();
-        PoolLease {
+        LentPool {
             pool: Some(build(cache, capacity)),
             capacity,
             fresh: true,
@@ -174,7 +175,7 @@ impl PoolLease {
     }
 }
 
-impl Drop for PoolLease {
+impl Drop for LentPool {
     fn drop(&mut self) {
         let Some(pool) = self.pool.take() else { return };
         pool.region.store(0, Ordering::Release);

@@ -26,9 +26,9 @@ pub trait ForEachInput: sealed::Sealed {
     /// What the body receives for each element.
     type Item;
     #[doc(hidden)]
-    type Source: sealed::Source<Item = Self::Item>;
+    type Indexed: sealed::Indexed<Item = Self::Item>;
     #[doc(hidden)]
-    fn into_source(self) -> Self::Source;
+    fn into_indexed(self) -> Self::Indexed;
 }
 
 #[allow(unreachable_pub)] // reachable through ForEachInput's hidden items only
@@ -36,7 +36,7 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 
     /// Random access by index, shared between threads.
-    pub trait Source: Sync {
+    pub trait Indexed: Sync {
         type Item;
         fn len(&self) -> usize;
         /// # Safety
@@ -49,12 +49,12 @@ pub(crate) mod sealed {
 impl sealed::Sealed for Range<usize> {}
 impl ForEachInput for Range<usize> {
     type Item = usize;
-    type Source = Range<usize>;
-    fn into_source(self) -> Range<usize> {
+    type Indexed = Range<usize>;
+    fn into_indexed(self) -> Range<usize> {
         self
     }
 }
-impl sealed::Source for Range<usize> {
+impl sealed::Indexed for Range<usize> {
     type Item = usize;
     fn len(&self) -> usize {
         self.end.saturating_sub(self.start)
@@ -67,12 +67,12 @@ impl sealed::Source for Range<usize> {
 impl<T: Sync> sealed::Sealed for &[T] {}
 impl<'a, T: Sync> ForEachInput for &'a [T] {
     type Item = &'a T;
-    type Source = &'a [T];
-    fn into_source(self) -> &'a [T] {
+    type Indexed = &'a [T];
+    fn into_indexed(self) -> &'a [T] {
         self
     }
 }
-impl<'a, T: Sync> sealed::Source for &'a [T] {
+impl<'a, T: Sync> sealed::Indexed for &'a [T] {
     type Item = &'a T;
     fn len(&self) -> usize {
         <[T]>::len(self)
@@ -86,8 +86,8 @@ impl<'a, T: Sync> sealed::Source for &'a [T] {
 impl<T: Send> sealed::Sealed for &mut [T] {}
 impl<'a, T: Send> ForEachInput for &'a mut [T] {
     type Item = &'a mut T;
-    type Source = SliceMut<'a, T>;
-    fn into_source(self) -> SliceMut<'a, T> {
+    type Indexed = SliceMut<'a, T>;
+    fn into_indexed(self) -> SliceMut<'a, T> {
         SliceMut {
             ptr: self.as_mut_ptr(),
             len: self.len(),
@@ -111,7 +111,7 @@ unsafe impl<T: Send> Sync for SliceMut<'_, T> {}
 // SAFETY: as for Sync; the slice itself is exclusively borrowed for 'a.
 unsafe impl<T: Send> Send for SliceMut<'_, T> {}
 
-impl<'a, T: Send> sealed::Source for SliceMut<'a, T> {
+impl<'a, T: Send> sealed::Indexed for SliceMut<'a, T> {
     type Item = &'a mut T;
     fn len(&self) -> usize {
         self.len

@@ -3,21 +3,21 @@
 //! allocates nothing (rayon keeps them in per-thread deques; a region's threads change
 //! as it grows, so budget keeps them with the region).
 //!
-//! A slot's state is one word, `generation << 2 | tag`:
+//! A place's state is one word, `generation << 2 | tag`:
 //!
 //! - `FREE` → `FILLING` (the lender's compare-and-swap, a new generation) → `LENT`
 //!   (the lender's SeqCst store, after it wrote the job);
 //! - `LENT` → `TAKEN` (a thief's compare-and-swap; it copies the job) → `FREE`;
 //! - or `LENT` → `FREE` (the lender takes its loan back, compare-and-swap on the exact
-//!   word it stored: a slot freed and lent again since has another generation, so a
+//!   word it stored: a place freed and lent again since has another generation, so a
 //!   lender never takes back someone else's loan).
 //!
 //! Each loan is therefore run by exactly one thread: the one thief whose swap won, or
 //! the lender whose take-back won.
 //!
-//! The table is cut into *lanes* of [`LANE`] slots, a slot to a cache line: a
+//! The table is cut into *lanes* of [`LANE`] places, a place to a cache line: a
 //! thread lends in its own lane (by a per-thread number), so two threads recursing
-//! at once write no common line. A lender takes the lowest free slot of its lane and
+//! at once write no common line. A lender takes the lowest free place of its lane and
 //! a thief the lowest lent one of a lane, so a thief gets the oldest loan of a
 //! recursion, the biggest half. A full lane is no error: the lender runs the half
 //! itself.
@@ -35,7 +35,7 @@ const TAKEN: usize = 3;
 const TAG: usize = 0b11;
 const GENERATION: usize = TAG + 1;
 
-/// Slots per lane: the levels of one thread's recursion that can be lent at once
+/// Places per lane: the levels of one thread's recursion that can be lent at once
 /// (deeper halves are small, and run by their lender).
 pub(crate) const LANE: usize = 8;
 
@@ -59,27 +59,27 @@ fn lane_number() -> usize {
 
 /// See the module docs.
 pub(crate) struct Lent {
-    slots: Box<[Slot]>,
-    /// One past the highest slot ever filled: readers scan no further (a region that
+    places: Box<[Place]>,
+    /// One past the highest place ever filled: readers scan no further (a region that
     /// never lends reads one word).
     high: AtomicUsize,
 }
 
-/// Aligned to a cache line: a lender's slot is not on a line another lender writes.
+/// Aligned to a cache line: a lender's place is not on a line another lender writes.
 #[repr(align(64))]
-struct Slot {
+struct Place {
     state: AtomicUsize,
     /// Written by the lender between `FILLING` and `LENT`, read by the thief between
     /// `TAKEN` and `FREE`: the state word orders the two.
     job: UnsafeCell<Option<JobRef>>,
 }
 
-// SAFETY: `job` is accessed only by the one thread that owns the slot's state at the
+// SAFETY: `job` is accessed only by the one thread that owns the place's state at the
 // time (`FILLING`: the lender; `TAKEN`: the thief), handed over through `state` with
 // release/acquire (SeqCst) operations; `JobRef` is `Send`.
 unsafe impl Sync for Lent {}
 
-/// A loan: its slot, and the word that marks it lent (its generation).
+/// A loan: its place, and the word that marks it lent (its generation).
 pub(crate) struct Loan {
     index: usize,
     lent: usize,
@@ -89,8 +89,8 @@ impl Lent {
     /// A table of `lanes` lanes (one per thread of the region that may lend at once).
     pub(crate) fn new(lanes: usize) -> Self {
         Lent {
-            slots: (0..lanes.max(1) * LANE)
-                .map(|_| Slot {
+            places: (0..lanes.max(1) * LANE)
+                .map(|_| Place {
                     state: AtomicUsize::new(FREE),
                     job: UnsafeCell::new(None),
                 })
@@ -102,35 +102,35 @@ impl Lent {
     /// Lends `job`, or gives `None` when this thread's lane is full (the lender runs
     /// it).
     pub(crate) fn lend(&self, job: JobRef) -> Option<Loan> {
-        let lanes = self.slots.len() / LANE;
+        let lanes = self.places.len() / LANE;
         let first = (lane_number() % lanes) * LANE;
-        for (index, slot) in self.slots[first..first + LANE]
+        for (index, place) in self.places[first..first + LANE]
             .iter()
             .enumerate()
-            .map(|(i, slot)| (first + i, slot))
+            .map(|(i, place)| (first + i, place))
         {
-            let seen = slot.state.load(Ordering::Relaxed);
+            let seen = place.state.load(Ordering::Relaxed);
             if seen & TAG != FREE {
                 continue;
             }
             let filling = (seen & !TAG).wrapping_add(GENERATION) | FILLING;
             // Acquire: the last thief's read of `job` happened before its `FREE`.
-            if slot
+            if place
                 .state
                 .compare_exchange(seen, filling, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
             }
-            // SAFETY: `FILLING` makes the slot ours alone (see the `Sync` impl).
-            unsafe { *slot.job.get() = Some(job) };
+            // SAFETY: `FILLING` makes the place ours alone (see the `Sync` impl).
+            unsafe { *place.job.get() = Some(job) };
             if self.high.load(Ordering::Relaxed) <= index {
                 self.high.fetch_max(index + 1, Ordering::SeqCst);
             }
             let lent = (filling & !TAG) | LENT;
             // SeqCst: publishes `job`, and is the lender's half of the Dekker pairs
             // with a leaving worker and a sleeping waiter (`Region::lend`).
-            slot.state.store(lent, Ordering::SeqCst);
+            place.state.store(lent, Ordering::SeqCst);
             return Some(Loan { index, lent });
         }
         None
@@ -139,7 +139,7 @@ impl Lent {
     /// Takes `loan` back if no thief took it: true when the lender must run the job
     /// itself, false when a thief runs (or ran) it.
     pub(crate) fn take_back(&self, loan: Loan) -> bool {
-        self.slots[loan.index]
+        self.places[loan.index]
             .state
             .compare_exchange(
                 loan.lent,
@@ -153,23 +153,23 @@ impl Lent {
     /// Takes the lowest lent job, for this thread to run.
     pub(crate) fn steal(&self) -> Option<JobRef> {
         let high = self.high.load(Ordering::SeqCst);
-        for slot in &self.slots[..high] {
-            let seen = slot.state.load(Ordering::SeqCst);
+        for place in &self.places[..high] {
+            let seen = place.state.load(Ordering::SeqCst);
             if seen & TAG != LENT {
                 continue;
             }
             let taken = (seen & !TAG) | TAKEN;
-            if slot
+            if place
                 .state
                 .compare_exchange(seen, taken, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
-                // SAFETY: `TAKEN` makes the slot ours alone; the lender's SeqCst store
+                // SAFETY: `TAKEN` makes the place ours alone; the lender's SeqCst store
                 // of `LENT`, read by our swap, published the job.
-                let job = unsafe { (*slot.job.get()).take() };
+                let job = unsafe { (*place.job.get()).take() };
                 // Release: our read of `job` happens before the next lender's write.
-                slot.state.store(seen & !TAG, Ordering::Release);
-                return Some(job.expect("a lent slot holds its job"));
+                place.state.store(seen & !TAG, Ordering::Release);
+                return Some(job.expect("a lent place holds its job"));
             }
         }
         None
@@ -178,9 +178,9 @@ impl Lent {
     /// Whether a job is lent now (SeqCst loads: read in the Dekker pairs).
     pub(crate) fn any(&self) -> bool {
         let high = self.high.load(Ordering::SeqCst);
-        self.slots[..high]
+        self.places[..high]
             .iter()
-            .any(|slot| slot.state.load(Ordering::SeqCst) & TAG == LENT)
+            .any(|place| place.state.load(Ordering::SeqCst) & TAG == LENT)
     }
 }
 
@@ -189,7 +189,7 @@ mod tests {
     use super::Lent;
     use crate::regions::job::StackJob;
 
-    /// Each loan runs once: taken back by its lender, or stolen, never both; a slot
+    /// Each loan runs once: taken back by its lender, or stolen, never both; a place
     /// freed and lent again is not taken back by the earlier lender.
     #[test]
     fn a_loan_runs_once() {
@@ -215,7 +215,7 @@ mod tests {
         unsafe { stolen.run() };
         assert!(first.done());
         assert_eq!(first.into_result().unwrap(), 1);
-        // The freed slot is lent again; the old loan's word no longer matches.
+        // The freed place is lent again; the old loan's word no longer matches.
         let loan_c = lent.lend(c).unwrap();
         assert!(lent.take_back(loan_b));
         assert_eq!(second.run_here().unwrap(), 2);

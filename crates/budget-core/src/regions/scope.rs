@@ -123,7 +123,7 @@ where
     let span = tracing::trace_span!(
         "budget.region",
         requested,
-        granted = width,
+        width,
         regrown = tracing::field::Empty
     );
     let _entered = span.enter();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::regions::clock;
 use crate::regions::context;
-use crate::regions::items::{sealed::Source, ForEachInput};
+use crate::regions::items::{sealed::Indexed, ForEachInput};
 use crate::regions::job::{self, erase, AbortOnUnwind, Outliving};
 use crate::regions::region::Region;
 use crate::regions::scope::Scope;
@@ -137,7 +137,7 @@ impl<'scope> Scope<'scope> {
     {
         // Every call of `f` is a task of this region, whichever thread runs it.
         let _task = context::set_frame(self.frame(true));
-        let source = items.into_source();
+        let source = items.into_indexed();
         let len = source.len();
         let chunk = len.div_ceil(self.requested * 8).max(1);
         let chunks = len.div_ceil(chunk);
@@ -203,7 +203,7 @@ impl<'scope> Scope<'scope> {
         let shared = self.shared();
         // SAFETY: for_each waits for every helper it did not cancel to be done before
         // `drain` goes out of scope (on every path: `armed` aborts otherwise); `drain`
-        // is Sync (it captures Sync state only: F: Sync, Source: Sync, atomics, mutex).
+        // is Sync (it captures Sync state only: F: Sync, Indexed: Sync, atomics, mutex).
         let drain_ref = unsafe { Outliving::new(&drain) };
         let frame = self.frame(true);
         let armed = AbortOnUnwind;

@@ -225,7 +225,7 @@ fn first_in_tree(message: &str) -> bool {
 }
 
 /// The jobserver this process joined, for the driver.
-pub(crate) struct Source {
+pub(crate) struct Member {
     pub(crate) var: String,
     pub(crate) auth: String,
     client: Client,
@@ -242,7 +242,7 @@ pub(crate) struct Source {
 /// copy of every lock in the state it had at the fork, and a thread of the parent
 /// that held one then (a region taking a token at entry, the supplier asking for
 /// one: several times per region under make) does not exist in the child, so that
-/// copy stays locked for good. The child's first region (`Source::of`), its
+/// copy stays locked for good. The child's first region (`Member::of`), its
 /// `release_outside_tokens` before `_exit` and its `exit` (`give_back_all`) then
 /// waited forever: 3 of the first 34 children of `examples/fork_hunt.rs` under
 /// `make -j2`. A child never locks its parent's state: [`here`] sees the fork generation differ
@@ -347,7 +347,7 @@ fn write_back(token: Acquired) {
 
 /// The jobserver of the environment, if there is one that works; a variable that
 /// names one that does not prints one warning.
-pub(crate) fn from_env() -> Option<Source> {
+pub(crate) fn from_env() -> Option<Member> {
     match captured() {
         None => None,
         Some(Err(message)) => {
@@ -356,7 +356,7 @@ pub(crate) fn from_env() -> Option<Source> {
             }
             None
         }
-        Some(Ok(found)) => Some(Source::of(found)),
+        Some(Ok(found)) => Some(Member::of(found)),
     }
 }
 
@@ -364,16 +364,16 @@ pub(crate) fn from_env() -> Option<Source> {
 /// `budget run` the tree's pipe, whose bytes `budget run` backs with node tokens, so
 /// a byte taken from it is a token of the node. Silent when there is none or it
 /// cannot be used (the node budget is what the process joined); never started (no
-/// helper thread: bytes are taken without waiting, [`Source::try_take`]).
-pub(crate) fn bridge() -> Option<Source> {
+/// helper thread: bytes are taken without waiting, [`Member::try_take`]).
+pub(crate) fn bridge() -> Option<Member> {
     match captured() {
-        Some(Ok(found)) => Some(Source::of(found)),
+        Some(Ok(found)) => Some(Member::of(found)),
         _ => None,
     }
 }
 
-impl Source {
-    fn of(found: &Found) -> Source {
+impl Member {
+    fn of(found: &Found) -> Member {
         static AT_EXIT: std::sync::Once = std::sync::Once::new();
         AT_EXIT.call_once(|| {
             // SAFETY: a plain `extern "C" fn()` that lives for the whole program.
@@ -382,7 +382,7 @@ impl Source {
         super::farewell::arm(&found.auth);
         // A forked child's first use: its own state, not the parent's (see `here`).
         here();
-        Source {
+        Member {
             var: found.var.clone(),
             auth: found.auth.clone(),
             client: found.client.clone(),
@@ -392,7 +392,7 @@ impl Source {
     }
 }
 
-impl Source {
+impl Member {
     /// Starts the helper thread that delivers tokens to `tokens`.
     pub(crate) fn start(&self, tokens: &'static Tokens) {
         let pending = self.pending.clone();

@@ -187,8 +187,8 @@ enum Backend {
     /// A node member, and the jobserver pipe of the tree if there is one (`budget
     /// run` offers one whose bytes it backs with node tokens: its spare byte is a
     /// node token a member may take, so a lone member still gets the whole node).
-    Node(node::Member, Option<jobserver::Source>),
-    Jobserver(jobserver::Source),
+    Node(node::Member, Option<jobserver::Member>),
+    Jobserver(jobserver::Member),
     /// Another copy of budget-core in this process.
     Copy(Copied),
 }
