@@ -70,6 +70,7 @@ use std::time::{Duration, Instant};
 use budget::prelude::*;
 use rayon::prelude::*;
 
+use budget_testkit::watch::{exit_unless_done, Done};
 use budget_testkit::Lib;
 
 /// Names the child's case; unset in the parent.
@@ -300,24 +301,16 @@ fn quiet_expected_panics() {
     }));
 }
 
-/// Exits with `HUNG` after `limit`, printing `progress()` and the budget's state,
-/// unless the returned flag is set first.
-fn watchdog(what: &'static str, limit: Duration, progress: fn() -> String) -> &'static AtomicBool {
-    let done: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-    thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while !done.load(SeqCst) {
-            if Instant::now() > deadline {
-                eprintln!("WATCHDOG: {what} did not finish in {limit:?}");
-                eprintln!("progress: {}", progress());
-                eprintln!("{}", budget::stats());
-                eprintln!("rayon: {:?}", budget::rayon::stats());
-                std::process::exit(HUNG);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    });
-    done
+/// Exits with `HUNG` after `limit`, printing `progress()`, the budget's state and the
+/// rayon pools', unless the returned guard is set first (testkit's one watchdog).
+fn watchdog(what: &'static str, limit: Duration, progress: fn() -> String) -> Done {
+    exit_unless_done(what, limit, HUNG, move || {
+        format!(
+            "progress: {}\nrayon: {:?}",
+            progress(),
+            budget::rayon::stats()
+        )
+    })
 }
 
 fn message(payload: &(dyn Any + Send)) -> String {
@@ -844,7 +837,7 @@ fn torture() {
     while budget::stats().in_use != 0 && Instant::now() < settle {
         thread::sleep(Duration::from_millis(5));
     }
-    done.store(true, SeqCst);
+    done.set();
     let stats = budget::stats();
     let max = MAX.load(SeqCst);
     let bound = total + OUTSIDE.min(usize::try_from(stats.overcommit).unwrap_or(usize::MAX));
@@ -1051,7 +1044,7 @@ fn payload(region: Region, dropper: Dropper) {
         );
         std::process::exit(EARLY);
     }
-    done.store(true, SeqCst);
+    done.set();
     match outcome {
         Ok(()) => panic!("the scope returned normally though two of its tasks panicked"),
         Err(payload) => {

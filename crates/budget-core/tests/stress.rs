@@ -14,10 +14,9 @@
 //! replay another seed (the seed in use is printed on failure). Thread interleavings
 //! still vary from run to run.
 
-use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
@@ -246,32 +245,23 @@ fn many_threads_random_trees_with_panics_conserve_tokens() {
 
     let progress: &'static [AtomicUsize] =
         Vec::leak((0..THREADS).map(|_| AtomicUsize::new(0)).collect());
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let outcome = panic::catch_unwind(|| workload(seed, progress));
-        let _ = tx.send(outcome);
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(Ok(())) => {}
-        Ok(Err(payload)) => {
-            eprintln!(
-                "stress: failed with seed {seed:#x}; {}",
-                budget_core::stats()
-            );
-            panic::resume_unwind(payload);
-        }
-        Err(_) => {
+    let done = budget_testkit::watch::exit_unless_done(
+        format!("stress (deadlock?), seed {seed:#x}"),
+        WATCHDOG,
+        1,
+        move || {
             let done: Vec<usize> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
-            // Straight to fd 2: libtest's capture would swallow eprintln! on exit.
-            let _ = writeln!(
-                std::io::stderr(),
-                "stress: no result after {WATCHDOG:?} (deadlock?), seed {seed:#x}\n\
-                 {}\ntrees finished per thread (of {TREES_PER_THREAD}): {done:?}",
-                budget_core::stats()
-            );
-            std::process::exit(1);
-        }
+            format!("trees finished per thread (of {TREES_PER_THREAD}): {done:?}")
+        },
+    );
+    if let Err(payload) = panic::catch_unwind(|| workload(seed, progress)) {
+        eprintln!(
+            "stress: failed with seed {seed:#x}; {}",
+            budget_core::stats()
+        );
+        panic::resume_unwind(payload);
     }
+    done.set();
     let stats = budget_core::stats();
     assert_eq!(stats.in_use, 0, "tokens leaked: {stats}");
     assert!(stats.peak_in_use <= stats.total, "{stats}");

@@ -16,17 +16,9 @@ const WORKER_ARGS: &str = "BUDGET_DEMO_WORKER_ARGS";
 /// Starts a worker of the demo's processes scenario: this test binary, running only
 /// [`demo_worker`] (the demo binary would run itself with `--worker`).
 fn launcher(args: &[String]) -> Command {
-    let exe = std::env::current_exe().expect("the path of this test binary");
-    let mut command = Command::new(exe);
+    let mut command = budget_testkit::child::test_command("demo_worker");
     command
-        .args([
-            "--exact",
-            "demo_worker",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
+        .args(["--ignored", "-q"])
         .env(WORKER_ARGS, args.join(" "));
     command
 }

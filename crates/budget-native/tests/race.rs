@@ -143,31 +143,16 @@ fn control_without_budget_crashes() {
     }
     let (mut failed, mut hung) = (0, 0);
     for _ in 0..30 {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "control_without_budget_crashes",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
+        let mut child = budget_testkit::child::test_command("control_without_budget_crashes")
+            .arg("--ignored")
             .env("BUDGET_NATIVE_CONTROL_CHILD", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                failed += usize::from(!status.success());
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                hung += 1;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        match budget_testkit::child::wait_or_kill(&mut child, std::time::Duration::from_secs(20)) {
+            Some(status) => failed += usize::from(!status.success()),
+            None => hung += 1,
         }
     }
     println!("without budget: {failed} of 30 runs crashed or failed, {hung} hung (> 20 s)");

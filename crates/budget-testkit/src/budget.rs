@@ -1,6 +1,6 @@
 //! For tests that need a budget of an exact size, shared by the tests of one binary:
-//! [`exclusive_budget`], [`wait_for`] with a deadline, and a [`watchdog`] for code that
-//! could deadlock.
+//! [`exclusive_budget`], [`wait_for`] with a deadline, and (from [`crate::watch`]) a
+//! [`watchdog`] for code that could deadlock.
 
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub fn exclusive_budget(total: usize) -> MutexGuard<'static, ()> {
             .build_global()
             .expect("this test binary builds the budget before any other use")
     });
-    let guard = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = serial();
     assert_eq!(budget_core::stats().total, total);
     assert_eq!(
         budget_core::stats().in_use,
@@ -38,6 +38,21 @@ pub fn exclusive_budget(total: usize) -> MutexGuard<'static, ()> {
         "a previous test leaked tokens"
     );
     guard
+}
+
+/// Runs the caller alone among the tests of its binary that take this guard (or
+/// [`exclusive_budget`]'s): for tests that start processes computing on every core or
+/// assert exact widths, which tests running beside them would distort. The one
+/// one-at-a-time lock of the workspace's tests.
+///
+/// # Examples
+///
+/// ```
+/// let _alone = budget_testkit::budget::serial();
+/// ```
+#[must_use = "the test runs alone only while the guard lives"]
+pub fn serial() -> MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Polls `condition` until it holds, failing the test after 30 s instead of hanging.
@@ -55,29 +70,4 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// Runs `f` on a thread and fails (with `what`) if it does not finish in 60 s: a
-/// deadlock fails the test instead of hanging the suite.
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(budget_testkit::budget::watchdog("adding", || 1 + 1), 2);
-/// ```
-pub fn watchdog<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let _ = tx.send(outcome);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(payload)) => std::panic::resume_unwind(payload),
-        Err(_) => {
-            eprintln!(
-                "watchdog: {what} did not finish in 60 s; {}",
-                budget_core::stats()
-            );
-            std::process::exit(101);
-        }
-    }
-}
+pub use crate::watch::watchdog;

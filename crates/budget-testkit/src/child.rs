@@ -99,34 +99,13 @@ pub fn rerun(test: &str, mode: &str, env: &[(&str, &str)]) -> String {
     run(test, &[(MODE, mode)], &["BUDGET_NUM_THREADS"], env)
 }
 
-/// In a child process: exits it with status 1 (after printing `what` and the
-/// budget's state) if it is still running after `secs` seconds, so that a hang
-/// fails the parent at once rather than at [`CHILD_TIMEOUT`].
-///
-/// # Examples
-///
-/// ```
-/// budget_testkit::child::exit_after("an example that never hangs", 600);
-/// ```
-pub fn exit_after(what: &'static str, secs: u64) {
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(secs));
-        eprintln!(
-            "watchdog: {what} still running after {secs} s; {}",
-            budget_core::stats()
-        );
-        std::process::exit(1);
-    });
-}
+pub use crate::watch::exit_after;
 
 /// Runs the test binary again with only `test` selected, `marks` and `env` set and
 /// `unset` removed; returns its stdout, or fails (see [`in_child`]).
 fn run(test: &str, marks: &[(&str, &str)], unset: &[&str], env: &[(&str, &str)]) -> String {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = test_command(test);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     for k in unset {
         cmd.env_remove(k);
     }
@@ -143,18 +122,7 @@ fn run(test: &str, marks: &[(&str, &str)], unset: &[&str], env: &[(&str, &str)])
     };
     let out = read(Box::new(child.stdout.take().expect("piped")));
     let err = read(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + CHILD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the child") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, CHILD_TIMEOUT);
     let (stdout, stderr) = (
         out.join().unwrap_or_default(),
         err.join().unwrap_or_default(),
@@ -174,4 +142,51 @@ fn run(test: &str, marks: &[(&str, &str)], unset: &[&str], env: &[(&str, &str)])
         "child for {test} did not run the test:\n{stdout}\n{stderr}"
     );
     stdout
+}
+
+/// The test binary again, running only `test` (`--exact`, one thread, output shown):
+/// how every child-process test of the workspace starts its children.
+///
+/// # Examples
+///
+/// ```
+/// let command = budget_testkit::child::test_command("some_test");
+/// assert!(command.get_args().any(|a| a == "--exact"));
+/// ```
+pub fn test_command(test: &str) -> Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut command = Command::new(exe);
+    command.args([test, "--exact", "--nocapture", "--test-threads=1"]);
+    command
+}
+
+/// Waits for `child` at most `limit`; kills it (and reaps it) and returns `None`
+/// when it runs longer.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(unix)] {
+/// use std::time::Duration;
+/// let mut child = std::process::Command::new("true").spawn().unwrap();
+/// let status = budget_testkit::child::wait_or_kill(&mut child, Duration::from_secs(20));
+/// assert!(status.unwrap().success());
+/// # }
+/// ```
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -12,7 +12,6 @@
 //! ```
 
 use std::ffi::c_int;
-use std::path::{Path, PathBuf};
 
 /// What to do when OpenBLAS is missing.
 pub const INSTALL_OPENBLAS: &str = "skipped: install libopenblas0-pthread \
@@ -30,30 +29,7 @@ fn triple() -> &'static str {
 }
 
 use crate::blas::{self as ffi, Cdgemm, Dgeqrf};
-
-/// A library path: the environment variable `key`, then `.cache/native/libs.env`
-/// (written by scripts/setup-native.sh), then `fallback`; only if it exists.
-fn lib_path(key: &str, fallback: &str) -> Option<PathBuf> {
-    crate::libs::lib_path(key)
-        .filter(|p| p.exists())
-        .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.exists()))
-}
-
-/// A `dlopen` handle, never closed; `None` where the library cannot be loaded.
-struct Lib(crate::Lib);
-
-impl Lib {
-    fn load(path: &Path) -> Option<Lib> {
-        crate::Lib::open(path).ok().map(Lib)
-    }
-
-    /// # Safety
-    /// `F` must be a function pointer type matching the symbol's prototype.
-    unsafe fn func<F: Copy>(&self, name: &str) -> Option<F> {
-        // SAFETY: the caller guarantees the prototype.
-        unsafe { self.0.try_func(name) }
-    }
-}
+use crate::Lib;
 
 /// OpenBLAS's `dgeqrf_`, `cblas_dgemm` and thread-count functions.
 pub struct Blas {
@@ -68,16 +44,16 @@ impl Blas {
     /// Loads OpenBLAS on pthreads, or says what to install.
     pub fn load() -> Result<Blas, String> {
         let fallback = format!("/usr/lib/{}/openblas-pthread/libopenblas.so.0", triple());
-        let lib = lib_path("BUDGET_NATIVE_OPENBLAS_PTHREAD", &fallback)
-            .and_then(|p| Lib::load(&p))
+        let lib = crate::libs::lib_path_or("BUDGET_NATIVE_OPENBLAS_PTHREAD", &fallback)
+            .and_then(|p| Lib::open(&p).ok())
             .ok_or_else(|| INSTALL_OPENBLAS.to_string())?;
         // SAFETY: the LAPACK / CBLAS / OpenBLAS prototypes declared above.
         let (dgeqrf, dgemm, set, get) = unsafe {
             (
-                lib.func::<Dgeqrf>("dgeqrf_"),
-                lib.func::<Cdgemm>("cblas_dgemm"),
-                lib.func::<unsafe extern "C" fn(c_int)>("openblas_set_num_threads"),
-                lib.func::<unsafe extern "C" fn() -> c_int>("openblas_get_num_threads"),
+                lib.try_func::<Dgeqrf>("dgeqrf_"),
+                lib.try_func::<Cdgemm>("cblas_dgemm"),
+                lib.try_func::<unsafe extern "C" fn(c_int)>("openblas_set_num_threads"),
+                lib.try_func::<unsafe extern "C" fn() -> c_int>("openblas_get_num_threads"),
             )
         };
         match (dgeqrf, dgemm, set, get) {
@@ -135,8 +111,8 @@ impl Omp {
     pub fn load() -> Result<Omp, String> {
         let fail = || INSTALL_OPENMP.to_string();
         let gomp_fallback = format!("/usr/lib/{}/libgomp.so.1", triple());
-        let gomp = lib_path("BUDGET_NATIVE_GOMP", &gomp_fallback)
-            .and_then(|p| Lib::load(&p))
+        let gomp = crate::libs::lib_path_or("BUDGET_NATIVE_GOMP", &gomp_fallback)
+            .and_then(|p| Lib::open(&p).ok())
             .ok_or_else(fail)?;
         let dir = std::env::temp_dir().join("budget-demo");
         std::fs::create_dir_all(&dir).map_err(|_| fail())?;
@@ -152,14 +128,17 @@ impl Omp {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        let lib = built.then(|| Lib::load(&so)).flatten().ok_or_else(fail)?;
+        let lib = built
+            .then(|| Lib::open(&so).ok())
+            .flatten()
+            .ok_or_else(fail)?;
         let _ = std::fs::remove_file(&src);
         let _ = std::fs::remove_file(&so); // the loaded mapping stays valid
                                            // SAFETY: `void kernel(double *, int)` and `void omp_set_num_threads(int)`.
         let (kernel, set) = unsafe {
             (
-                lib.func::<unsafe extern "C" fn(*mut f64, c_int)>("kernel"),
-                gomp.func::<unsafe extern "C" fn(c_int)>("omp_set_num_threads"),
+                lib.try_func::<unsafe extern "C" fn(*mut f64, c_int)>("kernel"),
+                gomp.try_func::<unsafe extern "C" fn(c_int)>("omp_set_num_threads"),
             )
         };
         Ok(Omp {

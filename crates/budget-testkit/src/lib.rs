@@ -9,8 +9,9 @@
 //! - [`workloads`] and [`kernels`]: the demo's pure-Rust and native (OpenBLAS QR,
 //!   OpenMP C kernel) workloads, also timed by the benchmarks and the processes
 //!   example;
-//! - [`budget`]: an exact-size budget shared by the tests of one binary, polling with
-//!   a deadline, and a watchdog for code that could deadlock.
+//! - [`budget`]: an exact-size budget shared by the tests of one binary, and polling
+//!   with a deadline;
+//! - [`watch`]: the watchdogs, one mechanism: a hang ends the process with a report.
 //!
 //! # Examples
 //!
@@ -27,6 +28,7 @@ pub mod forked;
 pub mod kernels;
 pub mod libs;
 pub mod measure;
+pub mod watch;
 pub mod workloads;
 
 pub use child::{in_child, in_child_env};

@@ -49,6 +49,21 @@ pub fn lib_path(key: &str) -> Option<PathBuf> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(PathBuf::from))
 }
 
+/// [`lib_path`] if that file exists, else `fallback` if it exists (Debian's path, for
+/// the demo run without `scripts/setup-native.sh`).
+///
+/// # Examples
+///
+/// ```
+/// let gomp = budget_testkit::libs::lib_path_or("BUDGET_NATIVE_GOMP", "/no/such/libgomp.so.1");
+/// assert!(gomp.map_or(true, |p| p.exists()));
+/// ```
+pub fn lib_path_or(key: &str, fallback: &str) -> Option<PathBuf> {
+    lib_path(key)
+        .filter(|p| p.exists())
+        .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.exists()))
+}
+
 /// [`lib_path`] for a library the caller cannot do without.
 ///
 /// # Panics

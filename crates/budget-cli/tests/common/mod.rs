@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub fn probe() -> Command {
@@ -42,40 +42,21 @@ pub fn clean_env(cmd: &mut Command) {
     cmd.env("BUDGET_NUM_THREADS", "2");
 }
 
-/// Exits the whole test binary, with a message, if it runs longer than `secs`.
+/// Exits the whole test binary, with a message, if it runs longer than `secs`
+/// (testkit's one watchdog, started once per binary).
 pub fn watchdog(secs: u64) {
     static START: Once = Once::new();
-    START.call_once(|| {
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(secs));
-            eprintln!("watchdog: the process tests ran over {secs} s; giving up");
-            std::process::exit(1);
-        });
-    });
+    START.call_once(|| budget_testkit::watch::exit_after("the process tests", secs));
 }
 
 /// Runs the tests of one binary one at a time: each starts processes that compute on
 /// both cores and asserts on widths, which tests running beside it would distort.
-#[must_use = "the test runs alone only while the guard lives"]
-pub fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use budget_testkit::budget::serial;
 
 /// Waits for `child`, killing it and panicking after `secs`.
 pub fn wait_for(child: &mut Child, secs: u64, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    budget_testkit::child::wait_or_kill(child, Duration::from_secs(secs))
+        .unwrap_or_else(|| panic!("{what} did not finish within {secs} s"))
 }
 
 pub fn now_ns() -> u64 {
