@@ -184,6 +184,94 @@ impl Lent {
     }
 }
 
+/// Loom models of the table's protocol (run with the others: `--cfg budget_loom`):
+/// each loan runs exactly once, taken back or stolen, also when its place is lent
+/// again while a thief looks. (A take-back made of a load and a store instead of one
+/// compare-and-swap fails both: the job runs twice.)
+#[cfg(all(test, budget_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+
+    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use loom::thread;
+
+    use super::Lent;
+    use crate::regions::job::StackJob;
+
+    /// A job that counts its runs, alive for the whole model (loom's threads are
+    /// `'static`; a leaked box per execution).
+    fn counting(runs: &Arc<AtomicUsize>) -> &'static StackJob<impl FnOnce() + Send, ()> {
+        let runs = runs.clone();
+        Box::leak(Box::new(StackJob::new(move || {
+            runs.fetch_add(1, SeqCst);
+        })))
+    }
+
+    #[test]
+    fn loom_a_loan_is_taken_back_or_stolen_once() {
+        loom::model(|| {
+            let lent = Arc::new(Lent::new(1));
+            let runs = Arc::new(AtomicUsize::new(0));
+            let job = counting(&runs);
+            // SAFETY: the job is leaked (alive for good) and runs once (asserted).
+            let job_ref = unsafe { job.as_job_ref() };
+            let loan = lent.lend(job_ref).unwrap();
+            let thief = {
+                let lent = lent.clone();
+                thread::spawn(move || match lent.steal() {
+                    // SAFETY: as above; `steal` hands the loan out once.
+                    Some(job) => unsafe { job.run() },
+                    None => {}
+                })
+            };
+            if lent.take_back(loan) {
+                // SAFETY: taken back: nobody else runs it.
+                unsafe { job_ref.run() };
+            }
+            thief.join().unwrap();
+            assert_eq!(runs.load(SeqCst), 1);
+            assert!(!lent.any());
+        });
+    }
+
+    #[test]
+    fn loom_a_stale_loan_never_takes_back_the_next() {
+        loom::model(|| {
+            let lent = Arc::new(Lent::new(1));
+            let (runs_a, runs_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (a, b) = (counting(&runs_a), counting(&runs_b));
+            // SAFETY: both jobs are leaked and each runs once (asserted).
+            let (a, b) = unsafe { (a.as_job_ref(), b.as_job_ref()) };
+            let thief = {
+                let lent = lent.clone();
+                thread::spawn(move || {
+                    if let Some(job) = lent.steal() {
+                        // SAFETY: as above.
+                        unsafe { job.run() };
+                    }
+                })
+            };
+            let loan_a = lent.lend(a).unwrap();
+            if lent.take_back(loan_a) {
+                // SAFETY: taken back: ours alone.
+                unsafe { a.run() };
+            }
+            // The same place again, maybe while the thief holds it.
+            if let Some(loan_b) = lent.lend(b) {
+                if lent.take_back(loan_b) {
+                    // SAFETY: as above.
+                    unsafe { b.run() };
+                }
+            } else {
+                // SAFETY: never lent: ours alone.
+                unsafe { b.run() };
+            }
+            thief.join().unwrap();
+            assert_eq!((runs_a.load(SeqCst), runs_b.load(SeqCst)), (1, 1));
+        });
+    }
+}
+
 #[cfg(all(test, not(budget_loom)))]
 mod tests {
     use super::Lent;
