@@ -218,10 +218,11 @@ mod loom_tests {
             let loan = lent.lend(job_ref).unwrap();
             let thief = {
                 let lent = lent.clone();
-                thread::spawn(move || match lent.steal() {
-                    // SAFETY: as above; `steal` hands the loan out once.
-                    Some(job) => unsafe { job.run() },
-                    None => {}
+                thread::spawn(move || {
+                    if let Some(job) = lent.steal() {
+                        // SAFETY: as above; `steal` hands the loan out once.
+                        unsafe { job.run() };
+                    }
                 })
             };
             if lent.take_back(loan) {
