@@ -38,6 +38,7 @@
 
 mod probe;
 pub(crate) mod processes;
+mod qr;
 mod report;
 mod scenarios;
 

@@ -16,7 +16,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use rayon::prelude::*;
 
 use super::probe;
-use super::scenarios::{budget_qr_loop, matrices, QR_N};
+use super::qr::{budget_qr_loop, QR_N};
+use budget_testkit::blas::matrices;
 use budget_testkit::kernels::Blas;
 
 /// How the demo starts a worker process, given the worker's arguments: by default

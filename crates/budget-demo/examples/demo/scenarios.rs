@@ -117,10 +117,8 @@ fn timed<'a>(
     }
 }
 
-pub(crate) use budget_testkit::blas::matrices;
-
-/// The side of the QR scenarios' matrices.
-pub(crate) const QR_N: usize = 256;
+use super::qr::{budget_qr_loop, QR_N};
+use budget_testkit::blas::matrices;
 
 /// A rayon loop over 128 `dgeqrf` of 256×256.
 fn qr(plan: &Plan, progress: Progress<'_>) -> Result<Outcome, String> {
@@ -420,15 +418,4 @@ fn setting_label(setting: Setting) -> &'static str {
         Setting::RayonAll => "rayon = all, BLAS = 1",
         Setting::Budget => "budget",
     }
-}
-
-/// The small-QR loop with a budget region at both levels: rayon outside, each QR in
-/// `s.native` (so at width 1 while the loop holds every core).
-pub(crate) fn budget_qr_loop(blas: &Blas, mats: &[Vec<f64>]) {
-    budget::scope(|s| {
-        s.install(|| {
-            mats.par_iter()
-                .for_each(|m| budget::scope(|i| i.native(|| blas.qr(m, QR_N))))
-        })
-    });
 }
