@@ -17,12 +17,14 @@
 //!
 //! The table is cut into *lanes* of [`LANE`] places, a place to a cache line: a
 //! thread lends in its own lane (by a per-thread number), so two threads recursing
-//! at once write no common line. A lender takes the lowest free place of its lane and
-//! a thief the lowest lent one of a lane, so a thief gets the oldest loan of a
-//! recursion, the biggest half. A full lane is no error: the lender runs the half
-//! itself.
+//! at once write no common line. A lender takes the lowest place of its lane where it
+//! holds no loan (it keeps the positions in a thread-local mask, so it reads no
+//! place it cannot use) and a thief the lowest lent one of a lane, so a thief gets
+//! the oldest loan of a recursion, the biggest half. A full lane is no error: the
+//! lender runs the half itself.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicUsize as StdAtomic, Ordering as StdOrdering};
 
 use crate::regions::job::JobRef;
 // The shim: loom's atomics under `--cfg budget_loom` (the region models).
@@ -39,16 +41,22 @@ const GENERATION: usize = TAG + 1;
 /// (deeper halves are small, and run by their lender).
 pub(crate) const LANE: usize = 8;
 
-/// This thread's lane number, before the modulo (threads are numbered in the order
-/// they first lend).
+thread_local! {
+    /// This thread's lane number, before the modulo (threads are numbered in the order
+    /// they first lend; `usize::MAX` until then).
+    static LANE_NUMBER: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The places of its lane (by position, in any region) where this thread has a
+    /// loan not yet taken back or found stolen: a lend goes straight to the lowest
+    /// other one (no scan of lines a thief reads), and with all [`LANE`] in use it is
+    /// refused without reading a place (the deep levels of a recursion, most of its
+    /// joins).
+    static MINE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// This thread's lane number, before the modulo.
 fn lane_number() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicUsize as StdAtomic, Ordering as StdOrdering};
     static NEXT: StdAtomic = StdAtomic::new(0);
-    thread_local! {
-        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    MINE.with(|mine| {
+    LANE_NUMBER.with(|mine| {
         if mine.get() == usize::MAX {
             // Relaxed: a number, no data published.
             mine.set(NEXT.fetch_add(1, StdOrdering::Relaxed));
@@ -102,13 +110,17 @@ impl Lent {
     /// Lends `job`, or gives `None` when this thread's lane is full (the lender runs
     /// it).
     pub(crate) fn lend(&self, job: JobRef) -> Option<Loan> {
+        let mine = MINE.with(Cell::get);
         let lanes = self.places.len() / LANE;
         let first = (lane_number() % lanes) * LANE;
-        for (index, place) in self.places[first..first + LANE]
-            .iter()
-            .enumerate()
-            .map(|(i, place)| (first + i, place))
-        {
+        // The lowest position this thread holds no loan in; another thread sharing
+        // the lane may hold it (or the next ones): then the next, up to the lane's end.
+        for position in (mine.trailing_ones() as usize)..LANE {
+            if mine & (1 << position) != 0 {
+                continue;
+            }
+            let index = first + position;
+            let place = &self.places[index];
             let seen = place.state.load(Ordering::Relaxed);
             if seen & TAG != FREE {
                 continue;
@@ -131,14 +143,17 @@ impl Lent {
             // SeqCst: publishes `job`, and is the lender's half of the Dekker pairs
             // with a leaving worker and a sleeping waiter (`Region::lend`).
             place.state.store(lent, Ordering::SeqCst);
+            MINE.with(|m| m.set(mine | (1 << position)));
             return Some(Loan { index, lent });
         }
         None
     }
 
     /// Takes `loan` back if no thief took it: true when the lender must run the job
-    /// itself, false when a thief runs (or ran) it.
+    /// itself, false when a thief runs (or ran) it. Called once per loan, on the
+    /// lending thread.
     pub(crate) fn take_back(&self, loan: Loan) -> bool {
+        MINE.with(|m| m.set(m.get() & !(1 << (loan.index % LANE))));
         self.places[loan.index]
             .state
             .compare_exchange(
