@@ -8,11 +8,14 @@
 //!   ([`runs_body`](ScopeHooks::runs_body)), run code as the body of this region or of
 //!   one nested here, the rule in one place ([`in_body`](ScopeHooks::in_body)), and
 //!   name the region ([`id`](ScopeHooks::id), a [`RegionId`]).
+//! - [`OpenRegion`]: a region entered without a closure (a `with` block, a C caller),
+//!   with `scope_with`'s rule, given back on drop: the state `scope_with` itself holds.
 //! - [`RegionThread`]: mark a thread whose running is paid for by a region's tokens.
 //! - [`Lease`]: hold tokens outside any region, for a pool of one's own.
 
 pub use crate::pool::per_fork::PerFork;
 pub use crate::regions::context::RegionThread;
+pub use crate::regions::open::OpenRegion;
 pub use crate::tokens::lease::Lease;
 use crate::Scope;
 

@@ -33,6 +33,19 @@ pub(crate) fn enter() -> Guard {
     }
 }
 
+/// Marks the current thread as inside a region until [`leave_region`]: for a
+/// region's state that is not `Send` itself (`OpenRegion`), which calls both.
+#[inline]
+pub(crate) fn enter_region() {
+    DEPTH.with(|d| d.set(d.get() + 1));
+}
+
+/// Undoes one [`enter_region`], on the thread that called it.
+#[inline]
+pub(crate) fn leave_region() {
+    DEPTH.with(|d| d.set(d.get() - 1));
+}
+
 /// Leaves what [`enter`] entered, on the thread that entered it (not `Send`).
 #[derive(Debug)]
 pub(crate) struct Guard {

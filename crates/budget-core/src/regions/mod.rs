@@ -12,6 +12,7 @@ pub(crate) mod event;
 pub(crate) mod items;
 pub(crate) mod job;
 pub(crate) mod lent;
+pub(crate) mod open;
 pub(crate) mod region;
 pub(crate) mod scope;
 pub(crate) mod tasks;

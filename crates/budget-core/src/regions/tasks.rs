@@ -40,7 +40,7 @@ impl<'scope> Scope<'scope> {
     where
         F: FnOnce(&Scope<'scope>) + Send + 'scope,
     {
-        let shared = self.shared();
+        let shared = self.open.shared();
         shared.pending.fetch_add(1, Ordering::SeqCst);
         // SAFETY: the scope outlives its tasks: `scope_with` waits for
         // `pending == 0` before `Scope` is dropped.
@@ -92,7 +92,7 @@ impl<'scope> Scope<'scope> {
     {
         // `a` and `b` are tasks of this region, whichever thread runs them.
         let _task = context::set_frame(self.frame(true));
-        if self.requested == 1 || self.alone() {
+        if self.requested() == 1 || self.open.alone() {
             // Queuing `b` could not get it run sooner: run both here, `b` even if
             // `a` panicked, as on the queued path.
             let result_a = catch_unwind(AssertUnwindSafe(a));
@@ -100,7 +100,7 @@ impl<'scope> Scope<'scope> {
             return both(result_a, result_b);
         }
         let frame = self.frame(true);
-        let (result_a, result_b) = self.shared().join(a, move || {
+        let (result_a, result_b) = self.open.shared().join(a, move || {
             let _task = context::set_frame(frame);
             b()
         });
@@ -139,9 +139,9 @@ impl<'scope> Scope<'scope> {
         let _task = context::set_frame(self.frame(true));
         let source = items.into_indexed();
         let len = source.len();
-        let chunk = len.div_ceil(self.requested * 8).max(1);
+        let chunk = len.div_ceil(self.requested() * 8).max(1);
         let chunks = len.div_ceil(chunk);
-        let helpers = (self.requested - 1).min(chunks.saturating_sub(1));
+        let helpers = (self.requested() - 1).min(chunks.saturating_sub(1));
         let item = |i| {
             // SAFETY: every caller below fetches each index below `len` once: the
             // inline phases move `start` up, the parallel one hands out disjoint
@@ -162,7 +162,7 @@ impl<'scope> Scope<'scope> {
             start = run_until_help_pays(0, len, item);
             // Then chunk by chunk while nobody could take the next one (width 1, no
             // token free, nobody of the tree idle), looking again before each.
-            while start < len && self.alone() {
+            while start < len && self.open.alone() {
                 let end = (start + chunk).min(len);
                 (start..end).for_each(item);
                 start = end;
@@ -200,7 +200,7 @@ impl<'scope> Scope<'scope> {
                 }
             }
         };
-        let shared = self.shared();
+        let shared = self.open.shared();
         // SAFETY: for_each waits for every helper it did not cancel to be done before
         // `drain` goes out of scope (on every path: `armed` aborts otherwise); `drain`
         // is Sync (it captures Sync state only: F: Sync, Indexed: Sync, atomics, mutex).

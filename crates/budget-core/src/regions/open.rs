@@ -1,0 +1,361 @@
+//! [`OpenRegion`]: a region's state from its entry to its exit, the one place a
+//! region is entered. [`scope_with`](crate::scope_with) holds one for its
+//! [`Scope`](crate::Scope) (which adds the tasks); an integration that cannot pass a
+//! closure (a `with` block of another language, a C caller) holds one directly,
+//! through [`integration::OpenRegion`](crate::integration::OpenRegion).
+//!
+//! At entry: the request (capped at the total; an outermost region on a foreign
+//! rayon worker at its share), the region's own thread paid for (`own.rs`), `width =
+//! 1 + what is free` taken without waiting, the region counted in `stats()` with its
+//! narrowing cause, a `budget.region` tracing span, and the thread marked as inside a
+//! region. At exit: the shared state closed (no grant after it), the span's
+//! `regrown`, and exactly the tokens held given back (`final width - 1` plus the own
+//! thread's share).
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::pool::process;
+use crate::pool::registry::Registry;
+use crate::regions::context;
+use crate::regions::job::{self, Outliving};
+use crate::regions::region::Region;
+use crate::tokens::own::OwnToken;
+
+/// What an outermost region asks for: `max`, clamped to `1..=total`, and on a worker
+/// of a rayon pool that is not budget's (a plain-rayon application's `par_iter`
+/// calling a library that uses budget) at most its share of the cores,
+/// `max(1, total / threads of that pool)`: every thread of that loop may open such a
+/// region, and a region that took the tokens its siblings between two calls did not
+/// hold left them to run unpaid (16 images: 40 of 64 regions overcommitted). A
+/// worker of budget's own pools is inside a region already and never gets here.
+#[inline]
+fn foreign_share(max: usize, total: usize) -> usize {
+    let max = max.clamp(1, total);
+    match rayon_core::current_thread_index() {
+        None => max,
+        Some(_) => max.min((total / rayon_core::current_num_threads()).max(1)),
+    }
+}
+
+/// A region entered without a closure: its tokens are taken at entry, with the rule
+/// of [`scope_with`](crate::scope_with) (never waiting; nested regions shrink), and
+/// given back when it is dropped. It has no tasks: for code that runs its own
+/// threads at [`width`](OpenRegion::width) (a native library, a pool of another
+/// language), or marks that its thread is inside a region.
+///
+/// Not `Send`: a region ends on the thread that entered it (it marks that thread).
+/// Regions opened on one thread may end in any order (their tokens are unordered).
+///
+/// # Examples
+///
+/// ```
+/// # use budget_core as budget;
+/// use budget::integration::OpenRegion;
+///
+/// let total = budget::stats().total;
+/// let outer = OpenRegion::enter(usize::MAX);
+/// assert_eq!(outer.width(), total); // nothing else runs
+/// assert_eq!(budget::stats().in_use, total);
+/// let inner = OpenRegion::enter(usize::MAX);
+/// assert_eq!(inner.width(), 1); // the outer one holds every token
+/// drop(outer); // any order
+/// drop(inner);
+/// assert_eq!(budget::stats().in_use, 0);
+/// ```
+///
+/// It stays on its thread:
+///
+/// ```compile_fail,E0277
+/// let open = budget_core::integration::OpenRegion::enter(2);
+/// std::thread::spawn(move || drop(open));
+/// ```
+pub struct OpenRegion {
+    registry: &'static Registry,
+    requested: usize,
+    /// The width taken at entry; the shared state's, which only grows, once it exists.
+    initial_width: usize,
+    /// How the region's own thread is paid for (`own.rs`), until the shared state
+    /// exists; then `Region::own` is.
+    own: OwnToken,
+    /// Made on the first task (or a demand): a region that spawns nothing allocates
+    /// nothing.
+    shared: OnceLock<Arc<Region>>,
+    /// The outermost region of this region's tree (`tree.rs`); `None` when this is
+    /// it. It outlives this region (this one runs inside its body or tasks).
+    root: Option<Outliving<OpenRegion>>,
+    /// The region's [`RegionId`](crate::integration::RegionId), 0 until asked for.
+    id: AtomicUsize,
+    /// The `budget.region` span, entered while the region is open.
+    span: tracing::Span,
+    /// Given back already (`close`).
+    closed: bool,
+    /// `Sync` (a `Scope` is shared with its tasks) but not `Send`: the region marked
+    /// its thread as inside a region, and unmarks it at exit.
+    not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl OpenRegion {
+    /// Enters a region of at most `max` cores (0 is taken as 1) on this thread: its
+    /// own thread plus what is free, now. See [`scope_with`](crate::scope_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use budget_core as budget;
+    /// let open = budget::integration::OpenRegion::enter(2);
+    /// assert!(open.width() >= 1 && open.width() <= open.requested());
+    /// ```
+    pub fn enter(max: usize) -> OpenRegion {
+        let registry = process::global();
+        let tokens = &registry.tokens;
+        let nested = context::in_region();
+        let requested = if nested {
+            max.clamp(1, tokens.total())
+        } else {
+            foreign_share(max, tokens.total())
+        };
+        let own = OwnToken::take(nested, tokens);
+        // Free tokens first; in a process sharing an outside budget, outside ones
+        // that can be had at once (a region never waits: one non-blocking try per
+        // token).
+        let width = 1 + tokens.take(requested - 1);
+        tokens
+            .counters
+            .note_region(width < requested, own.overcommitted());
+        if width < requested && (!nested || tokens.shares()) {
+            // A cause other than the enclosing regions is possible (`Stats`).
+            tokens.note_cause(nested);
+        }
+        let span = tracing::trace_span!(
+            "budget.region",
+            requested,
+            width,
+            regrown = tracing::field::Empty
+        );
+        // Entered for the region's life, exited in `give_back` (a `Span`, not its
+        // guard: the guard is not `Sync`, and a `Scope` is shared with its tasks).
+        span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
+        context::enter_region();
+        let open = OpenRegion {
+            registry,
+            requested,
+            initial_width: width,
+            own,
+            shared: OnceLock::new(),
+            root: root_of_parent(context::frame()),
+            id: AtomicUsize::new(0),
+            span,
+            closed: false,
+            not_send: PhantomData,
+        };
+        if open.own.owes() {
+            // Runs unpaid: register now, so the first token freed pays for this
+            // thread (rare path: an outside thread that found every token taken).
+            open.shared();
+        }
+        open
+    }
+
+    /// The cores this region may use now, its own thread included: at least 1, at
+    /// most [`requested`](OpenRegion::requested); it only grows while the region is
+    /// open (a grant while it has demand).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let open = budget_core::integration::OpenRegion::enter(1);
+    /// assert_eq!(open.width(), 1);
+    /// ```
+    #[inline]
+    pub fn width(&self) -> usize {
+        self.shared
+            .get()
+            .map_or(self.initial_width, |shared| shared.width())
+    }
+
+    /// The width asked for: `max`, capped at the budget's total, at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let open = budget_core::integration::OpenRegion::enter(0);
+    /// assert_eq!(open.requested(), 1);
+    /// ```
+    pub fn requested(&self) -> usize {
+        self.requested
+    }
+
+    /// Whether the region runs one thread more than the budget: its thread was outside
+    /// every region and found no token free (its token is owed, and the first one
+    /// released pays it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let open = budget_core::integration::OpenRegion::enter(1);
+    /// assert!(!open.overcommitted()); // a token was free
+    /// ```
+    pub fn overcommitted(&self) -> bool {
+        self.own().overcommitted()
+    }
+
+    /// Runs `f` while the region asks for its full request with no task queued,
+    /// telling `on_grow` each new width (`ScopeHooks::with_demand`).
+    pub(crate) fn with_demand<R>(
+        &self,
+        on_grow: impl Fn(usize) + Send + Sync + 'static,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        if self.initial_width >= self.requested && !self.own().owes() {
+            return f(); // nothing to grow into
+        }
+        self.shared().with_demand(Arc::new(on_grow), f)
+    }
+
+    /// True when queued work could not run sooner than inline: the region has width
+    /// 1 and no token is free to grow it. A hint, read without ordering: `join` and
+    /// `for_each` check it again at their next call or chunk.
+    pub(crate) fn alone(&self) -> bool {
+        self.width() == 1 && !self.registry.tokens.may_grow() && !self.tree_can_help()
+    }
+
+    /// Whether an idle thread of this region's tree could run a queued task now: a
+    /// waiter in `help_until`, or a free slot of the root (see `tree.rs`).
+    fn tree_can_help(&self) -> bool {
+        match self.root {
+            None => self
+                .shared
+                .get()
+                .is_some_and(|region| region.tree.waiting() > 0),
+            Some(root) => {
+                let root = root.get();
+                match root.shared.get() {
+                    None => root.initial_width > 1,
+                    Some(region) => region.tree.waiting() > 0 || region.has_free_slot(),
+                }
+            }
+        }
+    }
+
+    /// This region's frame: its body (`task == false`) or one of its tasks.
+    #[inline]
+    pub(crate) fn frame(&self, task: bool) -> context::Frame {
+        context::Frame::of(self, task)
+    }
+
+    /// The region's id: numbered on first ask, from a process-wide counter (a region
+    /// nobody asks costs nothing).
+    pub(crate) fn id(&self) -> std::num::NonZeroUsize {
+        // Relaxed both: a number, no data published with it; the compare-exchange
+        // keeps the first number given if two threads ask at once.
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let mut id = self.id.load(Ordering::Relaxed);
+        if id == 0 {
+            let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
+            id = match self
+                .id
+                .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => fresh,
+                Err(first) => first,
+            };
+        }
+        std::num::NonZeroUsize::new(id).expect("region ids start at 1 and do not wrap")
+    }
+
+    /// How the region's own thread is paid for (`own.rs`): the shared state's once
+    /// it exists (grants change it there), else the state taken at entry.
+    #[inline]
+    fn own(&self) -> &OwnToken {
+        self.shared.get().map_or(&self.own, |shared| &shared.own)
+    }
+
+    /// The region's shared state (task queue, slots, growth), made on first use.
+    pub(crate) fn shared(&self) -> &Arc<Region> {
+        self.shared.get_or_init(|| {
+            let tree = self.root.map(|root| root.get().shared().tree.clone());
+            Region::new(
+                self.registry,
+                self.requested,
+                self.initial_width,
+                self.own.snapshot(),
+                tree,
+            )
+        })
+    }
+
+    /// Waits for the region's tasks (running queued ones here meanwhile); `None` when
+    /// it never had any. `Err` when waiting panicked (a forked child: `help_until`).
+    pub(crate) fn wait_for_tasks(&self) -> Option<std::thread::Result<()>> {
+        self.shared.get().map(|shared| {
+            catch_unwind(AssertUnwindSafe(|| {
+                shared.help_until(|| shared.pending.load(Ordering::SeqCst) == 0)
+            }))
+        })
+    }
+
+    /// Ends the region after its tasks: no grant reaches it after this, and every
+    /// token it holds goes back. Returns the first panic of its tasks, if any.
+    pub(crate) fn close(mut self) -> Option<Box<dyn Any + Send>> {
+        self.give_back()
+    }
+
+    fn give_back(&mut self) -> Option<Box<dyn Any + Send>> {
+        if std::mem::replace(&mut self.closed, true) {
+            return None;
+        }
+        let final_width = self
+            .shared
+            .get()
+            .map_or(self.initial_width, |shared| shared.close());
+        // Final now: grants stopped at `close` (or never started: no shared state).
+        let own = self.own();
+        if final_width > self.initial_width {
+            self.span
+                .record("regrown", final_width - self.initial_width);
+        }
+        if self.registry.is_current() {
+            self.registry
+                .tokens
+                .release(final_width - 1 + own.returned_at_exit());
+        }
+        context::leave_region();
+        self.span
+            .with_subscriber(|(id, dispatch)| dispatch.exit(id));
+        self.shared.get().and_then(|shared| shared.take_panic())
+    }
+}
+
+impl Drop for OpenRegion {
+    fn drop(&mut self) {
+        // A region without tasks has no panic to hand on; one that had tasks was
+        // closed by `scope_with`, which resumes theirs.
+        if let Some(payload) = self.give_back() {
+            job::discard(payload);
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRegion")
+            .field("requested", &self.requested)
+            .field("width", &self.width())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The root of the tree that the region running `frame` belongs to (`None` outside
+/// every region: a new region is a root).
+#[inline]
+fn root_of_parent(frame: context::Frame) -> Option<Outliving<OpenRegion>> {
+    // SAFETY: a frame's region is alive while the frame is current (`Frame`), and
+    // the root of its tree outlives every region nested in it, so the region being
+    // opened.
+    let parent = unsafe { Outliving::<OpenRegion>::from_addr(frame.scope) }?;
+    Some(parent.get().root.unwrap_or(parent))
+}
