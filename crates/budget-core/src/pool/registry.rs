@@ -36,6 +36,28 @@ pub(crate) fn thread_settings() -> ThreadSettings {
     THREADS.get().cloned().unwrap_or_default()
 }
 
+/// The name of worker `index`: the builder's `thread_name`, else `budget-worker-N`.
+/// A dispatch runs inside `join` and inside a release's hand-off, which must not
+/// unwind: a panicking callback gets the default name (and a warning), and a NUL
+/// byte, which std's spawn would panic on, is dropped.
+fn worker_name(settings: &ThreadSettings, index: usize) -> String {
+    let default = || format!("budget-worker-{index}");
+    let Some(name) = &settings.name else {
+        return default();
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| name(index))) {
+        Ok(name) => name.replace('\0', ""),
+        Err(payload) => {
+            crate::regions::job::discard(payload);
+            tracing::warn!(
+                "budget: the Builder::thread_name callback panicked; using {}",
+                default()
+            );
+            default()
+        }
+    }
+}
+
 /// Sets the worker thread settings, if nothing set them yet.
 pub(crate) fn set_thread_settings(settings: ThreadSettings) {
     let _ = THREADS.set(settings);
@@ -111,10 +133,7 @@ impl Registry {
         if spawn {
             let index = self.threads.load(Ordering::Relaxed);
             let settings = thread_settings();
-            let name = settings
-                .name
-                .map_or_else(|| format!("budget-worker-{index}"), |name| name(index));
-            let mut thread = std::thread::Builder::new().name(name);
+            let mut thread = std::thread::Builder::new().name(worker_name(&settings, index));
             if let Some(bytes) = settings.stack_size {
                 thread = thread.stack_size(bytes);
             }

@@ -63,10 +63,11 @@ impl Drop for Guard {
 /// (`task == false`), or a task of it (`task == true`); `scope` is null outside every
 /// region's body and task.
 ///
-/// `scope` is the address of the region's `Scope` (0 for none), alive while the frame
-/// is current: a frame is set only while that region's body or one of its tasks runs,
-/// and the region outlives both. An address, not a pointer, so that a task body can
-/// carry its frame to the thread that runs it.
+/// `scope` is the address of the region's `OpenRegion` (the state its `Scope` holds;
+/// 0 for none), alive while the frame is current: a frame is set only by
+/// `scope_with` and its tasks, while that region's body or one of its tasks runs, and
+/// the region outlives both. An address, not a pointer, so that a task body can carry
+/// its frame to the thread that runs it; `open.rs` reads it back as an `OpenRegion`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
     pub(crate) scope: usize,
@@ -79,11 +80,12 @@ impl Frame {
         task: false,
     };
 
-    /// The frame of the region whose `Scope` is `scope`: its body, or a task of it.
+    /// The frame of the region whose state is `region` (an `OpenRegion`: generic only
+    /// so that this module imports none): its body, or a task of it.
     #[inline]
-    pub(crate) fn of<T>(scope: &T, task: bool) -> Frame {
+    pub(crate) fn of<T>(region: &T, task: bool) -> Frame {
         Frame {
-            scope: std::ptr::from_ref(scope) as usize,
+            scope: std::ptr::from_ref(region) as usize,
             task,
         }
     }

@@ -53,6 +53,19 @@ thread_local! {
     static MINE: Cell<u32> = const { Cell::new(0) };
 }
 
+/// Clears this thread's mask for a region entered on it (its own table: positions
+/// held in an outer region's table do not block it) and returns the outer one, for
+/// [`restore`] at the region's exit. Regions with tasks nest strictly on a thread
+/// (`scope_with`), and every loan of a region is taken back before it exits.
+pub(crate) fn enter_region() -> u32 {
+    MINE.with(|m| m.replace(0))
+}
+
+/// Puts back the mask [`enter_region`] returned.
+pub(crate) fn restore(outer: u32) {
+    MINE.with(|m| m.set(outer));
+}
+
 /// This thread's lane number, before the modulo.
 fn lane_number() -> usize {
     static NEXT: StdAtomic = StdAtomic::new(0);
@@ -87,7 +100,9 @@ struct Place {
 // release/acquire (SeqCst) operations; `JobRef` is `Send`.
 unsafe impl Sync for Lent {}
 
-/// A loan: its place, and the word that marks it lent (its generation).
+/// A loan: its place, and the word that marks it lent (its generation). Given to
+/// [`Lent::take_back`] exactly once.
+#[must_use = "a loan is taken back exactly once (Lent::take_back)"]
 pub(crate) struct Loan {
     index: usize,
     lent: usize,
@@ -136,7 +151,9 @@ impl Lent {
             }
             // SAFETY: `FILLING` makes the place ours alone (see the `Sync` impl).
             unsafe { *place.job.get() = Some(job) };
-            if self.high.load(Ordering::Relaxed) <= index {
+            // SeqCst, not Relaxed: a larger `high` seen here must be one a reader of
+            // `high` sees too (the Dekker pairs read it first).
+            if self.high.load(Ordering::SeqCst) <= index {
                 self.high.fetch_max(index + 1, Ordering::SeqCst);
             }
             let lent = (filling & !TAG) | LENT;

@@ -85,8 +85,13 @@ pub struct OpenRegion {
     /// nothing.
     shared: OnceLock<Arc<Region>>,
     /// The outermost region of this region's tree (`tree.rs`); `None` when this is
-    /// it. It outlives this region (this one runs inside its body or tasks).
+    /// it, and for a region entered through the public [`enter`](OpenRegion::enter)
+    /// (which could outlive the scope it was entered in). Set by `scope_with`, whose
+    /// region runs inside the root's body or tasks, so the root outlives it.
     root: Option<Outliving<OpenRegion>>,
+    /// This thread's lane mask of the enclosing region (`lent.rs`), put back at exit:
+    /// set by `scope_with`, whose regions nest strictly on their thread.
+    outer_lanes: Option<u32>,
     /// The region's [`RegionId`](crate::integration::RegionId), 0 until asked for.
     id: AtomicUsize,
     /// The `budget.region` span, entered while the region is open.
@@ -110,6 +115,16 @@ impl OpenRegion {
     /// assert!(open.width() >= 1 && open.width() <= open.requested());
     /// ```
     pub fn enter(max: usize) -> OpenRegion {
+        Self::enter_at(max, false)
+    }
+
+    /// [`enter`](OpenRegion::enter) for `scope_with`: the region joins the tree of
+    /// the region whose frame is current, and has a lane mask of its own.
+    pub(crate) fn enter_in_scope(max: usize) -> OpenRegion {
+        Self::enter_at(max, true)
+    }
+
+    fn enter_at(max: usize, in_scope: bool) -> OpenRegion {
         let registry = process::global();
         let tokens = &registry.tokens;
         let nested = context::in_region();
@@ -146,7 +161,12 @@ impl OpenRegion {
             initial_width: width,
             own,
             shared: OnceLock::new(),
-            root: root_of_parent(context::frame()),
+            root: if in_scope {
+                root_of_parent(context::frame())
+            } else {
+                None
+            },
+            outer_lanes: in_scope.then(crate::regions::lent::enter_region),
             id: AtomicUsize::new(0),
             span,
             closed: false,
@@ -308,6 +328,20 @@ impl OpenRegion {
         if std::mem::replace(&mut self.closed, true) {
             return None;
         }
+        /// Unmarks the thread, puts back its lane mask and exits the span, also if
+        /// giving the tokens back panics (a grant may start a thread, calling the
+        /// user's `thread_name`).
+        struct Leave<'a>(&'a tracing::Span, Option<u32>);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                if let Some(outer) = self.1 {
+                    crate::regions::lent::restore(outer);
+                }
+                context::leave_region();
+                self.0.with_subscriber(|(id, dispatch)| dispatch.exit(id));
+            }
+        }
+        let _leave = Leave(&self.span, self.outer_lanes);
         let final_width = self
             .shared
             .get()
@@ -323,9 +357,6 @@ impl OpenRegion {
                 .tokens
                 .release(final_width - 1 + own.returned_at_exit());
         }
-        context::leave_region();
-        self.span
-            .with_subscriber(|(id, dispatch)| dispatch.exit(id));
         self.shared.get().and_then(|shared| shared.take_panic())
     }
 }
@@ -353,9 +384,10 @@ impl std::fmt::Debug for OpenRegion {
 /// every region: a new region is a root).
 #[inline]
 fn root_of_parent(frame: context::Frame) -> Option<Outliving<OpenRegion>> {
-    // SAFETY: a frame's region is alive while the frame is current (`Frame`), and
-    // the root of its tree outlives every region nested in it, so the region being
-    // opened.
+    // SAFETY: a frame names the `OpenRegion` of a `scope_with` region, alive while
+    // the frame is current (`Frame`: frames are set only by `scope_with` and its
+    // tasks); the root of its tree outlives every region nested in it, so the one
+    // `scope_with` is opening.
     let parent = unsafe { Outliving::<OpenRegion>::from_addr(frame.scope) }?;
     Some(parent.get().root.unwrap_or(parent))
 }

@@ -176,15 +176,19 @@ impl Region {
         RB: Send,
     {
         let b = StackJob::new(b);
+        // Armed before the half is lent: `lend` goes on to find a thread for it
+        // (`dispatch` may start one, calling the user's `thread_name`), and a panic
+        // there must not unwind past `b` while it is lent.
+        let armed = job::AbortOnUnwind;
         // SAFETY: `b` is neither moved nor dropped before it is taken back or done:
         // every path below ends so, `a`'s panic is caught, and anything else that
         // could unwind meanwhile aborts (`armed`). A lent `JobRef` runs once
         // (`Lent::steal`).
         let Some(loan) = self.lend(unsafe { b.as_job_ref() }) else {
+            std::mem::forget(armed);
             let result_a = catch_unwind(AssertUnwindSafe(a));
             return (result_a, b.run_here());
         };
-        let armed = job::AbortOnUnwind;
         let result_a = catch_unwind(AssertUnwindSafe(a));
         let result_b = if self.lent.take_back(loan) {
             b.run_here()
@@ -318,7 +322,7 @@ impl Region {
     /// region after this. Returns the final width; `own` is final too.
     pub(crate) fn close(&self) -> usize {
         // A lingering worker leaves at once: the region's tokens go back now.
-        self.closed.store(true, Ordering::Relaxed);
+        self.closed.store(true, Ordering::Release);
         self.tree.unpost(self);
         if self.grower {
             let me: Arc<dyn Grower> = self.arc();
@@ -398,7 +402,9 @@ impl Region {
             crate::regions::clock::now(),
             crate::regions::clock::wake_ticks(),
         );
-        while crate::regions::clock::since(start) < wake {
+        // `closed`: a closing region sends the worker away at once (its tokens go
+        // back). Acquire pairs with `close`'s Release; checked every few hundred ns.
+        while crate::regions::clock::since(start) < wake && !self.closed.load(Ordering::Acquire) {
             for _ in 0..32 {
                 std::hint::spin_loop();
             }

@@ -85,7 +85,7 @@ where
     F: FnOnce(&Scope<'scope>) -> R,
 {
     let scope = Scope {
-        open: OpenRegion::enter(max),
+        open: OpenRegion::enter_in_scope(max),
         marker: PhantomData,
     };
     let result = {
