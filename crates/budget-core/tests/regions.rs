@@ -210,3 +210,47 @@ fn stats_tell_why_a_region_was_narrowed() {
         "{by_lease}"
     );
 }
+
+/// A region whose thread found no token (its own token owed) keeps its state from
+/// entry on, before `scope_with` places it: its joins lend through the region's
+/// table (`lent.rs`) instead of a lane. They run right, alone and after the region
+/// grew (a worker then steals from the table), and every token comes back.
+#[test]
+fn joins_of_an_owed_region_lend_through_the_table() {
+    let _g = two_cores();
+    fn sum(s: &budget_core::Scope<'_>, lo: u64, hi: u64) -> u64 {
+        if hi - lo <= 64 {
+            return (lo..hi).sum();
+        }
+        let mid = (lo + hi) / 2;
+        let (a, b) = s.join(|| sum(s, lo, mid), || sum(s, mid, hi));
+        a + b
+    }
+    let lease = budget_core::Lease::try_new(2);
+    assert_eq!(lease.count(), 2);
+    let grew = AtomicBool::new(false);
+    thread::scope(|t| {
+        let worker = t.spawn(|| {
+            budget_core::scope(|s| {
+                assert_eq!(s.width(), 1);
+                assert_eq!(sum(s, 0, 100_000), 4_999_950_000, "alone");
+                while s.width() < 2 {
+                    // The lease goes back below: the first token repays the owed
+                    // one, the second grows the region (it has demand while a join
+                    // waits in the table).
+                    assert_eq!(sum(s, 0, 100_000), 4_999_950_000);
+                    thread::yield_now();
+                }
+                grew.store(true, Ordering::SeqCst);
+                for _ in 0..20 {
+                    assert_eq!(sum(s, 0, 100_000), 4_999_950_000, "grown");
+                }
+            })
+        });
+        thread::sleep(Duration::from_millis(20));
+        drop(lease);
+        worker.join().unwrap();
+    });
+    assert!(grew.load(Ordering::SeqCst));
+    assert_eq!(budget_core::stats().in_use, 0);
+}

@@ -163,6 +163,11 @@ pub(crate) struct JobRef {
 unsafe impl Send for JobRef {}
 
 impl JobRef {
+    /// Whether the two name the same job.
+    pub(crate) fn is(&self, other: &JobRef) -> bool {
+        std::ptr::eq(self.job, other.job)
+    }
+
     /// Runs the job on this thread, catching its panic into the job's result, and
     /// marks it done; after that the job may be gone.
     ///

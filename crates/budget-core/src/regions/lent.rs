@@ -57,11 +57,13 @@ thread_local! {
 /// held in an outer region's table do not block it) and returns the outer one, for
 /// [`restore`] at the region's exit. Regions with tasks nest strictly on a thread
 /// (`scope_with`), and every loan of a region is taken back before it exits.
+#[inline]
 pub(crate) fn enter_region() -> u32 {
     MINE.with(|m| m.replace(0))
 }
 
 /// Puts back the mask [`enter_region`] returned.
+#[inline]
 pub(crate) fn restore(outer: u32) {
     MINE.with(|m| m.set(outer));
 }

@@ -11,6 +11,7 @@ pub(crate) mod context;
 pub(crate) mod event;
 pub(crate) mod items;
 pub(crate) mod job;
+pub(crate) mod lanes;
 pub(crate) mod lent;
 pub(crate) mod open;
 pub(crate) mod region;

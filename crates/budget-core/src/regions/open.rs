@@ -89,9 +89,6 @@ pub struct OpenRegion {
     /// (which could outlive the scope it was entered in). Set by `scope_with`, whose
     /// region runs inside the root's body or tasks, so the root outlives it.
     root: Option<Outliving<OpenRegion>>,
-    /// This thread's lane mask of the enclosing region (`lent.rs`), put back at exit:
-    /// set by `scope_with`, whose regions nest strictly on their thread.
-    outer_lanes: Option<u32>,
     /// The region's [`RegionId`](crate::integration::RegionId), 0 until asked for.
     id: AtomicUsize,
     /// The `budget.region` span, entered while the region is open.
@@ -115,15 +112,21 @@ impl OpenRegion {
     /// assert!(open.width() >= 1 && open.width() <= open.requested());
     /// ```
     pub fn enter(max: usize) -> OpenRegion {
-        Self::enter_at(max, false)
+        let open = Self::enter_at(max, false);
+        open.register_if_owed();
+        open
     }
 
     /// [`enter`](OpenRegion::enter) for `scope_with`: the region joins the tree of
-    /// the region whose frame is current, and has a lane mask of its own.
+    /// the region whose frame is current, and has a lane mask of its own. The caller
+    /// calls [`register_if_owed`](OpenRegion::register_if_owed) once the state is in
+    /// place (returned straight into the caller's frame: no copy).
+    #[inline(always)]
     pub(crate) fn enter_in_scope(max: usize) -> OpenRegion {
         Self::enter_at(max, true)
     }
 
+    #[inline(always)]
     fn enter_at(max: usize, in_scope: bool) -> OpenRegion {
         let registry = process::global();
         let tokens = &registry.tokens;
@@ -155,7 +158,7 @@ impl OpenRegion {
         // guard: the guard is not `Sync`, and a `Scope` is shared with its tasks).
         span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
         context::enter_region();
-        let open = OpenRegion {
+        OpenRegion {
             registry,
             requested,
             initial_width: width,
@@ -166,18 +169,21 @@ impl OpenRegion {
             } else {
                 None
             },
-            outer_lanes: in_scope.then(crate::regions::lent::enter_region),
             id: AtomicUsize::new(0),
             span,
             closed: false,
             not_send: PhantomData,
-        };
-        if open.own.owes() {
-            // Runs unpaid: register now, so the first token freed pays for this
-            // thread (rare path: an outside thread that found every token taken).
-            open.shared();
         }
-        open
+    }
+
+    /// Registers a region whose own thread runs unpaid, so that the first token freed
+    /// pays for it (rare: an outside thread that found every token taken). Called
+    /// right after entry, once the state is in its place (its address is its key).
+    #[inline]
+    pub(crate) fn register_if_owed(&self) {
+        if self.own.owes() {
+            self.shared();
+        }
     }
 
     /// The cores this region may use now, its own thread included: at least 1, at
@@ -304,12 +310,15 @@ impl OpenRegion {
                 self.initial_width,
                 self.own.snapshot(),
                 tree,
+                // The key of its lanes: this state's address, as its frames have it.
+                std::ptr::from_ref(self) as usize,
             )
         })
     }
 
     /// Waits for the region's tasks (running queued ones here meanwhile); `None` when
     /// it never had any. `Err` when waiting panicked (a forked child: `help_until`).
+    #[inline]
     pub(crate) fn wait_for_tasks(&self) -> Option<std::thread::Result<()>> {
         self.shared.get().map(|shared| {
             catch_unwind(AssertUnwindSafe(|| {
@@ -320,32 +329,33 @@ impl OpenRegion {
 
     /// Ends the region after its tasks: no grant reaches it after this, and every
     /// token it holds goes back. Returns the first panic of its tasks, if any.
-    pub(crate) fn close(mut self) -> Option<Box<dyn Any + Send>> {
+    /// (By reference, not by value: a move of the state is a copy that stalls on its
+    /// fresh stores; the drop that follows finds it closed.)
+    #[inline]
+    pub(crate) fn close(&mut self) -> Option<Box<dyn Any + Send>> {
         self.give_back()
     }
 
+    #[inline(always)]
     fn give_back(&mut self) -> Option<Box<dyn Any + Send>> {
         if std::mem::replace(&mut self.closed, true) {
             return None;
         }
-        /// Unmarks the thread, puts back its lane mask and exits the span, also if
-        /// giving the tokens back panics (a grant may start a thread, calling the
-        /// user's `thread_name`).
-        struct Leave<'a>(&'a tracing::Span, Option<u32>);
+        /// Unmarks the thread and exits the span, also if giving the tokens back
+        /// panics (a grant may start a thread, calling the user's `thread_name`).
+        struct Leave<'a>(&'a tracing::Span);
         impl Drop for Leave<'_> {
+            #[inline]
             fn drop(&mut self) {
-                if let Some(outer) = self.1 {
-                    crate::regions::lent::restore(outer);
-                }
                 context::leave_region();
                 self.0.with_subscriber(|(id, dispatch)| dispatch.exit(id));
             }
         }
-        let _leave = Leave(&self.span, self.outer_lanes);
-        let final_width = self
-            .shared
-            .get()
-            .map_or(self.initial_width, |shared| shared.close());
+        let _leave = Leave(&self.span);
+        let final_width = self.shared.get().map_or(self.initial_width, |shared| {
+            shared.end_on_owner();
+            shared.close()
+        });
         // Final now: grants stopped at `close` (or never started: no shared state).
         let own = self.own();
         if final_width > self.initial_width {
@@ -362,6 +372,7 @@ impl OpenRegion {
 }
 
 impl Drop for OpenRegion {
+    #[inline]
     fn drop(&mut self) {
         // A region without tasks has no panic to hand on; one that had tasks was
         // closed by `scope_with`, which resumes theirs.

@@ -15,6 +15,7 @@ use crossbeam_deque::{Injector, Steal};
 use crate::pool::registry::Registry;
 use crate::regions::context;
 use crate::regions::job::{self, JobRef, StackJob};
+use crate::regions::lanes::Lanes;
 use crate::regions::lent::{Lent, Loan};
 use crate::tokens::own::OwnToken;
 // The shim: loom atomics under `--cfg budget_loom` (`region_loom_tests.rs`).
@@ -44,8 +45,16 @@ pub(crate) struct Region {
     /// Tokens held by the region, its own thread's included. Only grows.
     width: AtomicUsize,
     queue: Injector<Arc<Task>>,
-    /// `join`s' second halves, lent by address (`lent.rs`).
+    /// `join`s' second halves: in the deques of the threads that hold a lane of the
+    /// region (`lanes.rs`), else lent by address through the table (`lent.rs`).
+    lanes: Lanes,
     lent: Lent,
+    /// The region's key for `lanes.rs`: the address of its `OpenRegion`.
+    key: usize,
+    /// What the opener held before it took lane 0 (its lane and its lent-table
+    /// mask), put back at the region's end; touched by the opener only (the thread
+    /// that runs the region's body).
+    owner_held: crate::sync::plain::Mutex<Option<(crate::regions::lanes::Held, u32)>>,
     /// Tasks in `queue` whose body was not taken yet. Raised before the push, so it
     /// may briefly run ahead of the queue, never behind it.
     queued: AtomicUsize,
@@ -87,6 +96,7 @@ impl Region {
         width: usize,
         own: OwnToken,
         tree: Option<Arc<Tree<Region>>>,
+        key: usize,
     ) -> Arc<Self> {
         let grower = width < requested || own.owes();
         let shared = Arc::new_cyclic(|me| Region {
@@ -98,6 +108,9 @@ impl Region {
             // A lane per thread that may lend at once (a region's threads hold its
             // tokens, so `requested` of them; more share lanes).
             lent: Lent::new(requested.min(64)),
+            lanes: Lanes::new(requested.min(64)),
+            key,
+            owner_held: crate::sync::plain::Mutex::new(None),
             queued: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -167,6 +180,7 @@ impl Region {
     /// outcomes; no panic of `a` or `b` escapes.
     pub(crate) fn join<A, B, RA, RB>(
         &self,
+        from_body: bool,
         a: A,
         b: B,
     ) -> (std::thread::Result<RA>, std::thread::Result<RB>)
@@ -175,6 +189,13 @@ impl Region {
         B: FnOnce() -> RB + Send,
         RB: Send,
     {
+        let lane = match self.lanes.mine(self.key) {
+            None if from_body => self.take_lane_zero(),
+            mine => mine,
+        };
+        if let Some(lane) = lane {
+            return self.join_in_lane(&lane, a, b);
+        }
         let b = StackJob::new(b);
         // Armed before the half is lent: `lend` goes on to find a thread for it
         // (`dispatch` may start one, calling the user's `thread_name`), and a panic
@@ -195,6 +216,77 @@ impl Region {
         } else {
             self.help_until(|| b.done());
             b.into_result()
+        };
+        std::mem::forget(armed);
+        (result_a, result_b)
+    }
+
+    /// On the region's opener (a `join` from its body), at its first `join`: takes
+    /// lane 0 (and a lent-table mask of the region's own) until the region ends
+    /// ([`Region::end_on_owner`]).
+    #[cold]
+    fn take_lane_zero(&self) -> Option<crate::regions::lanes::Mine<'_>> {
+        let mut held = self.owner_held.lock();
+        if held.is_some() {
+            return None; // taken, and given up by a nested region's end: keep out
+        }
+        *held = Some((
+            crate::regions::lanes::own(self.key),
+            crate::regions::lent::enter_region(),
+        ));
+        drop(held);
+        self.lanes.mine(self.key)
+    }
+
+    /// At the region's end, on its opener: puts back what it held before it took
+    /// lane 0, if it took it.
+    pub(crate) fn end_on_owner(&self) {
+        if let Some((lane, mask)) = self.owner_held.lock().take() {
+            crate::regions::lanes::put_back(lane);
+            crate::regions::lent::restore(mask);
+        }
+    }
+
+    /// `join` on a lane this thread holds: `b` pushed at the back of its deque (plain
+    /// stores), popped back after `a` unless a thief took it from the front.
+    fn join_in_lane<A, B, RA, RB>(
+        &self,
+        lane: &crate::regions::lanes::Mine<'_>,
+        a: A,
+        b: B,
+    ) -> (std::thread::Result<RA>, std::thread::Result<RB>)
+    where
+        A: FnOnce() -> RA,
+        B: FnOnce() -> RB + Send,
+        RB: Send,
+    {
+        let b = StackJob::new(b);
+        // Armed before the push, as in `join`.
+        let armed = job::AbortOnUnwind;
+        // SAFETY: `b` is neither moved nor dropped before it is popped back (and run
+        // here) or done: the loop below ends only so, `a`'s panic is caught, and
+        // anything else aborts (`armed`). A pushed half is popped or stolen once.
+        let mine = unsafe { b.as_job_ref() };
+        lane.push(mine);
+        // SeqCst fence: the push before `find_thread`'s reads of the slots and the
+        // sleepers (the Dekker pairs that `Lent::lend`'s SeqCst store makes).
+        crate::sync::fence(Ordering::SeqCst);
+        self.find_thread();
+        let result_a = catch_unwind(AssertUnwindSafe(a));
+        let result_b = loop {
+            match lane.pop() {
+                Some(job) if job.is(&mine) => break b.run_here(),
+                // Ours was stolen: an older half of this thread's (an enclosing
+                // `join`'s, on this very stack), which that `join` then finds done.
+                Some(older) => {
+                    // SAFETY: popped once; its `join` waits for it below this frame.
+                    unsafe { older.run() };
+                }
+                None => {
+                    self.help_until(|| b.done());
+                    break b.into_result();
+                }
+            }
         };
         std::mem::forget(armed);
         (result_a, result_b)
@@ -226,10 +318,15 @@ impl Region {
         }
     }
 
-    /// Whether tasks wait in the queue or halves are lent (SeqCst: read in the
-    /// tree's Dekker pairs).
+    /// Whether tasks wait in the queue or halves are lent or pushed (SeqCst: read in
+    /// the tree's Dekker pairs; the fence orders the lanes' loads after the caller's
+    /// SeqCst write).
     pub(crate) fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::SeqCst) > 0 || self.lent.any()
+        if self.queued.load(Ordering::SeqCst) > 0 || self.lent.any() {
+            return true;
+        }
+        crate::sync::fence(Ordering::SeqCst);
+        self.lanes.any()
     }
 
     /// Whether a helper slot is free (a hint for `Scope::alone`).
@@ -239,9 +336,9 @@ impl Region {
 
     /// Runs one queued task or lent half, if there is one; false if there was none.
     pub(crate) fn run_one(&self) -> bool {
-        if let Some(job) = self.lent.steal() {
+        if let Some(job) = self.lanes.steal().or_else(|| self.lent.steal()) {
             let armed = job::AbortOnUnwind;
-            // SAFETY: `steal` hands each loan out once; its lender keeps the job
+            // SAFETY: a steal hands each half out once; its joiner keeps the job
             // alive until it is done (`join`). The job catches its own panics.
             unsafe { job.run() };
             std::mem::forget(armed);
@@ -367,6 +464,8 @@ impl Visit for Region {
     /// the slot back before returning to park.
     fn serve(self: Arc<Self>) {
         let _in_region = context::enter();
+        // A lane for this visit, if one is free: this worker's joins push there.
+        let _lane = self.lanes.claim(self.key);
         loop {
             // Only the root's slots help the tree: the root stays open while any
             // region of its tree has a task running, so the slot's token is held for

@@ -49,6 +49,7 @@ fn region(
         width,
         own,
         tree.map(|root| root.tree.clone()),
+        0,
     );
     // SeqCst rewrites of what the Dekker pairs read (see the module docs).
     region.queued.store(region.queued.load(SeqCst), SeqCst);
@@ -160,7 +161,7 @@ fn exit_and_count(registry: &'static Registry, region: &Region) -> usize {
 fn loom_a_grant_races_the_exit_of_an_owed_region() {
     loom::model(|| {
         let (registry, own) = owed_start();
-        let region = Region::new(registry, 1, 1, own, None);
+        let region = Region::new(registry, 1, 1, own, None, 0);
         let holder = thread::spawn(move || registry.tokens.release(1));
         let width = exit_and_count(registry, &region);
         holder.join().unwrap();
@@ -179,7 +180,7 @@ fn loom_a_release_races_the_registration_of_an_owed_region() {
     loom::model(|| {
         let (registry, own) = owed_start();
         let holder = thread::spawn(move || registry.tokens.release(1));
-        let region = Region::new(registry, 1, 1, own, None);
+        let region = Region::new(registry, 1, 1, own, None, 0);
         exit_and_count(registry, &region);
         holder.join().unwrap();
         assert_eq!(registry.tokens.free(), 1, "the one token is free again");

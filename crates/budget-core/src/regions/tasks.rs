@@ -90,6 +90,8 @@ impl<'scope> Scope<'scope> {
         RA: Send,
         RB: Send,
     {
+        // From the region's body: its opener, who may take lane 0 (`lanes.rs`).
+        let from_body = self.runs_body_hook();
         // `a` and `b` are tasks of this region, whichever thread runs them.
         let _task = context::set_frame(self.frame(true));
         if self.requested() == 1 || self.open.alone() {
@@ -100,7 +102,7 @@ impl<'scope> Scope<'scope> {
             return both(result_a, result_b);
         }
         let frame = self.frame(true);
-        let (result_a, result_b) = self.open.shared().join(a, move || {
+        let (result_a, result_b) = self.open.shared().join(from_body, a, move || {
             let _task = context::set_frame(frame);
             b()
         });
