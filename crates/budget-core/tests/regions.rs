@@ -211,12 +211,44 @@ fn stats_tell_why_a_region_was_narrowed() {
     );
 }
 
-/// A region whose thread found no token (its own token owed) keeps its state from
-/// entry on, before `scope_with` places it: its joins lend through the region's
-/// table (`lent.rs`) instead of a lane. They run right, alone and after the region
-/// grew (a worker then steals from the table), and every token comes back.
+/// Joins in tasks that the region's opener runs before its body ever joined (here,
+/// at the region's end) come from a thread that holds no lane of the region: they
+/// lend through the region's table (`lent.rs`), with the worker stealing from it.
+/// They run right, and every token comes back.
 #[test]
-fn joins_of_an_owed_region_lend_through_the_table() {
+fn joins_in_tasks_the_opener_runs_lend_through_the_table() {
+    let _g = two_cores();
+    fn sum(s: &budget_core::Scope<'_>, lo: u64, hi: u64) -> u64 {
+        if hi - lo <= 64 {
+            return (lo..hi).sum();
+        }
+        let mid = (lo + hi) / 2;
+        let (a, b) = s.join(|| sum(s, lo, mid), || sum(s, mid, hi));
+        a + b
+    }
+    let totals: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
+    for _ in 0..20 {
+        budget_core::scope_with(2, |s| {
+            assert_eq!(s.width(), 2);
+            for total in &totals {
+                s.spawn(move |s| {
+                    total.fetch_add(sum(s, 0, 20_000) as usize, Ordering::Relaxed);
+                });
+            }
+            // No join here: the opener takes no lane, and runs tasks at the end.
+        });
+    }
+    for total in &totals {
+        assert_eq!(total.load(Ordering::Relaxed), 20 * 199_990_000);
+    }
+    assert_eq!(budget_core::stats().in_use, 0);
+}
+
+/// A region whose thread found no token (its own token owed) joins alone, then
+/// grows when the tokens come back (the first repays the owed one) and joins on
+/// two threads; every token comes back.
+#[test]
+fn joins_of_an_owed_region_run_alone_then_grown() {
     let _g = two_cores();
     fn sum(s: &budget_core::Scope<'_>, lo: u64, hi: u64) -> u64 {
         if hi - lo <= 64 {

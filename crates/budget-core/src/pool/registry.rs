@@ -40,6 +40,7 @@ pub(crate) fn thread_settings() -> ThreadSettings {
 /// A dispatch runs inside `join` and inside a release's hand-off, which must not
 /// unwind: a panicking callback gets the default name (and a warning), and a NUL
 /// byte, which std's spawn would panic on, is dropped.
+#[cfg_attr(budget_loom, allow(dead_code))]
 fn worker_name(settings: &ThreadSettings, index: usize) -> String {
     let default = || format!("budget-worker-{index}");
     let Some(name) = &settings.name else {

@@ -53,10 +53,13 @@ thread_local! {
     static MINE: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Clears this thread's mask for a region entered on it (its own table: positions
-/// held in an outer region's table do not block it) and returns the outer one, for
-/// [`restore`] at the region's exit. Regions with tasks nest strictly on a thread
-/// (`scope_with`), and every loan of a region is taken back before it exits.
+/// Clears this thread's mask for a region (its own table: positions held in an outer
+/// region's table do not block it) and returns the outer one, for [`restore`] at the
+/// region's exit. The opener does so when it takes the region's lane 0 (its first
+/// `join` from the body, `Region::take_lane_zero`); a region whose body never joins
+/// lends with the enclosing mask, which only refuses lends it could have made (each
+/// place's swap decides who owns it). Regions nest strictly on a thread, and every
+/// loan of a region is taken back before it exits.
 #[inline]
 pub(crate) fn enter_region() -> u32 {
     MINE.with(|m| m.replace(0))

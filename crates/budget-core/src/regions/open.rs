@@ -113,6 +113,9 @@ impl OpenRegion {
     /// ```
     pub fn enter(max: usize) -> OpenRegion {
         let open = Self::enter_at(max, false);
+        // Before the caller places it: an owed region's state then has a stale key,
+        // which no thread holds a lane of. Harmless, as a public region has no tasks
+        // and no `join` (its state exists only to have its owed token repaid).
         open.register_if_owed();
         open
     }

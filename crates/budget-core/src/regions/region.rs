@@ -227,8 +227,11 @@ impl Region {
     #[cold]
     fn take_lane_zero(&self) -> Option<crate::regions::lanes::Mine<'_>> {
         let mut held = self.owner_held.lock();
+        // Taken once: a nested region's end puts this lane back in `HELD`, so a
+        // later `join` of the body finds it with `mine`.
+        debug_assert!(held.is_none(), "lane 0 taken twice");
         if held.is_some() {
-            return None; // taken, and given up by a nested region's end: keep out
+            return None;
         }
         *held = Some((
             crate::regions::lanes::own(self.key),
@@ -276,11 +279,15 @@ impl Region {
         let result_b = loop {
             match lane.pop() {
                 Some(job) if job.is(&mine) => break b.run_here(),
-                // Ours was stolen: an older half of this thread's (an enclosing
-                // `join`'s, on this very stack), which that `join` then finds done.
+                // Not expected: thieves take from the front, so once ours was stolen
+                // every older half was too, and newer ones were popped by their own
+                // `join`s. Were it to happen, the half is still this lane's, pushed
+                // by this thread below this frame: run it, and tell its waiter.
                 Some(older) => {
+                    debug_assert!(false, "an older half left in a lane");
                     // SAFETY: popped once; its `join` waits for it below this frame.
                     unsafe { older.run() };
+                    self.tree.event.notify();
                 }
                 None => {
                     self.help_until(|| b.done());
