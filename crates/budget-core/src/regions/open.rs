@@ -334,7 +334,7 @@ impl OpenRegion {
     /// token it holds goes back. Returns the first panic of its tasks, if any.
     /// (By reference, not by value: a move of the state is a copy that stalls on its
     /// fresh stores; the drop that follows finds it closed.)
-    #[inline]
+    #[inline(always)]
     pub(crate) fn close(&mut self) -> Option<Box<dyn Any + Send>> {
         self.give_back()
     }
@@ -377,8 +377,12 @@ impl OpenRegion {
 impl Drop for OpenRegion {
     #[inline]
     fn drop(&mut self) {
-        // A region without tasks has no panic to hand on; one that had tasks was
-        // closed by `scope_with`, which resumes theirs.
+        // Closed already by `scope_with` (a cheap check); else a public region's
+        // end. A region without tasks has no panic to hand on; one that had tasks
+        // was closed by `scope_with`, which resumes theirs.
+        if self.closed {
+            return;
+        }
         if let Some(payload) = self.give_back() {
             job::discard(payload);
         }
