@@ -15,16 +15,20 @@
 //!   token slots, and give the slot back before they park.
 //!
 //! - **Integration hooks** ([`integration`]): [`ScopeHooks`](integration::ScopeHooks)
-//!   (`with_demand`, `runs_body`), [`RegionThread`] and [`Lease`] (tokens held
-//!   directly by code that runs its own threads, such as a native library's pool), for
-//!   budget-rayon, budget-native and other integrations; apart from the user API.
+//!   (sealed: `with_demand`, `runs_body`, `in_body`, `id`),
+//!   [`OpenRegion`](integration::OpenRegion) (a region entered without a closure),
+//!   [`RegionThread`] and [`Lease`] (tokens held directly by code that runs its own
+//!   threads, such as a native library's pool), for budget-rayon, budget-native and
+//!   other integrations; apart from the user API.
 //! - **Beyond one process** ([`joined`], [`held_tokens`], [`node`]): a process
 //!   finding GNU make's jobserver, or a node budget (`BUDGET_NODE`, `budget run`),
 //!   holds only its implicit token and takes the others from there while its regions
 //!   want them (`src/config/external/README.md`).
 //!
 //! The design note, with a glossary (token, width, requested, grant, grower, demand,
-//! lease, overcommit) and the map of the modules, is `README.md` beside `Cargo.toml`;
+//! lease, overcommit), the map of the modules in their four wings (`tokens/`,
+//! `regions/`, `pool/`, `config/`) and the import graph, is `README.md` beside
+//! `Cargo.toml`;
 //! the token protocol and the argument for why it loses no token and no wake-up are
 //! in `src/tokens/token/README.md`.
 //!
