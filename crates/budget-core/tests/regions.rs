@@ -211,6 +211,16 @@ fn stats_tell_why_a_region_was_narrowed() {
     );
 }
 
+/// `lo + .. + hi - 1` by recursive joins, down to 64 numbers.
+fn sum(s: &budget_core::Scope<'_>, lo: u64, hi: u64) -> u64 {
+    if hi - lo <= 64 {
+        return (lo..hi).sum();
+    }
+    let mid = (lo + hi) / 2;
+    let (a, b) = s.join(|| sum(s, lo, mid), || sum(s, mid, hi));
+    a + b
+}
+
 /// Joins in tasks that the region's opener runs before its body ever joined (here,
 /// at the region's end) come from a thread that holds no lane of the region: they
 /// lend through the region's table (`lent.rs`), with the worker stealing from it.
@@ -218,14 +228,6 @@ fn stats_tell_why_a_region_was_narrowed() {
 #[test]
 fn joins_in_tasks_the_opener_runs_lend_through_the_table() {
     let _g = two_cores();
-    fn sum(s: &budget_core::Scope<'_>, lo: u64, hi: u64) -> u64 {
-        if hi - lo <= 64 {
-            return (lo..hi).sum();
-        }
-        let mid = (lo + hi) / 2;
-        let (a, b) = s.join(|| sum(s, lo, mid), || sum(s, mid, hi));
-        a + b
-    }
     let totals: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
     for _ in 0..20 {
         budget_core::scope_with(2, |s| {
@@ -250,14 +252,6 @@ fn joins_in_tasks_the_opener_runs_lend_through_the_table() {
 #[test]
 fn joins_of_an_owed_region_run_alone_then_grown() {
     let _g = two_cores();
-    fn sum(s: &budget_core::Scope<'_>, lo: u64, hi: u64) -> u64 {
-        if hi - lo <= 64 {
-            return (lo..hi).sum();
-        }
-        let mid = (lo + hi) / 2;
-        let (a, b) = s.join(|| sum(s, lo, mid), || sum(s, mid, hi));
-        a + b
-    }
     let lease = budget_core::Lease::try_new(2);
     assert_eq!(lease.count(), 2);
     let grew = AtomicBool::new(false);
