@@ -66,7 +66,7 @@ pub(crate) fn put_back(outer: Held) {
 }
 
 /// What a thread held before it took a lane, put back when it leaves it.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(crate) struct Held {
     key: usize,
     index: usize,

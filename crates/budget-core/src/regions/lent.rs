@@ -1,7 +1,7 @@
 //! [`Lent`]: where a region's `join`s lend their second halves to the region's other
-//! threads, a fixed table made with the region, so that a queued or stolen `join`
-//! allocates nothing (rayon keeps them in per-thread deques; a region's threads change
-//! as it grows, so budget keeps them with the region).
+//! threads when the joining thread holds no deque of the region (`lanes.rs`): a
+//! fixed table, made at the region's first such lend, so that later queued or stolen
+//! `join`s allocate nothing.
 //!
 //! A place's state is one word, `generation << 2 | tag`:
 //!

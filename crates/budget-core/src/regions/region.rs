@@ -14,7 +14,7 @@ use crossbeam_deque::{Injector, Steal};
 
 use crate::pool::registry::Registry;
 use crate::regions::context;
-use crate::regions::job::{self, JobRef, StackJob};
+use crate::regions::job::{self, StackJob};
 use crate::regions::lanes::Lanes;
 use crate::regions::lent::{Lent, Loan};
 use crate::tokens::own::OwnToken;
@@ -48,7 +48,7 @@ pub(crate) struct Region {
     /// `join`s' second halves: in the deques of the threads that hold a lane of the
     /// region (`lanes.rs`), else lent by address through the table (`lent.rs`).
     lanes: Lanes,
-    lent: Lent,
+    lent: std::sync::OnceLock<Lent>,
     /// The region's key for `lanes.rs`: the address of its `OpenRegion`.
     key: usize,
     /// What the opener held before it took lane 0 (its lane and its lent-table
@@ -107,7 +107,7 @@ impl Region {
             queue: Injector::new(),
             // A lane per thread that may lend at once (a region's threads hold its
             // tokens, so `requested` of them; more share lanes).
-            lent: Lent::new(requested.min(64)),
+            lent: std::sync::OnceLock::new(),
             lanes: Lanes::new(requested.min(64)),
             key,
             owner_held: crate::sync::plain::Mutex::new(None),
@@ -174,10 +174,12 @@ impl Region {
         self.tree.event.notify();
     }
 
-    /// Runs `a` on this thread while `b` is lent to the region's other threads
-    /// (allocation-free: `b` stays on this stack, `lent.rs`), then runs `b` here too
-    /// unless a thief took it, in which case it helps until `b` is done. Returns both
-    /// outcomes; no panic of `a` or `b` escapes.
+    /// Runs `a` on this thread while `b` is handed to the region's other threads
+    /// (allocation-free: `b` stays on this stack), then runs `b` here too unless a
+    /// thief took it, in which case it helps until `b` is done. `b` goes on this
+    /// thread's deque of the region when it holds one (`lanes.rs`; the opener takes
+    /// lane 0 at its first `join` from the body), else through the region's table
+    /// (`lent.rs`). Returns both outcomes; no panic of `a` or `b` escapes.
     pub(crate) fn join<A, B, RA, RB>(
         &self,
         from_body: bool,
@@ -189,29 +191,65 @@ impl Region {
         B: FnOnce() -> RB + Send,
         RB: Send,
     {
-        let lane = match self.lanes.mine(self.key) {
-            None if from_body => self.take_lane_zero(),
-            mine => mine,
-        };
-        if let Some(lane) = lane {
-            return self.join_in_lane(&lane, a, b);
+        /// Where `b` went.
+        enum Out<'a> {
+            Lane(crate::regions::lanes::Mine<'a>),
+            Table(Loan),
         }
         let b = StackJob::new(b);
-        // Armed before the half is lent: `lend` goes on to find a thread for it
-        // (`dispatch` may start one, calling the user's `thread_name`), and a panic
-        // there must not unwind past `b` while it is lent.
+        // Armed before `b` is handed out: `find_thread` may start a thread (calling
+        // the user's `thread_name`), and a panic must not unwind past `b` meanwhile.
         let armed = job::AbortOnUnwind;
-        // SAFETY: `b` is neither moved nor dropped before it is taken back or done:
-        // every path below ends so, `a`'s panic is caught, and anything else that
-        // could unwind meanwhile aborts (`armed`). A lent `JobRef` runs once
-        // (`Lent::steal`).
-        let Some(loan) = self.lend(unsafe { b.as_job_ref() }) else {
-            std::mem::forget(armed);
-            let result_a = catch_unwind(AssertUnwindSafe(a));
-            return (result_a, b.run_here());
+        // SAFETY: `b` is neither moved nor dropped before it is taken back (and run
+        // here) or done: every path below ends so, `a`'s panic is caught, and
+        // anything else that could unwind meanwhile aborts (`armed`). A handed-out
+        // `JobRef` runs once (popped or stolen; taken back or stolen).
+        let mine = unsafe { b.as_job_ref() };
+        let lane = match self.lanes.mine(self.key) {
+            None if from_body => self.take_lane_zero(),
+            lane => lane,
         };
+        let out = match lane {
+            Some(lane) => {
+                lane.push(mine);
+                // SeqCst fence: the push before `find_thread`'s reads of the slots
+                // and the sleepers (the Dekker pairs; the table's store is SeqCst).
+                crate::sync::fence(Ordering::SeqCst);
+                Out::Lane(lane)
+            }
+            None => match self.table().lend(mine) {
+                Some(loan) => Out::Table(loan),
+                None => {
+                    // The table's lane is full: run both here.
+                    std::mem::forget(armed);
+                    let result_a = catch_unwind(AssertUnwindSafe(a));
+                    return (result_a, b.run_here());
+                }
+            },
+        };
+        self.find_thread();
         let result_a = catch_unwind(AssertUnwindSafe(a));
-        let result_b = if self.lent.take_back(loan) {
+        let back = match out {
+            Out::Table(loan) => self.table().take_back(loan),
+            Out::Lane(lane) => loop {
+                match lane.pop() {
+                    Some(job) if job.is(&mine) => break true,
+                    // Not expected: thieves take from the front, so once ours was
+                    // stolen every older half was too, and newer ones were popped by
+                    // their own `join`s. Were it to happen, the half is still this
+                    // lane's, pushed by this thread below this frame: run it, and
+                    // tell its waiter.
+                    Some(older) => {
+                        debug_assert!(false, "an older half left in a lane");
+                        // SAFETY: popped once; its `join` waits for it below here.
+                        unsafe { older.run() };
+                        self.tree.event.notify();
+                    }
+                    None => break false,
+                }
+            },
+        };
+        let result_b = if back {
             b.run_here()
         } else {
             self.help_until(|| b.done());
@@ -219,6 +257,12 @@ impl Region {
         };
         std::mem::forget(armed);
         (result_a, result_b)
+    }
+
+    /// The region's table of loans, made on first use: most regions' joins go
+    /// through their threads' deques, and a table is up to 32 KiB to zero.
+    fn table(&self) -> &Lent {
+        self.lent.get_or_init(|| Lent::new(self.requested.min(64)))
     }
 
     /// On the region's opener (a `join` from its body), at its first `join`: takes
@@ -250,62 +294,6 @@ impl Region {
         }
     }
 
-    /// `join` on a lane this thread holds: `b` pushed at the back of its deque (plain
-    /// stores), popped back after `a` unless a thief took it from the front.
-    fn join_in_lane<A, B, RA, RB>(
-        &self,
-        lane: &crate::regions::lanes::Mine<'_>,
-        a: A,
-        b: B,
-    ) -> (std::thread::Result<RA>, std::thread::Result<RB>)
-    where
-        A: FnOnce() -> RA,
-        B: FnOnce() -> RB + Send,
-        RB: Send,
-    {
-        let b = StackJob::new(b);
-        // Armed before the push, as in `join`.
-        let armed = job::AbortOnUnwind;
-        // SAFETY: `b` is neither moved nor dropped before it is popped back (and run
-        // here) or done: the loop below ends only so, `a`'s panic is caught, and
-        // anything else aborts (`armed`). A pushed half is popped or stolen once.
-        let mine = unsafe { b.as_job_ref() };
-        lane.push(mine);
-        // SeqCst fence: the push before `find_thread`'s reads of the slots and the
-        // sleepers (the Dekker pairs that `Lent::lend`'s SeqCst store makes).
-        crate::sync::fence(Ordering::SeqCst);
-        self.find_thread();
-        let result_a = catch_unwind(AssertUnwindSafe(a));
-        let result_b = loop {
-            match lane.pop() {
-                Some(job) if job.is(&mine) => break b.run_here(),
-                // Not expected: thieves take from the front, so once ours was stolen
-                // every older half was too, and newer ones were popped by their own
-                // `join`s. Were it to happen, the half is still this lane's, pushed
-                // by this thread below this frame: run it, and tell its waiter.
-                Some(older) => {
-                    debug_assert!(false, "an older half left in a lane");
-                    // SAFETY: popped once; its `join` waits for it below this frame.
-                    unsafe { older.run() };
-                    self.tree.event.notify();
-                }
-                None => {
-                    self.help_until(|| b.done());
-                    break b.into_result();
-                }
-            }
-        };
-        std::mem::forget(armed);
-        (result_a, result_b)
-    }
-
-    /// Lends `job` to the region's threads; `None` when the table is full.
-    fn lend(&self, job: JobRef) -> Option<Loan> {
-        let loan = self.lent.lend(job)?;
-        self.find_thread();
-        Some(loan)
-    }
-
     /// Takes the body of `task` if nobody has yet: the caller runs or drops it.
     pub(crate) fn claim(&self, task: &Task) -> Option<Body> {
         let body = task.body.lock().take();
@@ -329,7 +317,7 @@ impl Region {
     /// the tree's Dekker pairs; the fence orders the lanes' loads after the caller's
     /// SeqCst write).
     pub(crate) fn has_queued(&self) -> bool {
-        if self.queued.load(Ordering::SeqCst) > 0 || self.lent.any() {
+        if self.queued.load(Ordering::SeqCst) > 0 || self.lent.get().is_some_and(Lent::any) {
             return true;
         }
         crate::sync::fence(Ordering::SeqCst);
@@ -343,7 +331,8 @@ impl Region {
 
     /// Runs one queued task or lent half, if there is one; false if there was none.
     pub(crate) fn run_one(&self) -> bool {
-        if let Some(job) = self.lanes.steal().or_else(|| self.lent.steal()) {
+        let from_table = || self.lent.get().and_then(Lent::steal);
+        if let Some(job) = self.lanes.steal().or_else(from_table) {
             let armed = job::AbortOnUnwind;
             // SAFETY: a steal hands each half out once; its joiner keeps the job
             // alive until it is done (`join`). The job catches its own panics.
