@@ -73,6 +73,9 @@ pub(crate) struct Registry {
     queue: Mutex<Queue>,
     wake: Condvar,
     threads: AtomicUsize,
+    /// `queue.requests.len()`, written under the lock, read by spinning workers
+    /// without it.
+    requested: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -81,6 +84,9 @@ struct Queue {
     requests: VecDeque<Arc<dyn Visit>>,
     /// Workers parked in `worker_main`.
     idle: usize,
+    /// Workers spinning in `worker_main` before they park: each takes a request
+    /// without being woken.
+    spinning: usize,
 }
 
 impl Registry {
@@ -93,6 +99,7 @@ impl Registry {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             threads: AtomicUsize::new(0),
+            requested: AtomicUsize::new(0),
         }
     }
 
@@ -122,7 +129,13 @@ impl Registry {
         let spawn = {
             let mut queue = self.queue.lock();
             queue.requests.push_back(region);
-            let spawn = queue.idle < queue.requests.len()
+            let requests = queue.requests.len();
+            self.requested.store(requests, Ordering::Relaxed);
+            // A spinning worker takes a request by itself: no wake, no new thread.
+            if requests <= queue.spinning {
+                return;
+            }
+            let spawn = queue.idle + queue.spinning < requests
                 && self.threads.load(Ordering::Relaxed) < self.tokens.total();
             if spawn {
                 self.threads.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +180,24 @@ impl Registry {
                 let mut queue = self.queue.lock();
                 loop {
                     if let Some(region) = queue.requests.pop_front() {
+                        self.requested
+                            .store(queue.requests.len(), Ordering::Relaxed);
                         break region;
+                    }
+                    // Spin a while before parking: a program that opens regions one
+                    // after another (a library call in a loop) dispatches again within
+                    // microseconds, and a parked worker costs it a futex wake and a
+                    // trip back onto a core each time (rayon's workers spin too).
+                    // Counted in `spinning` under the lock, so a dispatch that finds
+                    // a spinner for its request wakes nobody; every way out of the
+                    // spin takes the lock and looks at the queue again.
+                    queue.spinning += 1;
+                    drop(queue);
+                    let came = self.spin();
+                    queue = self.queue.lock();
+                    queue.spinning -= 1;
+                    if came || !queue.requests.is_empty() {
+                        continue;
                     }
                     queue.idle += 1;
                     queue = self.wake.wait(queue);
@@ -177,4 +207,28 @@ impl Registry {
             region.serve();
         }
     }
+
+    /// Spins (yielding the core to any thread that wants it) for about
+    /// [`SPIN`](Self::SPIN) or until a request is queued: true if one was.
+    #[cfg_attr(budget_loom, allow(dead_code))]
+    fn spin(&self) -> bool {
+        // Under Miri, whose clock is its own, a worker parks at once.
+        if cfg!(miri) {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < Self::SPIN {
+            // Relaxed: a hint; the request itself is taken under the lock.
+            if self.requested.load(Ordering::Relaxed) > 0 {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// How long an idle worker spins before it parks: long enough for the gap
+    /// between two library calls, short enough that an idle program stops using
+    /// the core at once (rayon's workers spin 32 rounds of yields, tens of µs).
+    const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 }

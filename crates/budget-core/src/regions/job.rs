@@ -239,6 +239,7 @@ where
     }
 
     /// Runs the body on this thread: the job was taken back before anyone ran it.
+    #[inline(always)]
     pub(crate) fn run_here(self) -> thread::Result<R> {
         let body = self
             .body

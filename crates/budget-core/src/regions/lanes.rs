@@ -172,26 +172,84 @@ impl Lanes {
 }
 
 impl Mine<'_> {
+    #[inline]
     fn worker(&self) -> &Worker<JobRef> {
         // SAFETY: this thread holds the lane (`Lanes::mine`), so it alone touches
         // `worker` (see the `Sync` impl); the deque is made once, here.
         let slot = unsafe { &mut *self.lane.worker.get() };
         slot.get_or_insert_with(|| {
-            let worker = Worker::new_lifo();
+            let worker = spare::take();
             let _ = self.lane.stealer.set(worker.stealer());
             worker
         })
     }
 
     /// Pushes a half at the back of this thread's deque.
+    #[inline]
     pub(crate) fn push(&self, job: JobRef) {
         self.worker().push(job);
     }
 
     /// Pops the newest half of this thread's deque: the caller's own if no thief
     /// took it, else an older one of this thread's (which the caller runs).
+    #[inline]
     pub(crate) fn pop(&self) -> Option<JobRef> {
         self.worker().pop()
+    }
+}
+
+impl Drop for Lanes {
+    /// The region is gone, so nobody can push to or steal from its lanes: their
+    /// deques (empty: see the module docs) go to the spares for the next region.
+    fn drop(&mut self) {
+        for lane in self.lanes.iter_mut() {
+            if let Some(worker) = lane.worker.get_mut().take() {
+                spare::give(worker);
+            }
+        }
+    }
+}
+
+/// Deques of regions that ended, for the lanes of the next ones. A deque is two
+/// allocations, one of them 1 KiB, which glibc's thread cache does not keep: made on
+/// one thread and freed on another for every region, they took the allocator's
+/// arena lock on both (a fifth of a short region's time in `benches/core.rs`).
+mod spare {
+    use std::sync::Mutex;
+
+    use crossbeam_deque::Worker;
+
+    use crate::regions::job::JobRef;
+
+    /// Enough for the lanes of a few regions of a 64-core machine.
+    const KEEP: usize = 256;
+
+    static SPARE: Mutex<Vec<Worker<JobRef>>> = Mutex::new(Vec::new());
+
+    /// A spare deque, or a new one. `try_lock`: a process forked while another
+    /// thread held the lock must not wait for it (nor should a busy moment).
+    pub(super) fn take() -> Worker<JobRef> {
+        SPARE
+            .try_lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_else(Worker::new_lifo)
+    }
+
+    /// Keeps `worker` for a later lane, if it is empty and there is room.
+    pub(super) fn give(worker: Worker<JobRef>) {
+        if !worker.is_empty() {
+            debug_assert!(
+                false,
+                "a lane's deque outlived its region with a half in it"
+            );
+            return;
+        }
+        if let Ok(mut spare) = SPARE.try_lock() {
+            if spare.len() < KEEP {
+                spare.push(worker);
+            }
+        }
     }
 }
 

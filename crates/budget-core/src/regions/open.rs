@@ -248,6 +248,7 @@ impl OpenRegion {
     /// True when queued work could not run sooner than inline: the region has width
     /// 1 and no token is free to grow it. A hint, read without ordering: `join` and
     /// `for_each` check it again at their next call or chunk.
+    #[inline]
     pub(crate) fn alone(&self) -> bool {
         self.width() == 1 && !self.registry.tokens.may_grow() && !self.tree_can_help()
     }
@@ -304,6 +305,7 @@ impl OpenRegion {
     }
 
     /// The region's shared state (task queue, slots, growth), made on first use.
+    #[inline]
     pub(crate) fn shared(&self) -> &Arc<Region> {
         self.shared.get_or_init(|| {
             let tree = self.root.map(|root| root.get().shared().tree.clone());

@@ -44,7 +44,11 @@ pub(crate) struct Region {
     requested: usize,
     /// Tokens held by the region, its own thread's included. Only grows.
     width: AtomicUsize,
-    queue: Injector<Arc<Task>>,
+    /// Made at the first queued task: most regions only `join`, and an injector
+    /// allocates a block of about 1 KiB, which glibc's thread cache does not keep
+    /// (freed on a worker, it took the allocator's arena lock against the next
+    /// region's allocation on the opener).
+    queue: std::sync::OnceLock<Box<Injector<Arc<Task>>>>,
     /// `join`s' second halves: in the deques of the threads that hold a lane of the
     /// region (`lanes.rs`), else lent by address through the table (`lent.rs`).
     lanes: Lanes,
@@ -104,7 +108,7 @@ impl Region {
             me: me.clone(),
             requested,
             width: AtomicUsize::new(width),
-            queue: Injector::new(),
+            queue: std::sync::OnceLock::new(),
             // A lane per thread that may lend at once (a region's threads hold its
             // tokens, so `requested` of them; more share lanes).
             lent: std::sync::OnceLock::new(),
@@ -130,6 +134,7 @@ impl Region {
         shared
     }
 
+    #[inline]
     pub(crate) fn width(&self) -> usize {
         self.width.load(Ordering::Relaxed)
     }
@@ -149,7 +154,9 @@ impl Region {
         // SeqCst: the Dekker pair with a leaving worker (`serve`) and with a
         // releasing region (`Tokens::release` → `wants`).
         self.queued.fetch_add(1, Ordering::SeqCst);
-        self.queue.push(task.clone());
+        self.queue
+            .get_or_init(|| Box::new(Injector::new()))
+            .push(task.clone());
         self.find_thread();
         task
     }
@@ -165,13 +172,18 @@ impl Region {
                 self.registry.tokens.poke();
             }
             // No free slot: idle threads of the tree may help (see `tree.rs`), unless
-            // the region asked for one core only.
-            if self.requested > 1 {
+            // the region asked for one core only. The root's own threads run its
+            // tasks anyway, and posting it while its worker takes it off the board
+            // again cost a lock per `join`: the root posts only while a thread of
+            // the tree waits (a hint: a missed post costs parallelism, not progress).
+            if self.requested > 1 && (!self.is_root || self.tree.waiting() > 0) {
                 self.tree.post(self);
             }
         }
-        // After the post: a waiter woken here sees it.
-        self.tree.event.notify();
+        // After the post: a waiter woken here sees it. No fence of its own: every
+        // caller wrote what a waiter looks for with SeqCst (`queued`, the table's
+        // loan), except a `join`'s lane push, which may go unseen (see `join`).
+        self.tree.event.notify_after_seqcst();
     }
 
     /// Runs `a` on this thread while `b` is handed to the region's other threads
@@ -180,6 +192,7 @@ impl Region {
     /// thread's deque of the region when it holds one (`lanes.rs`; the opener takes
     /// lane 0 at its first `join` from the body), else through the region's table
     /// (`lent.rs`). Returns both outcomes; no panic of `a` or `b` escapes.
+    #[inline(always)]
     pub(crate) fn join<A, B, RA, RB>(
         &self,
         from_body: bool,
@@ -211,10 +224,14 @@ impl Region {
         };
         let out = match lane {
             Some(lane) => {
+                // No fence after the push (rayon's deques have none either): on
+                // x86 a full fence costs about a third of a `join`. Without it,
+                // `find_thread`'s reads of the slots and sleepers may pass the
+                // push, so a worker leaving its slot at that instant, or a thread
+                // falling asleep, can miss this half. That costs parallelism for
+                // this half only, never progress: its joiner pops it back and runs
+                // it after `a`, and the next `join` sees the free slot.
                 lane.push(mine);
-                // SeqCst fence: the push before `find_thread`'s reads of the slots
-                // and the sleepers (the Dekker pairs; the table's store is SeqCst).
-                crate::sync::fence(Ordering::SeqCst);
                 Out::Lane(lane)
             }
             None => match self.table().lend(mine) {
@@ -304,8 +321,9 @@ impl Region {
     }
 
     fn pop(&self) -> Option<Arc<Task>> {
+        let queue = self.queue.get()?;
         loop {
-            match self.queue.steal() {
+            match queue.steal() {
                 Steal::Success(task) => return Some(task),
                 Steal::Empty => return None,
                 Steal::Retry => {}
@@ -380,11 +398,15 @@ impl Region {
                      budget regions (or call exec right after fork)."
                 );
             }
-            self.tree.idle(|| {
-                self.tree
-                    .event
-                    .wait_until(|| done() || self.has_queued() || self.tree.has_posted())
-            });
+            // Look again for about what a wake costs before sleeping: the thief of a
+            // `join`'s half, or the last task, usually finishes sooner than a futex
+            // wake would bring this thread back. The thread holds the region's token
+            // while it waits, so spinning oversubscribes nothing.
+            let ready = || done() || self.has_queued() || self.tree.has_posted();
+            if spin_until(ready) {
+                continue;
+            }
+            self.tree.idle(|| self.tree.event.wait_until(ready));
         }
     }
 
@@ -488,31 +510,39 @@ impl Visit for Region {
     }
 }
 
-impl Region {
-    /// Waits in the slot, looking for work, for about [`crate::regions::clock::wake_ticks`]: true if
-    /// work came. Not under loom (a model has no clock).
-    #[cfg(not(budget_loom))]
-    fn linger(&self) -> bool {
-        let (start, wake) = (
-            crate::regions::clock::now(),
-            crate::regions::clock::wake_ticks(),
-        );
-        // `closed`: a closing region sends the worker away at once (its tokens go
-        // back). Acquire pairs with `close`'s Release; checked every few hundred ns.
-        while crate::regions::clock::since(start) < wake && !self.closed.load(Ordering::Acquire) {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-            if self.has_queued() || (self.is_root && self.tree.has_posted()) {
-                return true;
-            }
+/// Spins for about [`crate::regions::clock::wake_ticks`] until `ready()` holds: true
+/// if it did. Always false under loom (a model has no clock) and Miri.
+#[cfg(not(any(budget_loom, miri)))]
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let (start, wake) = (
+        crate::regions::clock::now(),
+        crate::regions::clock::wake_ticks(),
+    );
+    while crate::regions::clock::since(start) < wake {
+        for _ in 0..32 {
+            std::hint::spin_loop();
         }
-        false
+        if ready() {
+            return true;
+        }
     }
+    false
+}
 
-    #[cfg(budget_loom)]
+#[cfg(any(budget_loom, miri))]
+fn spin_until(_: impl Fn() -> bool) -> bool {
+    false
+}
+
+impl Region {
+    /// Waits in the slot, looking for work, for about
+    /// [`wake_ticks`](crate::regions::clock::wake_ticks): true if work came. A
+    /// closing region sends the worker away at once, its tokens going back (`closed`:
+    /// Acquire pairs with `close`'s Release).
     fn linger(&self) -> bool {
-        false
+        let closed = || self.closed.load(Ordering::Acquire);
+        spin_until(|| closed() || self.has_queued() || (self.is_root && self.tree.has_posted()))
+            && !closed()
     }
 
     /// Declares demand that is not in the task queue while `f` runs, telling
