@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::pool::process;
@@ -89,8 +89,6 @@ pub struct OpenRegion {
     /// (which could outlive the scope it was entered in). Set by `scope_with`, whose
     /// region runs inside the root's body or tasks, so the root outlives it.
     root: Option<Outliving<OpenRegion>>,
-    /// The region's [`RegionId`](crate::integration::RegionId), 0 until asked for.
-    id: AtomicUsize,
     /// The `budget.region` span, entered while the region is open.
     span: tracing::Span,
     /// Given back already (`close`).
@@ -112,17 +110,17 @@ impl OpenRegion {
     /// assert!(open.width() >= 1 && open.width() <= open.requested());
     /// ```
     pub fn enter(max: usize) -> OpenRegion {
-        let open = Self::enter_at(max, false);
+        let mut open = Self::enter_at(max, false);
         // Before the caller places it: an owed region's state then has a stale key,
         // which no thread holds a lane of. Harmless, as a public region has no tasks
         // and no `join` (its state exists only to have its owed token repaid).
-        open.register_if_owed();
+        open.register();
         open
     }
 
     /// [`enter`](OpenRegion::enter) for `scope_with`: the region joins the tree of
     /// the region whose frame is current, and has a lane mask of its own. The caller
-    /// calls [`register_if_owed`](OpenRegion::register_if_owed) once the state is in
+    /// calls [`register`](OpenRegion::register) once the state is in
     /// place (returned straight into the caller's frame: no copy).
     #[inline(always)]
     pub(crate) fn enter_in_scope(max: usize) -> OpenRegion {
@@ -151,15 +149,6 @@ impl OpenRegion {
             // A cause other than the enclosing regions is possible (`Stats`).
             tokens.note_cause(nested);
         }
-        let span = tracing::trace_span!(
-            "budget.region",
-            requested,
-            width,
-            regrown = tracing::field::Empty
-        );
-        // Entered for the region's life, exited in `give_back` (a `Span`, not its
-        // guard: the guard is not `Sync`, and a `Scope` is shared with its tasks).
-        span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
         context::enter_region();
         OpenRegion {
             registry,
@@ -172,18 +161,25 @@ impl OpenRegion {
             } else {
                 None
             },
-            id: AtomicUsize::new(0),
-            span,
+            // Made by `register`, once the state is in its place.
+            span: tracing::Span::none(),
             closed: false,
             not_send: PhantomData,
         }
     }
 
-    /// Registers a region whose own thread runs unpaid, so that the first token freed
-    /// pays for it (rare: an outside thread that found every token taken). Called
-    /// right after entry, once the state is in its place (its address is its key).
-    #[inline]
-    pub(crate) fn register_if_owed(&self) {
+    /// Called right after entry, once the state is in its place: enters the region's
+    /// tracing span, and registers a region whose own thread runs unpaid, so that
+    /// the first token freed pays for it (rare: an outside thread that found every
+    /// token taken; the state's address is its key).
+    ///
+    /// The span is made here, not at entry: a span made first and then moved into
+    /// the state was a copy that stalled on its fresh stores (region entry +1.5 ns).
+    #[inline(always)]
+    pub(crate) fn register(&mut self) {
+        if tracing::level_enabled!(tracing::Level::TRACE) {
+            self.span = entered_span(self.requested, self.initial_width);
+        }
         if self.own.owes() {
             self.shared();
         }
@@ -277,24 +273,10 @@ impl OpenRegion {
         context::Frame::of(self, task)
     }
 
-    /// The region's id: numbered on first ask, from a process-wide counter (a region
-    /// nobody asks costs nothing).
+    /// The region's id (kept in the shared state, made on first ask: a region
+    /// entry stores nothing for it).
     pub(crate) fn id(&self) -> std::num::NonZeroUsize {
-        // Relaxed both: a number, no data published with it; the compare-exchange
-        // keeps the first number given if two threads ask at once.
-        static NEXT: AtomicUsize = AtomicUsize::new(1);
-        let mut id = self.id.load(Ordering::Relaxed);
-        if id == 0 {
-            let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
-            id = match self
-                .id
-                .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => fresh,
-                Err(first) => first,
-            };
-        }
-        std::num::NonZeroUsize::new(id).expect("region ids start at 1 and do not wrap")
+        self.shared().id()
     }
 
     /// How the region's own thread is paid for (`own.rs`): the shared state's once
@@ -382,9 +364,18 @@ impl Drop for OpenRegion {
         // Closed already by `scope_with` (a cheap check); else a public region's
         // end. A region without tasks has no panic to hand on; one that had tasks
         // was closed by `scope_with`, which resumes theirs.
-        if self.closed {
-            return;
+        if !self.closed {
+            self.drop_open();
         }
+    }
+}
+
+impl OpenRegion {
+    /// A public region's end (out of line: `scope_with`'s drop is only the check
+    /// above, small enough to inline).
+    #[cold]
+    #[inline(never)]
+    fn drop_open(&mut self) {
         if let Some(payload) = self.give_back() {
             job::discard(payload);
         }
@@ -398,6 +389,22 @@ impl std::fmt::Debug for OpenRegion {
             .field("width", &self.width())
             .finish_non_exhaustive()
     }
+}
+
+/// The `budget.region` span, entered for the region's life and exited in
+/// `give_back` (a `Span`, not its guard: the guard is not `Sync`, and a `Scope` is
+/// shared with its tasks). Out of line: only a subscriber that wants it pays.
+#[cold]
+#[inline(never)]
+fn entered_span(requested: usize, width: usize) -> tracing::Span {
+    let span = tracing::trace_span!(
+        "budget.region",
+        requested,
+        width,
+        regrown = tracing::field::Empty
+    );
+    span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
+    span
 }
 
 /// The root of the tree that the region running `frame` belongs to (`None` outside

@@ -91,7 +91,7 @@ where
         open: OpenRegion::enter_in_scope(max),
         marker: PhantomData,
     };
-    scope.open.register_if_owed();
+    scope.open.register();
     let result = {
         let _body = context::set_frame(scope.frame(false));
         catch_unwind(AssertUnwindSafe(|| f(&scope)))
