@@ -16,7 +16,10 @@
 //! - A region that queues a task and has no free slot of its own *posts* itself on
 //!   the tree's board (once: `on_board`), and reserves an idle slot of the root if
 //!   there is one, sending a worker there. A region that asked for one core
-//!   (`scope_with(1, ..)`) never posts: its tasks stay on its own thread.
+//!   (`scope_with(1, ..)`) never posts: its tasks stay on its own thread. The root
+//!   posts only while a thread of its tree waits (`waiting`): its own threads run its
+//!   tasks anyway, and a root posted at every `join` while its worker took it off
+//!   the board again paid a lock per `join`.
 //! - A region that closes takes itself off the board (`unpost`): the board holds its
 //!   state, which holds the tree.
 //! - A thread waiting in `help_until` of any region of the tree, and a worker in a
