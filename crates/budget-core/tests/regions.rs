@@ -280,3 +280,46 @@ fn joins_of_an_owed_region_run_alone_then_grown() {
     assert!(grew.load(Ordering::SeqCst));
     assert_eq!(budget_core::stats().in_use, 0);
 }
+
+/// A root task queued while a thread of the tree waits idle in a nested region is run
+/// by that thread (the root posts its tasks on the tree's board): here the nested
+/// region's task, on the root's only worker, waits for the root task, so nobody else
+/// could run it. A version that posted the root only while a thread already waited
+/// left the root task queued for good (cut here after 20 s).
+#[test]
+fn an_idle_waiter_of_a_nested_region_runs_a_root_task() {
+    let _g = two_cores();
+    let nested_started = AtomicBool::new(false);
+    let root_task_ran = AtomicBool::new(false);
+    let gave_up = AtomicBool::new(false);
+    budget_core::scope(|s| {
+        assert_eq!(s.width(), 2);
+        budget_core::scope(|n| {
+            assert_eq!(n.width(), 1);
+            // Goes to the root's idle slot through the board (`tree.rs`).
+            n.spawn(|_| {
+                nested_started.store(true, Ordering::SeqCst);
+                let start = std::time::Instant::now();
+                while !root_task_ran.load(Ordering::SeqCst) {
+                    if start.elapsed() > Duration::from_secs(20) {
+                        gave_up.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+            });
+            while !nested_started.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            s.spawn(|_| root_task_ran.store(true, Ordering::SeqCst));
+            // The end of `n`'s body: this thread waits for `n`'s task, holding its
+            // token, and must run the root task meanwhile.
+        });
+    });
+    assert!(
+        !gave_up.load(Ordering::SeqCst),
+        "the root task stayed queued while the only idle thread slept"
+    );
+    assert!(root_task_ran.load(Ordering::SeqCst));
+    assert_eq!(budget_core::stats().in_use, 0);
+}

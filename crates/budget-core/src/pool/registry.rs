@@ -178,6 +178,11 @@ impl Registry {
         loop {
             let region = {
                 let mut queue = self.queue.lock();
+                // When this worker's spin ends: set once per idle spell, so a worker
+                // that loses a request to another spinner does not start over (with
+                // regions coming faster than the spin, every idle worker would spin
+                // for good).
+                let mut until = None;
                 loop {
                     if let Some(region) = queue.requests.pop_front() {
                         self.requested
@@ -191,9 +196,10 @@ impl Registry {
                     // Counted in `spinning` under the lock, so a dispatch that finds
                     // a spinner for its request wakes nobody; every way out of the
                     // spin takes the lock and looks at the queue again.
+                    let until = *until.get_or_insert_with(Self::spin_deadline);
                     queue.spinning += 1;
                     drop(queue);
-                    let came = self.spin();
+                    let came = self.spin(until);
                     queue = self.queue.lock();
                     queue.spinning -= 1;
                     if came || !queue.requests.is_empty() {
@@ -208,16 +214,19 @@ impl Registry {
         }
     }
 
-    /// Spins (yielding the core to any thread that wants it) for about
-    /// [`SPIN`](Self::SPIN) or until a request is queued: true if one was.
+    /// When an idle spell that starts now stops spinning: [`SPIN`](Self::SPIN) from
+    /// now; `None` under Miri, whose clock is its own (a worker parks at once).
     #[cfg_attr(budget_loom, allow(dead_code))]
-    fn spin(&self) -> bool {
-        // Under Miri, whose clock is its own, a worker parks at once.
-        if cfg!(miri) {
-            return false;
-        }
-        let start = std::time::Instant::now();
-        while start.elapsed() < Self::SPIN {
+    fn spin_deadline() -> Option<std::time::Instant> {
+        (!cfg!(miri)).then(|| std::time::Instant::now() + Self::SPIN)
+    }
+
+    /// Spins (yielding the core to any thread that wants it) until `until` or until a
+    /// request is queued: true if one was.
+    #[cfg_attr(budget_loom, allow(dead_code))]
+    fn spin(&self, until: Option<std::time::Instant>) -> bool {
+        let Some(until) = until else { return false };
+        while std::time::Instant::now() < until {
             // Relaxed: a hint; the request itself is taken under the lock.
             if self.requested.load(Ordering::Relaxed) > 0 {
                 return true;
@@ -227,8 +236,9 @@ impl Registry {
         false
     }
 
-    /// How long an idle worker spins before it parks: long enough for the gap
-    /// between two library calls, short enough that an idle program stops using
-    /// the core at once (rayon's workers spin 32 rounds of yields, tens of µs).
+    /// How long an idle worker spins before it parks, counted from its last visit:
+    /// long enough for the gap between two library calls, short enough that an
+    /// idle program stops using the core soon (rayon's workers spin 32 rounds of
+    /// yields, tens of µs). A spinning worker holds no token and runs nothing.
     const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 }

@@ -34,7 +34,7 @@ pub(crate) fn enter() -> Guard {
 }
 
 /// Marks the current thread as inside a region until [`leave_region`]: for a
-/// region's state that is not `Send` itself (`OpenRegion`), which calls both.
+/// region's state that is not `Send` itself (`RegionState`), which calls both.
 #[inline]
 pub(crate) fn enter_region() {
     DEPTH.with(|d| d.set(d.get() + 1));
@@ -63,11 +63,11 @@ impl Drop for Guard {
 /// (`task == false`), or a task of it (`task == true`); `scope` is null outside every
 /// region's body and task.
 ///
-/// `scope` is the address of the region's `OpenRegion` (the state its `Scope` holds;
+/// `scope` is the address of the region's `RegionState` (the state its `Scope` holds;
 /// 0 for none), alive while the frame is current: a frame is set only by
 /// `scope_with` and its tasks, while that region's body or one of its tasks runs, and
 /// the region outlives both. An address, not a pointer, so that a task body can carry
-/// its frame to the thread that runs it; `open.rs` reads it back as an `OpenRegion`.
+/// its frame to the thread that runs it; `open.rs` reads it back as a `RegionState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
     pub(crate) scope: usize,
@@ -80,7 +80,7 @@ impl Frame {
         task: false,
     };
 
-    /// The frame of the region whose state is `region` (an `OpenRegion`: generic only
+    /// The frame of the region whose state is `region` (a `RegionState`: generic only
     /// so that this module imports none): its body, or a task of it.
     #[inline]
     pub(crate) fn of<T>(region: &T, task: bool) -> Frame {

@@ -1,4 +1,7 @@
-//! A park/wake primitive that cannot lose a wake-up.
+//! A park/wake primitive that cannot lose a wake-up for a condition written by the
+//! rules below. (One writer breaks them on purpose: a `join`'s push to its lane, whose
+//! missed wake costs parallelism only, since its joiner runs the half itself; see
+//! `Region::join`.)
 //!
 //! Threads that wait inside a region (for a `join`'s other half, or for the scope's
 //! spawned tasks) sleep on their region's `Event`. The protocol, in steps:
@@ -35,8 +38,9 @@ impl Event {
         }
     }
 
-    /// Blocks until `ready()` returns true. `ready` must read state that the
-    /// notifier writes with SeqCst (or before a SeqCst fence).
+    /// Blocks until `ready()` returns true. A wake-up is guaranteed for state of
+    /// `ready` that the notifier writes with SeqCst (or before a SeqCst fence); other
+    /// state it reads (a lane's deque) is a hint.
     pub(crate) fn wait_until(&self, mut ready: impl FnMut() -> bool) {
         if ready() {
             return;

@@ -9,7 +9,7 @@
 //! key and the lane):
 //!
 //! - lane 0: the thread that opened the region, from its first `join` to the
-//!   region's end ([`own`]; `Region::join` takes it, `OpenRegion`'s exit puts back
+//!   region's end ([`own`]; `Region::join` takes it, `RegionState`'s exit puts back
 //!   what the thread held before: a region that never joins pays nothing);
 //! - lanes 1..: a worker while it serves the region ([`Claim`], taken with a
 //!   compare-and-swap per visit and given back when the worker leaves).
@@ -162,8 +162,9 @@ impl Lanes {
         None
     }
 
-    /// Whether a half waits in some lane. The caller orders it after its own write
-    /// with a SeqCst operation (the Dekker pairs of `Region`).
+    /// Whether a half waits in some lane. A hint: a push is not ordered with the
+    /// pusher's later reads (no fence, see `Region::join`), so a thread that reads
+    /// this just as a half is pushed may miss it; its joiner then runs it.
     pub(crate) fn any(&self) -> bool {
         self.lanes
             .iter()
@@ -175,7 +176,8 @@ impl Mine<'_> {
     #[inline]
     fn worker(&self) -> &Worker<JobRef> {
         // SAFETY: this thread holds the lane (`Lanes::mine`), so it alone touches
-        // `worker` (see the `Sync` impl); the deque is made once, here.
+        // `worker` (see the `Sync` impl); the deque is set once, here (a spare of
+        // an ended region, or a new one).
         let slot = unsafe { &mut *self.lane.worker.get() };
         slot.get_or_insert_with(|| {
             let worker = spare::take();

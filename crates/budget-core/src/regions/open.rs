@@ -1,8 +1,9 @@
-//! [`OpenRegion`]: a region's state from its entry to its exit, the one place a
+//! [`RegionState`]: a region's state from its entry to its exit, the one place a
 //! region is entered. [`scope_with`](crate::scope_with) holds one for its
-//! [`Scope`](crate::Scope) (which adds the tasks); an integration that cannot pass a
-//! closure (a `with` block of another language, a C caller) holds one directly,
-//! through [`integration::OpenRegion`](crate::integration::OpenRegion).
+//! [`Scope`](crate::Scope) (which adds the tasks) and closes it; an integration that
+//! cannot pass a closure (a `with` block of another language, a C caller) holds one
+//! through its guard, [`integration::OpenRegion`](crate::integration::OpenRegion),
+//! which closes it when dropped.
 //!
 //! At entry: the request (capped at the total; an outermost region on a foreign
 //! rayon worker at its share), the region's own thread paid for (`own.rs`), `width =
@@ -74,6 +75,15 @@ fn foreign_share(max: usize, total: usize) -> usize {
 /// std::thread::spawn(move || drop(open));
 /// ```
 pub struct OpenRegion {
+    state: RegionState,
+}
+
+/// A region's state from its entry to its exit, without a `Drop` of its own: the
+/// one type `scope_with` (which closes it exactly once) and [`OpenRegion`] (which
+/// closes it when dropped) are built on. Apart from the guard, as `lock_api`'s raw
+/// lock is apart from its guard: a drop glue that only checked "closed already?"
+/// was an out-of-line call on every region entry (+1 ns).
+pub(crate) struct RegionState {
     registry: &'static Registry,
     requested: usize,
     /// The width taken at entry; the shared state's, which only grows, once it exists.
@@ -88,11 +98,9 @@ pub struct OpenRegion {
     /// it, and for a region entered through the public [`enter`](OpenRegion::enter)
     /// (which could outlive the scope it was entered in). Set by `scope_with`, whose
     /// region runs inside the root's body or tasks, so the root outlives it.
-    root: Option<Outliving<OpenRegion>>,
+    root: Option<Outliving<RegionState>>,
     /// The `budget.region` span, entered while the region is open.
     span: tracing::Span,
-    /// Given back already (`close`).
-    closed: bool,
     /// `Sync` (a `Scope` is shared with its tasks) but not `Send`: the region marked
     /// its thread as inside a region, and unmarks it at exit.
     not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
@@ -110,25 +118,87 @@ impl OpenRegion {
     /// assert!(open.width() >= 1 && open.width() <= open.requested());
     /// ```
     pub fn enter(max: usize) -> OpenRegion {
-        let mut open = Self::enter_at(max, false);
+        let mut state = RegionState::enter_at(max, false);
         // Before the caller places it: an owed region's state then has a stale key,
         // which no thread holds a lane of. Harmless, as a public region has no tasks
         // and no `join` (its state exists only to have its owed token repaid).
-        open.register();
-        open
+        state.register();
+        OpenRegion { state }
     }
 
-    /// [`enter`](OpenRegion::enter) for `scope_with`: the region joins the tree of
-    /// the region whose frame is current, and has a lane mask of its own. The caller
-    /// calls [`register`](OpenRegion::register) once the state is in
-    /// place (returned straight into the caller's frame: no copy).
+    /// The cores this region may use now, its own thread included: at least 1, at
+    /// most [`requested`](OpenRegion::requested); it only grows while the region is
+    /// open (a grant while it has demand).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let open = budget_core::integration::OpenRegion::enter(1);
+    /// assert_eq!(open.width(), 1);
+    /// ```
+    #[inline]
+    pub fn width(&self) -> usize {
+        self.state.width()
+    }
+
+    /// The width asked for: `max`, capped at the budget's total, at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let open = budget_core::integration::OpenRegion::enter(0);
+    /// assert_eq!(open.requested(), 1);
+    /// ```
+    pub fn requested(&self) -> usize {
+        self.state.requested()
+    }
+
+    /// Whether the region runs one thread more than the budget: its thread was outside
+    /// every region and found no token free (its token is owed, and the first one
+    /// released pays it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let open = budget_core::integration::OpenRegion::enter(1);
+    /// assert!(!open.overcommitted()); // a token was free
+    /// ```
+    pub fn overcommitted(&self) -> bool {
+        self.state.own().overcommitted()
+    }
+}
+
+impl Drop for OpenRegion {
+    /// The region's end: its tokens go back. A region without tasks has no panic to
+    /// hand on.
+    fn drop(&mut self) {
+        if let Some(payload) = self.state.close() {
+            job::discard(payload);
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRegion")
+            .field("requested", &self.requested())
+            .field("width", &self.width())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegionState {
+    /// [`OpenRegion::enter`] for `scope_with`: the region joins the tree of the
+    /// region whose frame is current, and has a lane mask of its own. The caller
+    /// calls [`register`](RegionState::register) once the state is in place
+    /// (returned straight into the caller's frame: no copy).
     #[inline(always)]
-    pub(crate) fn enter_in_scope(max: usize) -> OpenRegion {
+    pub(crate) fn enter_in_scope(max: usize) -> RegionState {
         Self::enter_at(max, true)
     }
 
     #[inline(always)]
-    fn enter_at(max: usize, in_scope: bool) -> OpenRegion {
+    fn enter_at(max: usize, in_scope: bool) -> RegionState {
         let registry = process::global();
         let tokens = &registry.tokens;
         let nested = context::in_region();
@@ -150,7 +220,7 @@ impl OpenRegion {
             tokens.note_cause(nested);
         }
         context::enter_region();
-        OpenRegion {
+        RegionState {
             registry,
             requested,
             initial_width: width,
@@ -163,7 +233,6 @@ impl OpenRegion {
             },
             // Made by `register`, once the state is in its place.
             span: tracing::Span::none(),
-            closed: false,
             not_send: PhantomData,
         }
     }
@@ -185,47 +254,18 @@ impl OpenRegion {
         }
     }
 
-    /// The cores this region may use now, its own thread included: at least 1, at
-    /// most [`requested`](OpenRegion::requested); it only grows while the region is
-    /// open (a grant while it has demand).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let open = budget_core::integration::OpenRegion::enter(1);
-    /// assert_eq!(open.width(), 1);
-    /// ```
+    /// See [`OpenRegion::width`].
     #[inline]
-    pub fn width(&self) -> usize {
+    pub(crate) fn width(&self) -> usize {
         self.shared
             .get()
             .map_or(self.initial_width, |shared| shared.width())
     }
 
-    /// The width asked for: `max`, capped at the budget's total, at least 1.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let open = budget_core::integration::OpenRegion::enter(0);
-    /// assert_eq!(open.requested(), 1);
-    /// ```
-    pub fn requested(&self) -> usize {
+    /// See [`OpenRegion::requested`].
+    #[inline]
+    pub(crate) fn requested(&self) -> usize {
         self.requested
-    }
-
-    /// Whether the region runs one thread more than the budget: its thread was outside
-    /// every region and found no token free (its token is owed, and the first one
-    /// released pays it).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let open = budget_core::integration::OpenRegion::enter(1);
-    /// assert!(!open.overcommitted()); // a token was free
-    /// ```
-    pub fn overcommitted(&self) -> bool {
-        self.own().overcommitted()
     }
 
     /// Runs `f` while the region asks for its full request with no task queued,
@@ -315,19 +355,11 @@ impl OpenRegion {
     }
 
     /// Ends the region after its tasks: no grant reaches it after this, and every
-    /// token it holds goes back. Returns the first panic of its tasks, if any.
-    /// (By reference, not by value: a move of the state is a copy that stalls on its
-    /// fresh stores; the drop that follows finds it closed.)
+    /// token it holds goes back. Returns the first panic of its tasks, if any. Called
+    /// exactly once, by `scope_with` or by [`OpenRegion`]'s drop. (By reference, not
+    /// by value: a move of the state is a copy that stalls on its fresh stores.)
     #[inline(always)]
     pub(crate) fn close(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.give_back()
-    }
-
-    #[inline(always)]
-    fn give_back(&mut self) -> Option<Box<dyn Any + Send>> {
-        if std::mem::replace(&mut self.closed, true) {
-            return None;
-        }
         /// Unmarks the thread and exits the span, also if giving the tokens back
         /// panics (a grant may start a thread, calling the user's `thread_name`).
         struct Leave<'a>(&'a tracing::Span);
@@ -358,41 +390,8 @@ impl OpenRegion {
     }
 }
 
-impl Drop for OpenRegion {
-    #[inline]
-    fn drop(&mut self) {
-        // Closed already by `scope_with` (a cheap check); else a public region's
-        // end. A region without tasks has no panic to hand on; one that had tasks
-        // was closed by `scope_with`, which resumes theirs.
-        if !self.closed {
-            self.drop_open();
-        }
-    }
-}
-
-impl OpenRegion {
-    /// A public region's end (out of line: `scope_with`'s drop is only the check
-    /// above, small enough to inline).
-    #[cold]
-    #[inline(never)]
-    fn drop_open(&mut self) {
-        if let Some(payload) = self.give_back() {
-            job::discard(payload);
-        }
-    }
-}
-
-impl std::fmt::Debug for OpenRegion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenRegion")
-            .field("requested", &self.requested)
-            .field("width", &self.width())
-            .finish_non_exhaustive()
-    }
-}
-
 /// The `budget.region` span, entered for the region's life and exited in
-/// `give_back` (a `Span`, not its guard: the guard is not `Sync`, and a `Scope` is
+/// `close` (a `Span`, not its guard: the guard is not `Sync`, and a `Scope` is
 /// shared with its tasks). Out of line: only a subscriber that wants it pays.
 #[cold]
 #[inline(never)]
@@ -410,11 +409,11 @@ fn entered_span(requested: usize, width: usize) -> tracing::Span {
 /// The root of the tree that the region running `frame` belongs to (`None` outside
 /// every region: a new region is a root).
 #[inline]
-fn root_of_parent(frame: context::Frame) -> Option<Outliving<OpenRegion>> {
-    // SAFETY: a frame names the `OpenRegion` of a `scope_with` region, alive while
+fn root_of_parent(frame: context::Frame) -> Option<Outliving<RegionState>> {
+    // SAFETY: a frame names the `RegionState` of a `scope_with` region, alive while
     // the frame is current (`Frame`: frames are set only by `scope_with` and its
     // tasks); the root of its tree outlives every region nested in it, so the one
     // `scope_with` is opening.
-    let parent = unsafe { Outliving::<OpenRegion>::from_addr(frame.scope) }?;
+    let parent = unsafe { Outliving::<RegionState>::from_addr(frame.scope) }?;
     Some(parent.get().root.unwrap_or(parent))
 }

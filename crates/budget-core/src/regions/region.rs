@@ -53,7 +53,7 @@ pub(crate) struct Region {
     /// region (`lanes.rs`), else lent by address through the table (`lent.rs`).
     lanes: Lanes,
     lent: std::sync::OnceLock<Lent>,
-    /// The region's key for `lanes.rs`: the address of its `OpenRegion`.
+    /// The region's key for `lanes.rs`: the address of its `RegionState`.
     key: usize,
     /// What the opener held before it took lane 0 (its lane and its lent-table
     /// mask), put back at the region's end; touched by the opener only (the thread
@@ -181,14 +181,14 @@ impl Region {
         self.queue
             .get_or_init(|| Box::new(Injector::new()))
             .push(task.clone());
-        self.find_thread();
+        self.find_thread(true);
         task
     }
 
-    /// After a task was queued or a half lent: a free slot gets a worker; a region
-    /// short of its request asks the budget for free tokens; idle threads of the tree
-    /// are told.
-    fn find_thread(&self) {
+    /// After a task was queued (`task`) or a `join`'s half lent: a free slot gets a
+    /// worker; a region short of its request asks the budget for free tokens; idle
+    /// threads of the tree are told.
+    fn find_thread(&self, task: bool) {
         if self.try_reserve() {
             self.dispatch();
         } else {
@@ -196,11 +196,11 @@ impl Region {
                 self.registry.tokens.poke();
             }
             // No free slot: idle threads of the tree may help (see `tree.rs`), unless
-            // the region asked for one core only. The root's own threads run its
-            // tasks anyway, and posting it while its worker takes it off the board
-            // again cost a lock per `join`: the root posts only while a thread of
-            // the tree waits (a hint: a missed post costs parallelism, not progress).
-            if self.requested > 1 && (!self.is_root || self.tree.waiting() > 0) {
+            // the region asked for one core only. The root posts its tasks but not
+            // its `join` halves: a half is run by its joiner if nobody steals it,
+            // and posting the root at every `join` while its worker took it off the
+            // board again cost a lock per `join`.
+            if self.requested > 1 && (task || !self.is_root) {
                 self.tree.post(self);
             }
         }
@@ -251,10 +251,14 @@ impl Region {
                 // No fence after the push (rayon's deques have none either): on
                 // x86 a full fence costs about a third of a `join`. Without it,
                 // `find_thread`'s reads of the slots and sleepers may pass the
-                // push, so a worker leaving its slot at that instant, or a thread
-                // falling asleep, can miss this half. That costs parallelism for
-                // this half only, never progress: its joiner pops it back and runs
-                // it after `a`, and the next `join` sees the free slot.
+                // push, so a worker leaving its slot at that instant, a thread
+                // falling asleep, a tree helper taking the region off the board, or
+                // a grant racing this push (`grant` reads `has_queued` while we read
+                // the old width) can miss this half. That costs parallelism for this
+                // half only, never progress: its joiner pops it back and runs it
+                // after `a`, and the next `join` sees the free slot or the token.
+                // Every waiter's own condition (`done`, `pending`) is written with
+                // SeqCst and a fenced notify, so no wait depends on seeing a push.
                 lane.push(mine);
                 Out::Lane(lane)
             }
@@ -268,7 +272,7 @@ impl Region {
                 }
             },
         };
-        self.find_thread();
+        self.find_thread(false);
         let result_a = catch_unwind(AssertUnwindSafe(a));
         let back = match out {
             Out::Table(loan) => self.table().take_back(loan),
@@ -425,7 +429,8 @@ impl Region {
             // Look again for about what a wake costs before sleeping: the thief of a
             // `join`'s half, or the last task, usually finishes sooner than a futex
             // wake would bring this thread back. The thread holds the region's token
-            // while it waits, so spinning oversubscribes nothing.
+            // while it waits (except an opener whose token is owed, a rare thread
+            // more than the budget anyway), so spinning oversubscribes nothing.
             let ready = || done() || self.has_queued() || self.tree.has_posted();
             if spin_until(ready) {
                 continue;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::regions::context;
 use crate::regions::job;
-use crate::regions::open::OpenRegion;
+use crate::regions::open::RegionState;
 #[cfg(test)]
 use crate::regions::region::Region;
 
@@ -88,7 +88,7 @@ where
     // state built, then moved, cost a copy that stalled on its own fresh stores
     // (region entry 7 ns → 24 ns, `benches/core.rs`).
     let mut scope = Scope {
-        open: OpenRegion::enter_in_scope(max),
+        open: RegionState::enter_in_scope(max),
         marker: PhantomData,
     };
     scope.open.register();
@@ -168,7 +168,7 @@ where
 /// ```
 pub struct Scope<'scope> {
     /// The region's state: its tokens, width, shared state and place in its tree.
-    pub(super) open: OpenRegion,
+    pub(super) open: RegionState,
     /// Invariant in 'scope, as rayon's Scope: tasks may borrow for exactly 'scope.
     marker: PhantomData<&'scope mut &'scope ()>,
 }

@@ -17,9 +17,9 @@
 //!   the tree's board (once: `on_board`), and reserves an idle slot of the root if
 //!   there is one, sending a worker there. A region that asked for one core
 //!   (`scope_with(1, ..)`) never posts: its tasks stay on its own thread. The root
-//!   posts only while a thread of its tree waits (`waiting`): its own threads run its
-//!   tasks anyway, and a root posted at every `join` while its worker took it off
-//!   the board again paid a lock per `join`.
+//!   posts for its tasks, not for its `join` halves (a half nobody steals is run by
+//!   its joiner; a root posted at every `join` while its worker took it off the
+//!   board again paid a lock per `join`).
 //! - A region that closes takes itself off the board (`unpost`): the board holds its
 //!   state, which holds the tree.
 //! - A thread waiting in `help_until` of any region of the tree, and a worker in a
@@ -146,8 +146,10 @@ impl<R: Member> Tree<R> {
                 region
             };
             let Some(region) = region else { return false };
-            // Off the board, then look at its queue: a push that saw it still on the
-            // board queued before our store, so the load below sees that task.
+            // Off the board, then look at its queue: a task push that saw it still on
+            // the board queued before our store (SeqCst both), so the load below sees
+            // that task. (A `join`'s lane push is not ordered so: a half missed here
+            // is run by its joiner.)
             region.on_board().store(false, Ordering::SeqCst);
             if region.has_queued() {
                 self.post_only(&region);
