@@ -323,3 +323,54 @@ fn an_idle_waiter_of_a_nested_region_runs_a_root_task() {
     assert!(root_task_ran.load(Ordering::SeqCst));
     assert_eq!(budget_core::stats().in_use, 0);
 }
+
+/// Regions entered without a closure may end in any order: when the outermost one
+/// ends first, the thread still runs inside the others, so its own token stays held
+/// until the last one ends, a region or a `RegionThread` mark.
+#[test]
+fn the_threads_token_outlives_an_outermost_region_that_ends_first() {
+    use budget_core::integration::{OpenRegion, RegionThread};
+    let _g = two_cores();
+    let outer = OpenRegion::enter(2);
+    assert_eq!(outer.width(), 2);
+    let inner = OpenRegion::enter(2);
+    assert_eq!(inner.width(), 1, "nested: no token for the thread itself");
+    drop(outer);
+    assert_eq!(
+        budget_core::stats().in_use,
+        1,
+        "the thread is still inside `inner`"
+    );
+    let again = OpenRegion::enter(2);
+    assert_eq!(again.width(), 2, "nested, and one token free");
+    assert_eq!(budget_core::stats().in_use, 2);
+    drop(inner);
+    drop(again);
+    assert_eq!(budget_core::stats().in_use, 0);
+
+    // The last to leave is a mark, not a region.
+    let outer = OpenRegion::enter(1);
+    let mark = RegionThread::enter();
+    drop(outer);
+    assert_eq!(budget_core::stats().in_use, 1);
+    drop(mark);
+    assert_eq!(budget_core::stats().in_use, 0);
+    budget_core::scope(|s| assert_eq!(s.width(), 2));
+}
+
+/// A token kept for the thread while a `scope_with` region was its last (an
+/// `OpenRegion` dropped inside the scope's body) is adopted by the thread's next
+/// outermost region, not lost and not taken twice.
+#[test]
+fn a_kept_token_is_adopted_by_the_next_outermost_region() {
+    use budget_core::integration::OpenRegion;
+    let _g = two_cores();
+    let outer = OpenRegion::enter(1);
+    budget_core::scope_with(1, move |_| drop(outer));
+    assert_eq!(budget_core::stats().in_use, 1, "kept for the thread");
+    budget_core::scope(|s| {
+        assert_eq!(s.width(), 2, "the kept token pays for this thread");
+        assert_eq!(budget_core::stats().in_use, 2);
+    });
+    assert_eq!(budget_core::stats().in_use, 0);
+}

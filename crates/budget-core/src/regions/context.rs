@@ -8,12 +8,31 @@
 //! - **The innermost frame** ([`Frame`]): which region's body, or which region's task,
 //!   runs on this thread right now. Frames nest strictly (each is set and restored by
 //!   one function call of budget), so a saved value restores them.
+//!
+//! And, rarely, **a token the thread keeps**: the outermost region of a thread holds
+//! the thread's own token (`own.rs`). Regions entered without a closure
+//! ([`OpenRegion`](crate::integration::OpenRegion), a Python `with` block) may end in
+//! any order; when the outermost one ends while others opened after it are still
+//! open, the thread is still inside a region, so its token stays with the thread
+//! ([`keep_own_token`]). It goes back when the thread leaves its last region, if
+//! that one may end in any order too (an `OpenRegion`, a [`RegionThread`]); if the
+//! last is a `scope_with` region (whose end does not check, being the hot path), the
+//! thread's next outermost region adopts it as its own ([`take_kept`]), or the
+//! thread's end releases it.
 
 use std::cell::Cell;
+
+use crate::pool::registry::Registry;
 
 thread_local! {
     /// How many region guards are alive on this thread; inside a region when > 0.
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// The budget whose token this thread keeps after its outermost region ended
+    /// before regions opened after it (see the module docs); `None` almost always.
+    static KEPT: Cell<Option<&'static Registry>> = const { Cell::new(None) };
+    /// Releases a token still kept when the thread ends (registered by the first
+    /// [`keep_own_token`] of the thread only: no cost for the others).
+    static KEPT_AT_EXIT: KeptAtExit = const { KeptAtExit };
     /// The innermost region body or task running on this thread.
     static FRAME: Cell<Frame> = const { Cell::new(Frame::NONE) };
 }
@@ -22,6 +41,67 @@ thread_local! {
 #[inline]
 pub(crate) fn in_region() -> bool {
     DEPTH.with(Cell::get) > 0
+}
+
+/// Whether another region guard than the caller's own is alive on this thread.
+#[inline]
+pub(crate) fn others_open() -> bool {
+    DEPTH.with(Cell::get) > 1
+}
+
+/// Keeps the thread's own token, held by an outermost region that ends while
+/// regions opened after it on this thread are still open: it is released when the
+/// thread leaves its last region (`leave`).
+pub(crate) fn keep_own_token(registry: &'static Registry) {
+    KEPT_AT_EXIT.with(|_| {});
+    KEPT.with(|kept| {
+        // Only an outermost region holds the thread's token, and while one is kept
+        // the thread is inside a region, so every region it opens is nested.
+        debug_assert!(kept.get().is_none(), "a thread keeps one token at most");
+        kept.set(Some(registry));
+    });
+}
+
+/// See `KEPT_AT_EXIT`.
+struct KeptAtExit;
+
+impl Drop for KeptAtExit {
+    fn drop(&mut self) {
+        // `try_with`: `KEPT` may be gone already at thread exit (then so is the
+        // chance to release: a token of a thread that ended inside a region).
+        let _ = KEPT.try_with(|kept| {
+            if let Some(registry) = kept.take() {
+                if registry.is_current() {
+                    registry.tokens.release(1);
+                }
+            }
+        });
+    }
+}
+
+/// One guard fewer; at depth 0, the token kept for the thread goes back.
+#[inline]
+fn leave() {
+    let depth = DEPTH.with(|d| {
+        let depth = d.get() - 1;
+        d.set(depth);
+        depth
+    });
+    if depth == 0 && KEPT.with(|kept| kept.get().is_some()) {
+        release_kept();
+    }
+}
+
+/// Out of line: a rare path, off the hot one of every region's end.
+#[cold]
+#[inline(never)]
+fn release_kept() {
+    if let Some(registry) = KEPT.with(Cell::take) {
+        // A forked child's copy of the parent's budget takes nothing back.
+        if registry.is_current() {
+            registry.tokens.release(1);
+        }
+    }
 }
 
 /// Marks the current thread as inside a region until the guard drops (on unwind too).
@@ -40,10 +120,38 @@ pub(crate) fn enter_region() {
     DEPTH.with(|d| d.set(d.get() + 1));
 }
 
-/// Undoes one [`enter_region`], on the thread that called it.
+/// Undoes one [`enter_region`], on the thread that called it, at the end of a
+/// `scope_with` region: no check for a kept token (the hot path of every region's
+/// end). A token kept while such a region was the thread's last is adopted by the
+/// thread's next outermost region ([`take_kept`]) or released when the thread ends.
 #[inline]
 pub(crate) fn leave_region() {
     DEPTH.with(|d| d.set(d.get() - 1));
+}
+
+/// [`leave_region`] for a region that may end in any order (`OpenRegion`): at depth
+/// 0, the token kept for the thread goes back.
+#[inline]
+pub(crate) fn leave_region_any_order() {
+    leave();
+}
+
+/// The token kept for this thread, if any, for an outermost region to hold as its
+/// own (see [`leave_region`]); only of `registry`, the budget in force.
+#[inline]
+pub(crate) fn take_kept(registry: &'static Registry) -> bool {
+    KEPT.with(|kept| match kept.get() {
+        None => false,
+        Some(held) if std::ptr::eq(held, registry) => {
+            kept.set(None);
+            true
+        }
+        // A forked child's copy of the parent's budget: nothing to adopt.
+        Some(_) => {
+            kept.set(None);
+            false
+        }
+    })
 }
 
 /// Leaves what [`enter`] entered, on the thread that entered it (not `Send`).
@@ -55,7 +163,7 @@ pub(crate) struct Guard {
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        DEPTH.with(|d| d.set(d.get() - 1));
+        leave();
     }
 }
 

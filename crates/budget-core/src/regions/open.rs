@@ -15,6 +15,7 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -49,7 +50,9 @@ fn foreign_share(max: usize, total: usize) -> usize {
 /// language), or marks that its thread is inside a region.
 ///
 /// Not `Send`: a region ends on the thread that entered it (it marks that thread).
-/// Regions opened on one thread may end in any order (their tokens are unordered).
+/// Regions opened on one thread may end in any order (their tokens are unordered):
+/// when the outermost one ends first, the thread's own token stays held until the
+/// thread's last region ends, since the thread still runs inside one.
 ///
 /// # Examples
 ///
@@ -64,6 +67,7 @@ fn foreign_share(max: usize, total: usize) -> usize {
 /// let inner = OpenRegion::enter(usize::MAX);
 /// assert_eq!(inner.width(), 1); // the outer one holds every token
 /// drop(outer); // any order
+/// assert_eq!(budget::stats().in_use, 1); // the thread, still inside `inner`
 /// drop(inner);
 /// assert_eq!(budget::stats().in_use, 0);
 /// ```
@@ -92,15 +96,17 @@ pub(crate) struct RegionState {
     /// exists; then `Region::own` is.
     own: OwnToken,
     /// Made on the first task (or a demand): a region that spawns nothing allocates
-    /// nothing.
-    shared: OnceLock<Arc<Region>>,
+    /// nothing. Dropped by `close` (`ManuallyDrop`: the state has no drop glue, which
+    /// was an out-of-line call at the end of every region).
+    shared: ManuallyDrop<OnceLock<Arc<Region>>>,
     /// The outermost region of this region's tree (`tree.rs`); `None` when this is
     /// it, and for a region entered through the public [`enter`](OpenRegion::enter)
     /// (which could outlive the scope it was entered in). Set by `scope_with`, whose
     /// region runs inside the root's body or tasks, so the root outlives it.
     root: Option<Outliving<RegionState>>,
-    /// The `budget.region` span, entered while the region is open.
-    span: tracing::Span,
+    /// The `budget.region` span, entered while the region is open; dropped by
+    /// `close`, as `shared`.
+    span: ManuallyDrop<tracing::Span>,
     /// `Sync` (a `Scope` is shared with its tasks) but not `Send`: the region marked
     /// its thread as inside a region, and unmarks it at exit.
     not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
@@ -172,7 +178,8 @@ impl Drop for OpenRegion {
     /// The region's end: its tokens go back. A region without tasks has no panic to
     /// hand on.
     fn drop(&mut self) {
-        if let Some(payload) = self.state.close() {
+        // SAFETY: the one close of the state; a dropped guard does not use it again.
+        if let Some(payload) = unsafe { self.state.close(true) } {
             job::discard(payload);
         }
     }
@@ -207,7 +214,14 @@ impl RegionState {
         } else {
             foreign_share(max, tokens.total())
         };
-        let own = OwnToken::take(nested, tokens);
+        // An outermost region holds the thread's token: one kept for the thread
+        // (`context::keep_own_token`: its outermost region ended before a region
+        // opened after it, and that one ended last) if there is one, else one taken.
+        let own = if !nested && context::take_kept(registry) {
+            OwnToken::held()
+        } else {
+            OwnToken::take(nested, tokens)
+        };
         // Free tokens first; in a process sharing an outside budget, outside ones
         // that can be had at once (a region never waits: one non-blocking try per
         // token).
@@ -225,14 +239,14 @@ impl RegionState {
             requested,
             initial_width: width,
             own,
-            shared: OnceLock::new(),
+            shared: ManuallyDrop::new(OnceLock::new()),
             root: if in_scope {
                 root_of_parent(context::frame())
             } else {
                 None
             },
             // Made by `register`, once the state is in its place.
-            span: tracing::Span::none(),
+            span: ManuallyDrop::new(tracing::Span::none()),
             not_send: PhantomData,
         }
     }
@@ -247,7 +261,7 @@ impl RegionState {
     #[inline(always)]
     pub(crate) fn register(&mut self) {
         if tracing::level_enabled!(tracing::Level::TRACE) {
-            self.span = entered_span(self.requested, self.initial_width);
+            *self.span = entered_span(self.requested, self.initial_width);
         }
         if self.own.owes() {
             self.shared();
@@ -355,22 +369,35 @@ impl RegionState {
     }
 
     /// Ends the region after its tasks: no grant reaches it after this, and every
-    /// token it holds goes back. Returns the first panic of its tasks, if any. Called
-    /// exactly once, by `scope_with` or by [`OpenRegion`]'s drop. (By reference, not
-    /// by value: a move of the state is a copy that stalls on its fresh stores.)
+    /// token it holds goes back; the state's shared part and span are dropped.
+    /// Returns the first panic of its tasks, if any. (By reference, not by value: a
+    /// move of the state is a copy that stalls on its fresh stores.)
+    ///
+    /// `any_order`: the region may end before regions opened after it on this thread
+    /// (an `OpenRegion`); `scope_with`'s regions end strictly nested.
+    ///
+    /// # Safety
+    ///
+    /// Called at most once per state, which is not used after it (`scope_with` and
+    /// [`OpenRegion`]'s drop each call it once, last). If it unwinds (it should not:
+    /// see `Leave`), the shared part and span are leaked, never dropped twice.
     #[inline(always)]
-    pub(crate) fn close(&mut self) -> Option<Box<dyn Any + Send>> {
+    pub(crate) unsafe fn close(&mut self, any_order: bool) -> Option<Box<dyn Any + Send>> {
         /// Unmarks the thread and exits the span, also if giving the tokens back
         /// panics (a grant may start a thread, calling the user's `thread_name`).
-        struct Leave<'a>(&'a tracing::Span);
+        struct Leave<'a>(&'a tracing::Span, bool);
         impl Drop for Leave<'_> {
             #[inline]
             fn drop(&mut self) {
-                context::leave_region();
+                if self.1 {
+                    context::leave_region_any_order();
+                } else {
+                    context::leave_region();
+                }
                 self.0.with_subscriber(|(id, dispatch)| dispatch.exit(id));
             }
         }
-        let _leave = Leave(&self.span);
+        let leave = Leave(&self.span, any_order);
         let final_width = self.shared.get().map_or(self.initial_width, |shared| {
             shared.end_on_owner();
             shared.close()
@@ -381,12 +408,25 @@ impl RegionState {
             self.span
                 .record("regrown", final_width - self.initial_width);
         }
-        if self.registry.is_current() {
-            self.registry
-                .tokens
-                .release(final_width - 1 + own.returned_at_exit());
+        let mut own_back = own.returned_at_exit();
+        if own_back == 1 && context::others_open() {
+            // Regions opened after this one on this thread are still open (an
+            // `OpenRegion` may end in any order): the thread's token stays with it.
+            context::keep_own_token(self.registry);
+            own_back = 0;
         }
-        self.shared.get().and_then(|shared| shared.take_panic())
+        if self.registry.is_current() {
+            self.registry.tokens.release(final_width - 1 + own_back);
+        }
+        let panic = self.shared.get().and_then(|shared| shared.take_panic());
+        drop(leave);
+        // SAFETY: the one close of this state (the caller's contract), which is not
+        // used after: each field is dropped once, here.
+        unsafe {
+            ManuallyDrop::drop(&mut self.shared);
+            ManuallyDrop::drop(&mut self.span);
+        }
+        panic
     }
 }
 

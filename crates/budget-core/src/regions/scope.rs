@@ -110,7 +110,9 @@ where
         }
         (_, result) => result,
     };
-    let task_panic = scope.open.close();
+    // SAFETY: the one close of the region's state; `scope` is not used after (its
+    // drop runs no code: the state has no drop glue).
+    let task_panic = unsafe { scope.open.close(false) };
     match (result, task_panic) {
         (Err(payload), extra) => job::resume_first(payload, extra),
         (Ok(value), Some(payload)) => {
