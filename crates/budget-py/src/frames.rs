@@ -13,18 +13,27 @@
 //! `budget_native::limit` guard therefore restores exactly what it found, and the
 //! innermost open frame's width is in force afterwards.
 //!
-//! Tokens are not ordered: each region's extra tokens are a [`Lease`] dropped with its
-//! frame, and the thread's own token is held by the thread state from the first region
-//! opened until the last one closes, whichever that is.
+//! A region frame holds budget-core's region state, an
+//! [`OpenRegion`](budget_core::integration::OpenRegion): the entry rule, the thread's
+//! own token and marking, the `stats()` count and the tokens given back when the
+//! frame is dropped, as for a Rust `budget::scope`. Regions may end in any order:
+//! when the thread's outermost one ends first, budget-core keeps the thread's token
+//! until its last region ends.
 
 use std::cell::RefCell;
 
-use budget_core::{Lease, RegionThread};
+use budget_core::integration::OpenRegion;
+use budget_core::Lease;
 
 /// What kind of frame, with what it holds beyond the native settings.
 enum Kind {
-    /// `budget.region()`: the tokens beyond the thread's own.
-    Region { extra: Lease },
+    /// `budget.region()`: the region, and in a process sharing a node budget or a
+    /// jobserver, a lease holding the demand for the rest of its request (both held
+    /// for what their drop gives back).
+    Region {
+        _open: OpenRegion,
+        _rest: Option<Lease>,
+    },
     /// `budget.limit(n)`: native settings only, no tokens.
     Limit,
 }
@@ -45,17 +54,10 @@ struct Frame {
     native: Vec<budget_native::Limit>,
 }
 
-/// This thread's open frames, in entry order, and the state shared by its regions.
+/// This thread's open frames, in entry order.
 #[derive(Default)]
 struct Frames {
     stack: Vec<Frame>,
-    /// Regions open on this thread (limits not counted).
-    regions: usize,
-    /// The thread's own token (a lease of 0 or 1), held while any region is open.
-    own: Option<Lease>,
-    /// Marks the thread as inside a region for budget-core while any region is open,
-    /// so a Rust `budget::scope` opened here takes no second token for this thread.
-    marked: Option<RegionThread>,
     next_id: u64,
 }
 
@@ -63,25 +65,21 @@ thread_local! {
     static FRAMES: RefCell<Frames> = RefCell::new(Frames::default());
 }
 
-/// How a region was granted, for the statistics and the Python object.
+/// How a region was granted, for the Python object.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Grant {
     /// The frame's id on this thread.
     pub(crate) id: u64,
     /// The region's width: its own thread plus the extra tokens.
     pub(crate) width: usize,
-    /// The thread entered its first region when no token was free: it runs anyway,
-    /// one thread more than the budget (as budget-core's outside-thread rule).
-    pub(crate) overcommitted: bool,
 }
 
-/// Opens a region of at most `requested` (≥ 1) threads on this thread: takes the
-/// thread's own token if this is its first open region (when none is free the thread
-/// runs anyway, overcommitted, and its own token is *owed*: registered as demand, so
-/// the next token released pays for it before any new region takes it), up to
-/// `requested - 1` extra tokens, never waiting (in a process sharing an outside
-/// budget, the missing ones are registered as demand for its supplier to fetch), and
-/// sets every loaded OpenMP/BLAS library to the width.
+/// Opens a region of at most `requested` (≥ 1) threads on this thread, with
+/// budget-core's rule ([`OpenRegion::enter`]): the thread's own token if it is in no
+/// region yet (when none is free the thread runs anyway, overcommitted, and its token
+/// is *owed*: the next token released pays for it before any new region takes it),
+/// plus up to `requested - 1` free tokens, never waiting; then sets every loaded
+/// OpenMP/BLAS library to the width.
 ///
 /// # Blocking
 ///
@@ -89,33 +87,25 @@ pub(crate) struct Grant {
 pub(crate) fn open_region(requested: usize) -> Grant {
     FRAMES.with(|cell| {
         let mut frames = cell.borrow_mut();
-        let mut overcommitted = false;
-        if frames.regions == 0 {
-            let mut own = Lease::try_new_for_region(0);
-            // Owed when none is free (budget-core's rule for an overcommitted region):
-            // paid from the next release, oldest demand first.
-            overcommitted = own.want(1) == 0;
-            frames.own = Some(own);
-            frames.marked = Some(RegionThread::enter());
-        }
-        frames.regions += 1;
-        let want = requested.max(1) - 1;
-        let mut extra = Lease::try_new_for_region(0);
-        // One look, never waiting: what is free now (outside tokens included). Sharing
-        // a node budget or a jobserver, the rest is registered as demand for the
-        // supplier to fetch (`node.rs`); what arrives during the block is held by it and
-        // freed at its exit, for the next region to take.
-        let width = 1 + if crate::node::joined() {
-            extra.want(want)
-        } else {
-            extra.try_grow(want)
-        };
-        let id = frames.push(width, None, Kind::Region { extra });
-        Grant {
-            id,
+        let open = OpenRegion::enter(requested);
+        let mut width = open.width();
+        // Sharing a node budget or a jobserver, the rest is registered as demand for
+        // the supplier to fetch (`node.rs`); what arrives during the block is held by
+        // the lease and freed at its exit, for the next region to take.
+        let rest = (crate::node::joined() && width < open.requested()).then(|| {
+            let mut rest = Lease::try_new_for_region(0);
+            width += rest.want(open.requested() - width);
+            rest
+        });
+        let id = frames.push(
             width,
-            overcommitted,
-        }
+            None,
+            Kind::Region {
+                _open: open,
+                _rest: rest,
+            },
+        );
+        Grant { id, width }
     })
 }
 
@@ -201,14 +191,8 @@ pub(crate) fn close(id: u64) -> bool {
             let frame = &mut rest[0];
             frame.native = settings(below, frame.width, &frame.only, &frame.kind);
         }
-        if let Kind::Region { extra } = frame.kind {
-            drop(extra);
-            frames.regions -= 1;
-            if frames.regions == 0 {
-                frames.marked = None;
-                frames.own = None;
-            }
-        }
+        // A region's tokens go back with its state (and its lease of the rest).
+        drop(frame);
         true
     })
 }

@@ -77,8 +77,6 @@ impl Region {
         // The native settings may wait on budget-native's process-wide lock: never hold
         // the GIL meanwhile (another thread holding the lock may be waiting for it).
         let grant = slf.py().detach(|| frames::open_region(requested));
-        // Counted with the Rust regions, its narrowing cause taken now (`stats()`).
-        budget_core::integration::note_region(requested, grant.width, grant.overcommitted);
         slf.open = Some((grant.id, thread::current().id()));
         slf.width = Some(grant.width);
         slf.requested = Some(requested);

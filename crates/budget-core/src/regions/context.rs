@@ -53,7 +53,14 @@ pub(crate) fn others_open() -> bool {
 /// regions opened after it on this thread are still open: it is released when the
 /// thread leaves its last region (`leave`).
 pub(crate) fn keep_own_token(registry: &'static Registry) {
-    KEPT_AT_EXIT.with(|_| {});
+    // The thread is ending (its thread-locals are being destroyed: a region dropped
+    // by another thread-local's destructor): give the token back now.
+    if KEPT_AT_EXIT.try_with(|_| {}).is_err() {
+        if registry.is_current() {
+            registry.tokens.release(1);
+        }
+        return;
+    }
     KEPT.with(|kept| {
         // Only an outermost region holds the thread's token, and while one is kept
         // the thread is inside a region, so every region it opens is nested.

@@ -67,8 +67,9 @@ impl Lease {
         Lease::take(max, true)
     }
 
-    /// As [`Lease::try_new`], for an integration that builds a region out of leases
-    /// (budget's Python module does, for `with budget.region()`): its tokens count as
+    /// As [`Lease::try_new`], for tokens an integration holds for a region (budget's
+    /// Python module holds, in a process sharing a node budget, the demand for the
+    /// rest of a `with budget.region()` block's request in one): its tokens count as
     /// held by a region, not by a lease, in [`Stats`](crate::Stats)'s `leased` and
     /// narrowing causes. Count the region itself with
     /// [`integration::note_region`](crate::integration::note_region).
