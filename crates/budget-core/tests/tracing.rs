@@ -102,3 +102,45 @@ fn regions_record_requested_width_and_regrown() {
     assert_eq!(field(inner, "regrown"), None);
     assert_eq!(budget_core::stats().in_use, 0);
 }
+
+/// A subscriber whose `new_span` panics, as a user layer's assertion might.
+struct PanicsInNewSpan;
+
+impl Subscriber for PanicsInNewSpan {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        panic!("a subscriber panics in new_span");
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// A subscriber's panic while a region's span is made reaches the caller, after the
+/// region gave its tokens back and unmarked its thread (a `scope_with` region and an
+/// `OpenRegion` alike).
+#[test]
+fn a_subscribers_panic_at_region_entry_gives_the_tokens_back() {
+    let _g = budget_testkit::budget::exclusive_budget(2);
+    thread::spawn(|| {
+        let caught = tracing::subscriber::with_default(PanicsInNewSpan, || {
+            std::panic::catch_unwind(|| budget_core::scope_with(2, |_| ()))
+        });
+        assert!(caught.is_err(), "the subscriber's panic reaches the caller");
+        assert_eq!(budget_core::stats().in_use, 0);
+        let caught = tracing::subscriber::with_default(PanicsInNewSpan, || {
+            std::panic::catch_unwind(|| drop(budget_core::integration::OpenRegion::enter(2)))
+        });
+        assert!(caught.is_err());
+        assert_eq!(budget_core::stats().in_use, 0);
+        // Not left marked as in a region: an outermost region takes a token for the
+        // thread again.
+        budget_core::scope_with(1, |_| assert_eq!(budget_core::stats().in_use, 1));
+    })
+    .join()
+    .expect("the checks passed");
+}

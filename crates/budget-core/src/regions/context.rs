@@ -51,7 +51,9 @@ pub(crate) fn others_open() -> bool {
 
 /// Keeps the thread's own token, held by an outermost region that ends while
 /// regions opened after it on this thread are still open: it is released when the
-/// thread leaves its last region (`leave`).
+/// thread leaves its last region through an any-order exit (`leave`), adopted by the
+/// thread's next outermost region if the last was a `scope_with` region (held
+/// meanwhile, while the thread is in no region), or released when the thread ends.
 pub(crate) fn keep_own_token(registry: &'static Registry) {
     // The thread is ending (its thread-locals are being destroyed: a region dropped
     // by another thread-local's destructor): give the token back now.
@@ -74,8 +76,8 @@ struct KeptAtExit;
 
 impl Drop for KeptAtExit {
     fn drop(&mut self) {
-        // `try_with`: `KEPT` may be gone already at thread exit (then so is the
-        // chance to release: a token of a thread that ended inside a region).
+        // `KEPT` is a `const` cell without a destructor: readable here. (`try_with`
+        // all the same: a thread-local read must not panic in a destructor.)
         let _ = KEPT.try_with(|kept| {
             if let Some(registry) = kept.take() {
                 if registry.is_current() {

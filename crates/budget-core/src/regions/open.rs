@@ -16,8 +16,8 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::pool::process;
@@ -51,8 +51,9 @@ fn foreign_share(max: usize, total: usize) -> usize {
 ///
 /// Not `Send`: a region ends on the thread that entered it (it marks that thread).
 /// Regions opened on one thread may end in any order (their tokens are unordered):
-/// when the outermost one ends first, the thread's own token stays held until the
-/// thread's last region ends, since the thread still runs inside one.
+/// when the outermost one ends first, the thread's own token, if it held one, stays
+/// held until the thread's last region ends, since the thread still runs inside one
+/// (a thread that found no token free runs unpaid, as in any region).
 ///
 /// # Examples
 ///
@@ -104,6 +105,8 @@ pub(crate) struct RegionState {
     /// (which could outlive the scope it was entered in). Set by `scope_with`, whose
     /// region runs inside the root's body or tasks, so the root outlives it.
     root: Option<Outliving<RegionState>>,
+    /// The region's [`RegionId`](crate::integration::RegionId), 0 until asked for.
+    id: AtomicUsize,
     /// The `budget.region` span, entered while the region is open; dropped by
     /// `close`, as `shared`.
     span: ManuallyDrop<tracing::Span>,
@@ -128,7 +131,7 @@ impl OpenRegion {
         // Before the caller places it: an owed region's state then has a stale key,
         // which no thread holds a lane of. Harmless, as a public region has no tasks
         // and no `join` (its state exists only to have its owed token repaid).
-        state.register();
+        state.register(true);
         OpenRegion { state }
     }
 
@@ -194,6 +197,10 @@ impl std::fmt::Debug for OpenRegion {
     }
 }
 
+// The state has no drop glue (see its docs): a field that needs dropping must be
+// dropped by `close`.
+const _: () = assert!(!std::mem::needs_drop::<RegionState>());
+
 impl RegionState {
     /// [`OpenRegion::enter`] for `scope_with`: the region joins the tree of the
     /// region whose frame is current, and has a lane mask of its own. The caller
@@ -246,6 +253,7 @@ impl RegionState {
                 None
             },
             // Made by `register`, once the state is in its place.
+            id: AtomicUsize::new(0),
             span: ManuallyDrop::new(tracing::Span::none()),
             not_send: PhantomData,
         }
@@ -258,13 +266,34 @@ impl RegionState {
     ///
     /// The span is made here, not at entry: a span made first and then moved into
     /// the state was a copy that stalled on its fresh stores (region entry +1.5 ns).
+    ///
+    /// `any_order` as for [`close`](RegionState::close). If a subscriber panics
+    /// making the span, the region is closed (its tokens go back, its thread is
+    /// unmarked) before the panic goes on.
     #[inline(always)]
-    pub(crate) fn register(&mut self) {
+    pub(crate) fn register(&mut self, any_order: bool) {
         if tracing::level_enabled!(tracing::Level::TRACE) {
-            *self.span = entered_span(self.requested, self.initial_width);
+            self.start_span(any_order);
         }
         if self.own.owes() {
             self.shared();
+        }
+    }
+
+    /// See [`register`](RegionState::register).
+    #[cold]
+    #[inline(never)]
+    fn start_span(&mut self, any_order: bool) {
+        let (requested, width) = (self.requested, self.initial_width);
+        match catch_unwind(|| entered_span(requested, width)) {
+            Ok(span) => *self.span = span,
+            Err(payload) => {
+                // SAFETY: the state's one close: the panic is resumed, and the frame
+                // that owns the state (`scope_with`'s, `OpenRegion::enter`'s) unwinds
+                // without using it (it has no drop glue; the guard is not made yet).
+                drop(unsafe { self.close(any_order) });
+                resume_unwind(payload);
+            }
         }
     }
 
@@ -327,10 +356,26 @@ impl RegionState {
         context::Frame::of(self, task)
     }
 
-    /// The region's id (kept in the shared state, made on first ask: a region
-    /// entry stores nothing for it).
+    /// The region's id: numbered on first ask, from a process-wide counter (a region
+    /// nobody asks costs one zero stored at entry). Kept here, not in the shared
+    /// state: budget-rayon asks it at every `install`, which would otherwise make
+    /// the shared state (four allocations) for a region that has no tasks.
     pub(crate) fn id(&self) -> std::num::NonZeroUsize {
-        self.shared().id()
+        // Relaxed both: a number, no data published with it; the compare-exchange
+        // keeps the first number given if two threads ask at once.
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let mut id = self.id.load(Ordering::Relaxed);
+        if id == 0 {
+            let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
+            id = match self
+                .id
+                .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => fresh,
+                Err(first) => first,
+            };
+        }
+        std::num::NonZeroUsize::new(id).expect("region ids start at 1 and do not wrap")
     }
 
     /// How the region's own thread is paid for (`own.rs`): the shared state's once

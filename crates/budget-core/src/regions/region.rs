@@ -88,8 +88,6 @@ pub(crate) struct Region {
     external_demand: AtomicUsize,
     /// Told the new width each time the region grows (under the growers lock).
     listeners: Mutex<Vec<Listener>>,
-    /// The region's [`RegionId`](crate::integration::RegionId), 0 until asked for.
-    id: std::sync::atomic::AtomicUsize,
 }
 
 /// A callback told the region's new width when it grows.
@@ -129,7 +127,6 @@ impl Region {
             own,
             external_demand: AtomicUsize::new(0),
             listeners: Mutex::new(Vec::new()),
-            id: std::sync::atomic::AtomicUsize::new(0),
         });
         if grower {
             registry.tokens.register(shared.clone());
@@ -138,27 +135,6 @@ impl Region {
     }
 
     #[inline]
-    /// The region's id: numbered on first ask, from a process-wide counter (a region
-    /// nobody asks costs nothing).
-    pub(crate) fn id(&self) -> std::num::NonZeroUsize {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        // Relaxed both: a number, no data published with it; the compare-exchange
-        // keeps the first number given if two threads ask at once.
-        static NEXT: AtomicUsize = AtomicUsize::new(1);
-        let mut id = self.id.load(Ordering::Relaxed);
-        if id == 0 {
-            let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
-            id = match self
-                .id
-                .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => fresh,
-                Err(first) => first,
-            };
-        }
-        std::num::NonZeroUsize::new(id).expect("region ids start at 1 and do not wrap")
-    }
-
     pub(crate) fn width(&self) -> usize {
         self.width.load(Ordering::Relaxed)
     }

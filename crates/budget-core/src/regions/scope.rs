@@ -91,7 +91,7 @@ where
         open: RegionState::enter_in_scope(max),
         marker: PhantomData,
     };
-    scope.open.register();
+    scope.open.register(false);
     let result = {
         let _body = context::set_frame(scope.frame(false));
         catch_unwind(AssertUnwindSafe(|| f(&scope)))
