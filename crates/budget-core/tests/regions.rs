@@ -358,19 +358,18 @@ fn the_threads_token_outlives_an_outermost_region_that_ends_first() {
     budget_core::scope(|s| assert_eq!(s.width(), 2));
 }
 
-/// A token kept for the thread while a `scope_with` region was its last (an
-/// `OpenRegion` dropped inside the scope's body) is adopted by the thread's next
-/// outermost region, not lost and not taken twice.
+/// A token kept for the thread goes back when its last region ends, also when that
+/// is a `scope_with` region (an `OpenRegion` dropped inside the scope's body).
 #[test]
-fn a_kept_token_is_adopted_by_the_next_outermost_region() {
+fn a_kept_token_goes_back_when_a_scope_ends_last() {
     use budget_core::integration::OpenRegion;
     let _g = two_cores();
     let outer = OpenRegion::enter(1);
-    budget_core::scope_with(1, move |_| drop(outer));
-    assert_eq!(budget_core::stats().in_use, 1, "kept for the thread");
-    budget_core::scope(|s| {
-        assert_eq!(s.width(), 2, "the kept token pays for this thread");
-        assert_eq!(budget_core::stats().in_use, 2);
+    budget_core::scope_with(1, move |_| {
+        drop(outer);
+        assert_eq!(budget_core::stats().in_use, 1, "kept for the thread");
     });
+    assert_eq!(budget_core::stats().in_use, 0);
+    budget_core::scope(|s| assert_eq!(s.width(), 2));
     assert_eq!(budget_core::stats().in_use, 0);
 }

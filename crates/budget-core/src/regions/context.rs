@@ -14,21 +14,20 @@
 //! ([`OpenRegion`](crate::integration::OpenRegion), a Python `with` block) may end in
 //! any order; when the outermost one ends while others opened after it are still
 //! open, the thread is still inside a region, so its token stays with the thread
-//! ([`keep_own_token`]). It goes back when the thread leaves its last region, if
-//! that one may end in any order too (an `OpenRegion`, a [`RegionThread`]); if the
-//! last is a `scope_with` region (whose end does not check, being the hot path), the
-//! thread's next outermost region adopts it as its own ([`take_kept`]), or the
-//! thread's end releases it.
+//! ([`keep_own_token`]) and goes back when the thread leaves its last region, or
+//! when the thread ends. A bit of the depth counter says a token is kept, so the
+//! check at every region's end is one compare of the value just written.
 
 use std::cell::Cell;
 
 use crate::pool::registry::Registry;
 
 thread_local! {
-    /// How many region guards are alive on this thread; inside a region when > 0.
+    /// How many region guards are alive on this thread (inside a region when > 0),
+    /// plus [`KEPT_BIT`] while the thread keeps a token.
     static DEPTH: Cell<usize> = const { Cell::new(0) };
-    /// The budget whose token this thread keeps after its outermost region ended
-    /// before regions opened after it (see the module docs); `None` almost always.
+    /// The budget whose token this thread keeps (see the module docs); `None` almost
+    /// always.
     static KEPT: Cell<Option<&'static Registry>> = const { Cell::new(None) };
     /// Releases a token still kept when the thread ends (registered by the first
     /// [`keep_own_token`] of the thread only: no cost for the others).
@@ -37,23 +36,26 @@ thread_local! {
     static FRAME: Cell<Frame> = const { Cell::new(Frame::NONE) };
 }
 
+/// Set in `DEPTH` while the thread keeps a token: the count of guards is the rest.
+const KEPT_BIT: usize = 1 << (usize::BITS - 1);
+
 /// Whether the current thread is inside a region.
 #[inline]
 pub(crate) fn in_region() -> bool {
-    DEPTH.with(Cell::get) > 0
+    // The count, without `KEPT_BIT`: shifted out.
+    DEPTH.with(Cell::get) << 1 != 0
 }
 
 /// Whether another region guard than the caller's own is alive on this thread.
 #[inline]
 pub(crate) fn others_open() -> bool {
-    DEPTH.with(Cell::get) > 1
+    DEPTH.with(Cell::get) & !KEPT_BIT > 1
 }
 
 /// Keeps the thread's own token, held by an outermost region that ends while
-/// regions opened after it on this thread are still open: it is released when the
-/// thread leaves its last region through an any-order exit (`leave`), adopted by the
-/// thread's next outermost region if the last was a `scope_with` region (held
-/// meanwhile, while the thread is in no region), or released when the thread ends.
+/// regions opened after it on this thread are still open: it goes back when the
+/// thread leaves its last region ([`leave_region`], a guard's drop), or when the
+/// thread ends.
 pub(crate) fn keep_own_token(registry: &'static Registry) {
     // The thread is ending (its thread-locals are being destroyed: a region dropped
     // by another thread-local's destructor): give the token back now.
@@ -69,6 +71,7 @@ pub(crate) fn keep_own_token(registry: &'static Registry) {
         debug_assert!(kept.get().is_none(), "a thread keeps one token at most");
         kept.set(Some(registry));
     });
+    DEPTH.with(|d| d.set(d.get() | KEPT_BIT));
 }
 
 /// See `KEPT_AT_EXIT`.
@@ -88,7 +91,7 @@ impl Drop for KeptAtExit {
     }
 }
 
-/// One guard fewer; at depth 0, the token kept for the thread goes back.
+/// One guard fewer; when the last goes and a token is kept, the token goes back.
 #[inline]
 fn leave() {
     let depth = DEPTH.with(|d| {
@@ -96,7 +99,7 @@ fn leave() {
         d.set(depth);
         depth
     });
-    if depth == 0 && KEPT.with(|kept| kept.get().is_some()) {
+    if depth == KEPT_BIT {
         release_kept();
     }
 }
@@ -105,6 +108,7 @@ fn leave() {
 #[cold]
 #[inline(never)]
 fn release_kept() {
+    DEPTH.with(|d| d.set(0));
     if let Some(registry) = KEPT.with(Cell::take) {
         // A forked child's copy of the parent's budget takes nothing back.
         if registry.is_current() {
@@ -129,38 +133,10 @@ pub(crate) fn enter_region() {
     DEPTH.with(|d| d.set(d.get() + 1));
 }
 
-/// Undoes one [`enter_region`], on the thread that called it, at the end of a
-/// `scope_with` region: no check for a kept token (the hot path of every region's
-/// end). A token kept while such a region was the thread's last is adopted by the
-/// thread's next outermost region ([`take_kept`]) or released when the thread ends.
+/// Undoes one [`enter_region`], on the thread that called it.
 #[inline]
 pub(crate) fn leave_region() {
-    DEPTH.with(|d| d.set(d.get() - 1));
-}
-
-/// [`leave_region`] for a region that may end in any order (`OpenRegion`): at depth
-/// 0, the token kept for the thread goes back.
-#[inline]
-pub(crate) fn leave_region_any_order() {
     leave();
-}
-
-/// The token kept for this thread, if any, for an outermost region to hold as its
-/// own (see [`leave_region`]); only of `registry`, the budget in force.
-#[inline]
-pub(crate) fn take_kept(registry: &'static Registry) -> bool {
-    KEPT.with(|kept| match kept.get() {
-        None => false,
-        Some(held) if std::ptr::eq(held, registry) => {
-            kept.set(None);
-            true
-        }
-        // A forked child's copy of the parent's budget: nothing to adopt.
-        Some(_) => {
-            kept.set(None);
-            false
-        }
-    })
 }
 
 /// Leaves what [`enter`] entered, on the thread that entered it (not `Send`).

@@ -131,7 +131,7 @@ impl OpenRegion {
         // Before the caller places it: an owed region's state then has a stale key,
         // which no thread holds a lane of. Harmless, as a public region has no tasks
         // and no `join` (its state exists only to have its owed token repaid).
-        state.register(true);
+        state.register();
         OpenRegion { state }
     }
 
@@ -182,7 +182,7 @@ impl Drop for OpenRegion {
     /// hand on.
     fn drop(&mut self) {
         // SAFETY: the one close of the state; a dropped guard does not use it again.
-        if let Some(payload) = unsafe { self.state.close(true) } {
+        if let Some(payload) = unsafe { self.state.close() } {
             job::discard(payload);
         }
     }
@@ -221,14 +221,7 @@ impl RegionState {
         } else {
             foreign_share(max, tokens.total())
         };
-        // An outermost region holds the thread's token: one kept for the thread
-        // (`context::keep_own_token`: its outermost region ended before a region
-        // opened after it, and that one ended last) if there is one, else one taken.
-        let own = if !nested && context::take_kept(registry) {
-            OwnToken::held()
-        } else {
-            OwnToken::take(nested, tokens)
-        };
+        let own = OwnToken::take(nested, tokens);
         // Free tokens first; in a process sharing an outside budget, outside ones
         // that can be had at once (a region never waits: one non-blocking try per
         // token).
@@ -267,13 +260,13 @@ impl RegionState {
     /// The span is made here, not at entry: a span made first and then moved into
     /// the state was a copy that stalled on its fresh stores (region entry +1.5 ns).
     ///
-    /// `any_order` as for [`close`](RegionState::close). If a subscriber panics
+    /// If a subscriber panics
     /// making the span, the region is closed (its tokens go back, its thread is
     /// unmarked) before the panic goes on.
     #[inline(always)]
-    pub(crate) fn register(&mut self, any_order: bool) {
+    pub(crate) fn register(&mut self) {
         if tracing::level_enabled!(tracing::Level::TRACE) {
-            self.start_span(any_order);
+            self.start_span();
         }
         if self.own.owes() {
             self.shared();
@@ -283,7 +276,7 @@ impl RegionState {
     /// See [`register`](RegionState::register).
     #[cold]
     #[inline(never)]
-    fn start_span(&mut self, any_order: bool) {
+    fn start_span(&mut self) {
         let (requested, width) = (self.requested, self.initial_width);
         match catch_unwind(|| entered_span(requested, width)) {
             Ok(span) => *self.span = span,
@@ -291,7 +284,7 @@ impl RegionState {
                 // SAFETY: the state's one close: the panic is resumed, and the frame
                 // that owns the state (`scope_with`'s, `OpenRegion::enter`'s) unwinds
                 // without using it (it has no drop glue; the guard is not made yet).
-                drop(unsafe { self.close(any_order) });
+                drop(unsafe { self.close() });
                 resume_unwind(payload);
             }
         }
@@ -418,31 +411,24 @@ impl RegionState {
     /// Returns the first panic of its tasks, if any. (By reference, not by value: a
     /// move of the state is a copy that stalls on its fresh stores.)
     ///
-    /// `any_order`: the region may end before regions opened after it on this thread
-    /// (an `OpenRegion`); `scope_with`'s regions end strictly nested.
-    ///
     /// # Safety
     ///
     /// Called at most once per state, which is not used after it (`scope_with` and
     /// [`OpenRegion`]'s drop each call it once, last). If it unwinds (it should not:
     /// see `Leave`), the shared part and span are leaked, never dropped twice.
     #[inline(always)]
-    pub(crate) unsafe fn close(&mut self, any_order: bool) -> Option<Box<dyn Any + Send>> {
+    pub(crate) unsafe fn close(&mut self) -> Option<Box<dyn Any + Send>> {
         /// Unmarks the thread and exits the span, also if giving the tokens back
         /// panics (a grant may start a thread, calling the user's `thread_name`).
-        struct Leave<'a>(&'a tracing::Span, bool);
+        struct Leave<'a>(&'a tracing::Span);
         impl Drop for Leave<'_> {
             #[inline]
             fn drop(&mut self) {
-                if self.1 {
-                    context::leave_region_any_order();
-                } else {
-                    context::leave_region();
-                }
+                context::leave_region();
                 self.0.with_subscriber(|(id, dispatch)| dispatch.exit(id));
             }
         }
-        let leave = Leave(&self.span, any_order);
+        let leave = Leave(&self.span);
         let final_width = self.shared.get().map_or(self.initial_width, |shared| {
             shared.end_on_owner();
             shared.close()

@@ -91,7 +91,7 @@ where
         open: RegionState::enter_in_scope(max),
         marker: PhantomData,
     };
-    scope.open.register(false);
+    scope.open.register();
     let result = {
         let _body = context::set_frame(scope.frame(false));
         catch_unwind(AssertUnwindSafe(|| f(&scope)))
@@ -112,7 +112,7 @@ where
     };
     // SAFETY: the one close of the region's state; `scope` is not used after (its
     // drop runs no code: the state has no drop glue).
-    let task_panic = unsafe { scope.open.close(false) };
+    let task_panic = unsafe { scope.open.close() };
     match (result, task_panic) {
         (Err(payload), extra) => job::resume_first(payload, extra),
         (Ok(value), Some(payload)) => {

@@ -54,12 +54,6 @@ impl OwnToken {
         OwnToken(AtomicU8::new(state))
     }
 
-    /// A token the thread holds already (`context::take_kept`): `Held`.
-    #[inline]
-    pub(crate) fn held() -> OwnToken {
-        OwnToken(AtomicU8::new(HELD))
-    }
-
     /// A copy of the current state, for the region's shared state when it is made
     /// (only grants change it, and they need that shared state).
     pub(crate) fn snapshot(&self) -> OwnToken {
