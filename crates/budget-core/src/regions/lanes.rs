@@ -179,11 +179,19 @@ impl Mine<'_> {
         // `worker` (see the `Sync` impl); the deque is set once, here (a spare of
         // an ended region, or a new one).
         let slot = unsafe { &mut *self.lane.worker.get() };
-        slot.get_or_insert_with(|| {
-            let worker = spare::take();
-            let _ = self.lane.stealer.set(worker.stealer());
-            worker
-        })
+        match slot {
+            Some(worker) => worker,
+            None => self.make(slot),
+        }
+    }
+
+    /// The lane's first push: its deque (a spare of an ended region, or a new one).
+    #[cold]
+    #[inline(never)]
+    fn make<'s>(&self, slot: &'s mut Option<Worker<JobRef>>) -> &'s Worker<JobRef> {
+        let worker = spare::take();
+        let _ = self.lane.stealer.set(worker.stealer());
+        slot.insert(worker)
     }
 
     /// Pushes a half at the back of this thread's deque.

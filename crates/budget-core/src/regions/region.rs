@@ -140,6 +140,7 @@ impl Region {
     }
 
     /// Whether a grant could still reach the region (a hint: rebalance decides).
+    #[inline]
     fn short(&self) -> bool {
         self.width() < self.requested || self.own.owes()
     }
@@ -164,6 +165,7 @@ impl Region {
     /// After a task was queued (`task`) or a `join`'s half lent: a free slot gets a
     /// worker; a region short of its request asks the budget for free tokens; idle
     /// threads of the tree are told.
+    #[inline]
     fn find_thread(&self, task: bool) {
         if self.try_reserve() {
             self.dispatch();
@@ -458,6 +460,7 @@ impl Region {
     }
 
     /// Occupies a free helper slot, if any.
+    #[inline]
     pub(crate) fn try_reserve(&self) -> bool {
         let mut active = self.active.load(Ordering::SeqCst);
         loop {
