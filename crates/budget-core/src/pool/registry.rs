@@ -196,7 +196,9 @@ impl Registry {
                     // Counted in `spinning` under the lock, so a dispatch that finds
                     // a spinner for its request wakes nobody; every way out of the
                     // spin takes the lock and looks at the queue again.
-                    let until = *until.get_or_insert_with(Self::spin_deadline);
+                    let until = *until.get_or_insert_with(|| {
+                        crate::regions::clock::after_wakes(Self::SPIN_WAKES)
+                    });
                     queue.spinning += 1;
                     drop(queue);
                     let came = self.spin(until);
@@ -214,31 +216,19 @@ impl Registry {
         }
     }
 
-    /// When an idle spell that starts now stops spinning: [`SPIN`](Self::SPIN) from
-    /// now; `None` under Miri, whose clock is its own (a worker parks at once).
+    /// Spins (yielding the core to any thread that wants it) until the tick count
+    /// `until` or until a request is queued: true if one was.
     #[cfg_attr(budget_loom, allow(dead_code))]
-    fn spin_deadline() -> Option<std::time::Instant> {
-        (!cfg!(miri)).then(|| std::time::Instant::now() + Self::SPIN)
+    fn spin(&self, until: u64) -> bool {
+        // Relaxed: a hint; the request itself is taken under the lock.
+        let queued = || self.requested.load(Ordering::Relaxed) > 0;
+        crate::regions::clock::spin_until(until, queued, std::thread::yield_now)
     }
 
-    /// Spins (yielding the core to any thread that wants it) until `until` or until a
-    /// request is queued: true if one was.
-    #[cfg_attr(budget_loom, allow(dead_code))]
-    fn spin(&self, until: Option<std::time::Instant>) -> bool {
-        let Some(until) = until else { return false };
-        while std::time::Instant::now() < until {
-            // Relaxed: a hint; the request itself is taken under the lock.
-            if self.requested.load(Ordering::Relaxed) > 0 {
-                return true;
-            }
-            std::thread::yield_now();
-        }
-        false
-    }
-
-    /// How long an idle worker spins before it parks, counted from its last visit:
-    /// long enough for the gap between two library calls, short enough that an
-    /// idle program stops using the core soon (rayon's workers spin 32 rounds of
-    /// yields, tens of µs). A spinning worker holds no token and runs nothing.
-    const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+    /// How long an idle worker spins before it parks, counted from its last visit, in
+    /// wake costs (`clock.rs`: 5 µs each, so 50 µs): long enough for the gap between
+    /// two library calls, short enough that an idle program stops using the core
+    /// soon (rayon's workers spin 32 rounds of yields, tens of µs). A spinning worker
+    /// holds no token and runs nothing.
+    const SPIN_WAKES: u64 = 10;
 }

@@ -50,6 +50,34 @@ pub(crate) fn wake_ticks() -> u64 {
     }
 }
 
+/// The tick count `wakes` × [`wake_ticks`] from now: a deadline for [`spin_until`].
+#[inline]
+pub(crate) fn after_wakes(wakes: u64) -> u64 {
+    // No clock under loom and Miri (see `spin_until`): not even measured there.
+    if cfg!(any(budget_loom, miri)) {
+        return 0;
+    }
+    now().saturating_add(wake_ticks().saturating_mul(wakes))
+}
+
+/// Spins until `ready()` holds or the tick count passes `deadline` (a value of
+/// [`now`], [`after_wakes`]), calling `pause` between looks: true if `ready()` held.
+/// Always false under loom (a model has no clock) and Miri (whose clock is its own):
+/// the caller sleeps at once there.
+#[inline]
+pub(crate) fn spin_until(deadline: u64, ready: impl Fn() -> bool, pause: impl Fn()) -> bool {
+    if cfg!(any(budget_loom, miri)) {
+        return false;
+    }
+    while now() < deadline {
+        pause();
+        if ready() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Starts the clock's lazily made state (the tick base where there is no cycle
 /// counter): called when a budget starts, before its threads, so that no thread is in
 /// the middle of it if the process forks. ([`wake_ticks`] needs no priming: an

@@ -204,6 +204,14 @@ pub(crate) struct FrameGuard {
     previous: Frame,
 }
 
+impl FrameGuard {
+    /// The frame that was current before, restored on drop.
+    #[inline]
+    pub(crate) fn previous(&self) -> Frame {
+        self.previous
+    }
+}
+
 impl Drop for FrameGuard {
     #[inline]
     fn drop(&mut self) {

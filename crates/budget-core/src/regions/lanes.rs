@@ -248,15 +248,12 @@ mod spare {
 
     /// Keeps `worker` for a later lane, if it is empty and there is room.
     pub(super) fn give(worker: Worker<JobRef>) {
-        if !worker.is_empty() {
-            debug_assert!(
-                false,
-                "a lane's deque outlived its region with a half in it"
-            );
-            return;
-        }
+        debug_assert!(
+            worker.is_empty(),
+            "a lane's deque outlived its region with a half in it"
+        );
         if let Ok(mut spare) = SPARE.try_lock() {
-            if spare.len() < KEEP {
+            if spare.len() < KEEP && worker.is_empty() {
                 spare.push(worker);
             }
         }

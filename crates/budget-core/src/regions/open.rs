@@ -245,8 +245,8 @@ impl RegionState {
             } else {
                 None
             },
-            // Made by `register`, once the state is in its place.
             id: AtomicUsize::new(0),
+            // Made by `register`, once the state is in its place.
             span: ManuallyDrop::new(tracing::Span::none()),
             not_send: PhantomData,
         }
@@ -259,10 +259,8 @@ impl RegionState {
     ///
     /// The span is made here, not at entry: a span made first and then moved into
     /// the state was a copy that stalled on its fresh stores (region entry +1.5 ns).
-    ///
-    /// If a subscriber panics
-    /// making the span, the region is closed (its tokens go back, its thread is
-    /// unmarked) before the panic goes on.
+    /// If a subscriber panics making the span, the region is closed (its tokens go
+    /// back, its thread is unmarked) before the panic goes on.
     #[inline(always)]
     pub(crate) fn register(&mut self) {
         if tracing::level_enabled!(tracing::Level::TRACE) {
@@ -284,7 +282,9 @@ impl RegionState {
                 // SAFETY: the state's one close: the panic is resumed, and the frame
                 // that owns the state (`scope_with`'s, `OpenRegion::enter`'s) unwinds
                 // without using it (it has no drop glue; the guard is not made yet).
-                drop(unsafe { self.close() });
+                if let Some(extra) = unsafe { self.close() } {
+                    job::discard(extra);
+                }
                 resume_unwind(payload);
             }
         }

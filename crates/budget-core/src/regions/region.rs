@@ -518,28 +518,12 @@ impl Visit for Region {
     }
 }
 
-/// Spins for about [`crate::regions::clock::wake_ticks`] until `ready()` holds: true
-/// if it did. Always false under loom (a model has no clock) and Miri.
-#[cfg(not(any(budget_loom, miri)))]
+/// Spins for about [`wake_ticks`](crate::regions::clock::wake_ticks) (a few hundred
+/// ns between looks) until `ready()` holds: true if it did.
+#[inline]
 fn spin_until(ready: impl Fn() -> bool) -> bool {
-    let (start, wake) = (
-        crate::regions::clock::now(),
-        crate::regions::clock::wake_ticks(),
-    );
-    while crate::regions::clock::since(start) < wake {
-        for _ in 0..32 {
-            std::hint::spin_loop();
-        }
-        if ready() {
-            return true;
-        }
-    }
-    false
-}
-
-#[cfg(any(budget_loom, miri))]
-fn spin_until(_: impl Fn() -> bool) -> bool {
-    false
+    let pause = || (0..32).for_each(|_| std::hint::spin_loop());
+    crate::regions::clock::spin_until(crate::regions::clock::after_wakes(1), ready, pause)
 }
 
 impl Region {

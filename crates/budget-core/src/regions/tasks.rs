@@ -90,10 +90,11 @@ impl<'scope> Scope<'scope> {
         RA: Send,
         RB: Send,
     {
-        // From the region's body: its opener, who may take lane 0 (`lanes.rs`).
-        let from_body = self.runs_body_hook();
         // `a` and `b` are tasks of this region, whichever thread runs them.
-        let _task = context::set_frame(self.frame(true));
+        let task = context::set_frame(self.frame(true));
+        // From the region's body (the frame just replaced): its opener, who may take
+        // lane 0 (`lanes.rs`).
+        let from_body = task.previous() == self.frame(false);
         if self.requested() == 1 || self.open.alone() {
             // Queuing `b` could not get it run sooner: run both here, `b` even if
             // `a` panicked, as on the queued path.
