@@ -1,7 +1,10 @@
-//! A cheap tick counter, for one heuristic: whether a loop has run long enough that
-//! waking a sleeping thread to help it pays (`Scope::for_each`, see `tree.rs`).
+//! A cheap tick counter, for two heuristics measured in what waking a sleeping thread
+//! costs: whether a loop has run long enough that waking a helper pays
+//! (`Scope::for_each`, see `tree.rs`), and how long a thread spins before it sleeps
+//! or parks ([`spin_until`]: a joiner waiting for a stolen half, a worker lingering in
+//! its slot, an idle worker of the pool).
 //!
-//! Not a clock for deadlines or figures: ticks are only compared with
+//! Not a clock for figures: ticks are only compared with multiples of
 //! [`wake_ticks`], an estimate of what waking a helper costs. On x86-64 a tick is a
 //! TSC cycle (`rdtsc`, about 13 ns to read on the 2-core VM of `BENCHMARKS.md`,
 //! where `Instant::now` takes about 35 ns); on aarch64 a tick of the generic timer
